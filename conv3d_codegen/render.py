@@ -1,0 +1,149 @@
+"""Rendering: ConvSpec -> CUDA source, through the Jinja templates in templates/.
+
+A Source is the emitted kernel without its banner; the banner names the cache key, which
+depends on the source, so it is added once the key is known (`Source.text(key)`).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.resources
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from . import __version__
+from .spec import DTYPE_TAGS, ConvSpec
+
+DIRECT_TEMPLATE = "conv3d_fwd_direct.cu.j2"
+GENERIC_TEMPLATE = "conv3d_fwd_generic.cu.j2"
+
+# Run-time arguments each template's C entry point takes, in order (see common.cuh.j2).
+DIRECT_ARGS = ("n", "d", "h", "w", "od", "oh", "ow")
+GENERIC_ARGS = ("n", "ci", "co", "d", "h", "w", "od", "oh", "ow", "kd", "kh", "kw",
+                "sd", "sh", "sw", "pd", "ph", "pw", "dd", "dh", "dw", "groups", "has_bias")
+
+# Limits of the direct template. Unrolled taps cost code size and compile time (each is
+# COT*WT FMAs); 343 admits every kernel up to 7x7x7 with one input channel per chunk.
+MAX_UNROLLED_TAPS = 343
+MAX_STAGED_WEIGHT_BYTES = 32 * 1024  # weights in shared memory per block
+
+
+def templates_dir() -> Path:
+    """templates/ inside the installed wheel, else the source checkout's top-level folder."""
+    packaged = importlib.resources.files(__package__) / "templates"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+@functools.cache
+def _environment(root: Path) -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(root), undefined=jinja2.StrictUndefined,
+                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+
+
+@functools.cache
+def generator_hash(root: Path | None = None) -> str:
+    """Hash of everything that generates source: the templates and the codegen modules."""
+    root = root or templates_dir()
+    h = hashlib.sha256()
+    files = sorted(root.glob("*.j2")) + [Path(__file__).with_name(m) for m in ("spec.py", "render.py")]
+    for path in files:
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Tile sizes of the direct template (the autotuner's search space)."""
+
+    cot: int    # output channels per thread
+    wt: int     # consecutive outputs along w per thread
+    block: int  # threads per block
+    cic: int    # input channels whose weights are staged in shared memory at once
+
+    def problem(self, spec: ConvSpec) -> str | None:
+        """Why these tiles cannot serve `spec`, or None."""
+        if spec.out_per_group % self.cot:
+            return f"cot={self.cot} does not divide the {spec.out_per_group} output channels per group"
+        if spec.in_per_group % self.cic:
+            return f"cic={self.cic} does not divide the {spec.in_per_group} input channels per group"
+        if self.block % 32 or not 32 <= self.block <= 1024:
+            return f"block={self.block} is not a multiple of 32 between 32 and 1024"
+        if self.cic * spec.kernel_volume > MAX_UNROLLED_TAPS:
+            return f"cic={self.cic} x {spec.kernel_volume} taps exceeds {MAX_UNROLLED_TAPS} unrolled taps"
+        if self.cic * spec.kernel_volume * self.cot * 4 > MAX_STAGED_WEIGHT_BYTES:
+            return f"staged weights exceed {MAX_STAGED_WEIGHT_BYTES} bytes of shared memory"
+        return None
+
+    def __str__(self) -> str:
+        return f"cot={self.cot} wt={self.wt} block={self.block} cic={self.cic}"
+
+
+def supports(spec: ConvSpec) -> str | None:
+    """None if the direct template serves `spec`; otherwise the reason it does not."""
+    if spec.kernel_volume > MAX_UNROLLED_TAPS:
+        return (f"kernel {'x'.join(map(str, spec.kernel_size))} has {spec.kernel_volume} taps; "
+                f"the direct template unrolls at most {MAX_UNROLLED_TAPS}")
+    return default_tiles(spec).problem(spec)
+
+
+def default_tiles(spec: ConvSpec) -> Tiles:
+    """A tile choice that is good on the seed shapes and valid for any supported spec."""
+    cot = next(c for c in (8, 4, 2, 1) if spec.out_per_group % c == 0)
+    fits = [c for c in range(1, spec.in_per_group + 1) if spec.in_per_group % c == 0
+            and Tiles(cot, 4, 128, c).problem(spec) is None]
+    return Tiles(cot=cot, wt=4, block=128, cic=max(fits, default=1))
+
+
+@dataclass(frozen=True)
+class Source:
+    """An emitted kernel, before its banner."""
+
+    name: str                    # kernel symbol, readable: conv3d_fwd_k3x5x7_s1_p0_d1_g1_ci3_co64_f32
+    template: str
+    body: str
+    identity: str                # canonical spec JSON, or what else the source depends on
+    arg_names: tuple[str, ...]   # run-time arguments of the C entry point, in order
+    params: dict[str, str] = field(default_factory=dict)  # for the banner
+    generator_version: str = __version__
+
+    @property
+    def entry(self) -> str:
+        return f"{self.name}_launch"
+
+    def text(self, key: str) -> str:
+        """The full emitted source: banner (with the cache key) then body."""
+        banner = _environment(templates_dir()).get_template("common.cuh.j2").module.banner(self, key)
+        return banner + "\n" + self.body
+
+
+def render_direct(spec: ConvSpec, tiles: Tiles | None = None) -> Source:
+    reason = supports(spec)
+    if reason:
+        raise ValueError(f"the direct template does not serve this spec: {reason}")
+    tiles = tiles or default_tiles(spec)
+    if (problem := tiles.problem(spec)) is not None:
+        raise ValueError(f"tiles {tiles} do not fit the spec: {problem}")
+    name = f"conv3d_fwd_{spec.tag}"
+    before, after = spec.pad_before, spec.pad_after  # only w's padding changes the code
+    body = _environment(templates_dir()).get_template(DIRECT_TEMPLATE).render(
+        spec=spec, tiles=tiles, name=name, entry=f"{name}_launch", arg_names=DIRECT_ARGS,
+        check_w=before[2] + after[2] > 0)
+    params = {"spec": spec.canonical_json(), "tiles": str(tiles)}
+    if spec.precision == "tf32":
+        params["precision"] = "tf32 allowed; this template multiplies in full float32"
+    return Source(name=name, template=DIRECT_TEMPLATE, body=body, identity=spec.canonical_json(),
+                  arg_names=DIRECT_ARGS, params=params)
+
+
+def render_generic(dtype: str) -> Source:
+    name = f"conv3d_fwd_generic_{DTYPE_TAGS[dtype]}"
+    body = _environment(templates_dir()).get_template(GENERIC_TEMPLATE).render(
+        dtype=dtype, name=name, entry=f"{name}_launch", arg_names=GENERIC_ARGS)
+    return Source(name=name, template=GENERIC_TEMPLATE, body=body,
+                  identity=json.dumps({"generic": dtype}), arg_names=GENERIC_ARGS,
+                  params={"dtype": dtype, "arguments": " ".join(GENERIC_ARGS)})
