@@ -1,0 +1,84 @@
+"""Loaded kernels: a library from the cache, called through ctypes on torch's current stream."""
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from .build import KernelBuildError, Target, build_library, kernel_key, library_name
+from .cache import Entry, KernelCache
+from .render import Source
+from .spec import ConvSpec
+
+
+def launch_args(spec: ConvSpec, input_shape: torch.Size | tuple[int, ...]) -> dict[str, int]:
+    """Every run-time value any template may take, by the names in render.*_ARGS."""
+    n, _, d, h, w = input_shape
+    od, oh, ow = spec.output_size(d, h, w)
+    kd, kh, kw = spec.kernel_size
+    sd, sh, sw = spec.stride
+    pd, ph, pw = spec.pad_before
+    dd, dh, dw = spec.dilation
+    return dict(n=n, ci=spec.in_channels, co=spec.out_channels, d=d, h=h, w=w, od=od, oh=oh, ow=ow,
+                kd=kd, kh=kh, kw=kw, sd=sd, sh=sh, sw=sw, pd=pd, ph=ph, pw=pw, dd=dd, dh=dh, dw=dw,
+                groups=spec.groups, has_bias=int(spec.bias))
+
+
+class Kernel:
+    """One built kernel. Call it with contiguous CUDA tensors and a preallocated output."""
+
+    def __init__(self, source: Source, name: str, entry: Entry):
+        self.source, self.name, self.entry = source, name, entry
+        self._lib = ctypes.CDLL(str(entry.file("library")))
+        self._launch = getattr(self._lib, source.entry)
+        self._launch.argtypes = [ctypes.c_void_p] * 4 + [ctypes.POINTER(ctypes.c_longlong),
+                                                         ctypes.c_int, ctypes.c_void_p]
+        self._launch.restype = ctypes.c_int
+        self._error_string = self._lib.conv3d_codegen_error_string
+        self._error_string.argtypes, self._error_string.restype = [ctypes.c_int], ctypes.c_char_p
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 out: torch.Tensor, args: dict[str, int]) -> torch.Tensor:
+        for t in (x, weight, out) + ((bias,) if bias is not None else ()):
+            if not (t.is_cuda and t.is_contiguous()):
+                raise ValueError(f"{self.name}: tensors must be contiguous CUDA tensors")
+        values = [args[a] for a in self.source.arg_names]
+        with torch.cuda.device(x.device):
+            code = self._launch(x.data_ptr(), weight.data_ptr(),
+                                bias.data_ptr() if bias is not None else None, out.data_ptr(),
+                                (ctypes.c_longlong * len(values))(*values), len(values),
+                                torch.cuda.current_stream(x.device).cuda_stream)
+        if code:
+            raise RuntimeError(f"{self.name}: launch failed with CUDA error {code}: "
+                               f"{self._error_string(code).decode()}")
+        return out
+
+    def __repr__(self) -> str:
+        return f"Kernel({self.name}, template={self.source.template})"
+
+
+@dataclass
+class KernelLoader:
+    """Source -> Kernel: in-process memo, then the disk cache, then a build."""
+
+    cache: KernelCache
+
+    def __post_init__(self):
+        self._memo: dict[str, Kernel] = {}
+        self._lock = threading.Lock()
+
+    def load(self, source: Source, target: Target) -> Kernel:
+        key = kernel_key(source, target)
+        if (kernel := self._memo.get(key)) is not None:
+            return kernel
+        name = library_name(source, key)
+        try:
+            entry = self.cache.get_or_build(name, key, lambda folder: build_library(source, target, key, folder))
+        except KernelBuildError as err:
+            err.source_path = self.cache.failed_path(name) / "build" / "cuda.cu"  # where it was kept
+            raise
+        kernel = Kernel(source, name, entry)
+        with self._lock:
+            return self._memo.setdefault(key, kernel)
