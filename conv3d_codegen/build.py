@@ -139,22 +139,8 @@ class PtxasReport:
 
 def compile_cubin(source: Source, target: Target, key: str = "standalone") -> PtxasReport:
     """Compile the emitted text alone with nvcc to a cubin, with the flags load_inline uses."""
-    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
-
-    nvcc = nvcc_path()
-    if nvcc is None:
-        raise KernelBuildError(source.name, source.identity, None, "nvcc not found (set CUDA_HOME)")
     with tempfile.TemporaryDirectory(prefix="conv3d_cubin_") as tmp:
-        cu = Path(tmp) / f"{source.name}.cu"
-        cu.write_text(source.text(key))
-        cmd = [nvcc, *COMMON_NVCC_FLAGS, *target.flags, "-std=c++20", "-cubin", "-Xptxas", "-v",
-               "-o", str(cu.with_suffix(".cubin")), str(cu)]
-        started = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-        if done.returncode:
-            raise KernelBuildError(source.name, source.identity, None, done.stdout + done.stderr)
-    log = done.stdout + done.stderr
+        log, seconds = _nvcc_alone(source, target, key, Path(tmp) / f"{source.name}.cubin", ["-cubin"])
 
     def number(pattern: str) -> int:
         found = re.search(pattern, log)
@@ -165,3 +151,25 @@ def compile_cubin(source: Source, target: Target, key: str = "standalone") -> Pt
                        spill_store_bytes=number(r"(\d+) bytes spill stores"),
                        spill_load_bytes=number(r"(\d+) bytes spill loads"),
                        shared_bytes=number(r"(\d+) bytes smem"), seconds=seconds)
+
+
+def compile_shared_library(source: Source, target: Target, out: Path, key: str = "standalone") -> Path:
+    """The emitted text alone as a shared library, with no torch at all (tests the C ABI)."""
+    _nvcc_alone(source, target, key, out, ["-shared", "-Xcompiler", "-fPIC"])
+    return out
+
+
+def _nvcc_alone(source: Source, target: Target, key: str, out: Path, mode: list[str]) -> tuple[str, float]:
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
+    nvcc = nvcc_path()
+    if nvcc is None:
+        raise KernelBuildError(source.name, source.identity, None, "nvcc not found (set CUDA_HOME)")
+    cu = out.with_suffix(".cu")
+    cu.write_text(source.text(key))
+    cmd = [nvcc, *COMMON_NVCC_FLAGS, *target.flags, "-std=c++20", *mode, "-Xptxas", "-v", "-o", str(out), str(cu)]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise KernelBuildError(source.name, source.identity, cu, done.stdout + done.stderr)
+    return done.stdout + done.stderr, time.perf_counter() - started

@@ -1,11 +1,16 @@
 """The cache key, and nvcc compiling every template variant alone (no GPU, no torch headers)."""
+import ctypes
 import dataclasses
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 
-from conv3d_codegen.build import KernelBuildError, Target, compile_cubin, kernel_key, library_name, nvcc_path
+from conv3d_codegen.build import (KernelBuildError, Target, compile_cubin, compile_shared_library, kernel_key,
+                                  library_name, nvcc_path)
+from conv3d_codegen.cache import Entry
+from conv3d_codegen.kernel import Kernel
 from conv3d_codegen.render import Tiles, generator_hash, render_direct, render_generic, templates_dir
 from conv3d_codegen.spec import ConvSpec
 
@@ -101,3 +106,20 @@ def test_compile_errors_carry_the_log():
     with pytest.raises(KernelBuildError) as err:
         compile_cubin(broken, SM90)
     assert "conv3d_fwd_generic_f32" in str(err.value) and "error" in err.value.log
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the entry point where no GPU answers")
+def test_the_c_entry_point_links_alone_and_reports_cuda_errors(tmp_path):
+    """The ctypes binding Kernel uses, against a library nvcc built with no torch at all."""
+    if nvcc_path() is None:
+        pytest.skip("nvcc not found: set CUDA_HOME or put nvcc on PATH")
+    source = render_direct(ConvSpec.from_text("3x3x3 --cin 3 --cout 8"))
+    library = compile_shared_library(source, SM90, tmp_path / "kernel.so")
+    entry = Entry(tmp_path, {"files": {"library": {"path": "kernel.so"}}})
+    kernel = Kernel(source, "conv3d_test", entry)
+    args = (ctypes.c_longlong * 7)(1, 5, 5, 5, 3, 3, 3)
+    code = kernel._launch(None, None, None, None, args, 7, None)
+    assert code != 0  # no GPU: the runtime says so instead of crashing
+    assert kernel._error_string(code).decode() != ""
+    assert kernel._launch(None, None, None, None, args, 6, None) == 1  # wrong argument count: cudaErrorInvalidValue
+    assert library.exists()
