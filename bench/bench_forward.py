@@ -1,0 +1,129 @@
+"""Forward conv3d: generated kernels against torch eager, in the same process, on the same inputs.
+
+    python bench/bench_forward.py [--workloads seed-a seed-b ...] [--dtypes float32 tf32 bfloat16] [--out DIR]
+
+Per row: FLOPs and the fewest bytes the problem must move; the floor, the larger of FLOPs
+over the matching unit's rate and bytes over copy bandwidth, both ceilings measured here
+first; median ms of each (CUDA events, L2 flushed before each run); % of floor; peak GPU
+memory of one call. Our output is checked against float64 torch before it is timed.
+Writes DIR/forward.json, DIR/forward.md and DIR/forward.png.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conv3d_codegen import conv3d, strict  # noqa: E402
+from conv3d_codegen.measure import median_ms, random_inputs, relative_error, tolerance  # noqa: E402
+from conv3d_codegen.workloads import DEFAULT_WORKLOADS, WORKLOADS  # noqa: E402
+
+
+def measure_ceilings() -> dict[str, float]:
+    """Copy bandwidth (bytes read + written per second) and matrix-product rates, measured."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ceilings = {"bandwidth": 2 * src.numel() / (median_ms(lambda: dst.copy_(src), flush_l2=False) * 1e-3)}
+    n = 8192
+    for name, dtype, tf32 in [("float32", torch.float32, False), ("tf32", torch.float32, True),
+                              ("bfloat16", torch.bfloat16, False)]:
+        a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        ceilings[name] = 2 * n ** 3 / (median_ms(lambda: a @ b, reps=10, flush_l2=False) * 1e-3)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    ceilings["float16"] = ceilings["bfloat16"]
+    return ceilings
+
+
+def peak_bytes(fn) -> int:
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def bench_row(name: str, dtype: str, ceilings: dict) -> dict:
+    precision = "tf32" if dtype == "tf32" else "ieee"
+    work = WORKLOADS[name].with_dtype("float32" if dtype == "tf32" else dtype, precision)
+    spec, conv = work.spec, work.spec.functional_args()
+    torch.backends.cudnn.allow_tf32 = dtype == "tf32"  # fp32 rows compare IEEE float32 with IEEE float32
+    x, weight, bias = random_inputs(spec, work.input_shape)
+    with strict():
+        out = conv3d(x, weight, bias, precision=precision, **conv)
+    ref = F.conv3d(x[:2].double(), weight.double(), None if bias is None else bias.double(), **conv)
+    err = relative_error(out[:2], ref)
+    if not err <= tolerance(spec):
+        raise SystemExit(f"{name} {dtype}: relative error {err:.2e} over {tolerance(spec):.0e}; not timing it")
+    del out
+    ours = lambda: conv3d(x, weight, bias, precision=precision, **conv)  # noqa: E731
+    theirs = lambda: F.conv3d(x, weight, bias, **conv)  # noqa: E731
+    floor_ms = max(work.flops / ceilings[dtype], work.min_bytes / ceilings["bandwidth"]) * 1e3
+    row = dict(workload=name, dtype=dtype, flops=work.flops, bytes=work.min_bytes, floor_ms=floor_ms,
+               ours_ms=median_ms(ours), torch_ms=median_ms(theirs), rel_err=err,
+               ours_peak_mb=peak_bytes(ours) / 2**20, torch_peak_mb=peak_bytes(theirs) / 2**20)
+    torch.backends.cudnn.allow_tf32 = True
+    return row
+
+
+def markdown(rows: list[dict], ceilings: dict) -> str:
+    props = torch.cuda.get_device_properties(0)
+    lines = [f"## Forward, {datetime.date.today()}: {props.name}, torch {torch.__version__}, "
+             f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}", "",
+             f"Measured ceilings: copy {ceilings['bandwidth'] / 1e12:.2f} TB/s, FP32 "
+             f"{ceilings['float32'] / 1e12:.1f}, TF32 {ceilings['tf32'] / 1e12:.0f}, BF16 "
+             f"{ceilings['bfloat16'] / 1e12:.0f} TFLOP/s (8192^3 matrix products).", "",
+             "| workload | dtype | GFLOP | MB | floor ms | torch ms | ours ms | speedup | ours % floor "
+             "| rel err | peak MB ours / torch |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['workload']} | {r['dtype']} | {r['flops'] / 1e9:.1f} | {r['bytes'] / 1e6:.0f} "
+                     f"| {r['floor_ms']:.2f} | {r['torch_ms']:.2f} | {r['ours_ms']:.2f} "
+                     f"| {r['torch_ms'] / r['ours_ms']:.2f}x | {100 * r['floor_ms'] / r['ours_ms']:.0f}% "
+                     f"| {r['rel_err']:.1e} | {r['ours_peak_mb']:.0f} / {r['torch_peak_mb']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['workload']}\n{r['dtype']}" for r in rows]
+    pos = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
+    ax.bar([p - 0.27 for p in pos], [r["torch_ms"] for r in rows], 0.27, label="torch eager")
+    ax.bar(list(pos), [r["ours_ms"] for r in rows], 0.27, label="conv3d-codegen")
+    ax.bar([p + 0.27 for p in pos], [r["floor_ms"] for r in rows], 0.27, label="floor")
+    ax.set_xticks(list(pos), labels, fontsize=8)
+    ax.set_ylabel("ms (median)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", nargs="+", default=list(DEFAULT_WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
+                        choices=["float32", "tf32", "float16", "bfloat16"])
+    parser.add_argument("--out", type=Path, default=Path("."))
+    args = parser.parse_args()
+    ceilings = measure_ceilings()
+    rows = [bench_row(name, dtype, ceilings) for name in args.workloads for dtype in args.dtypes]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "forward.json").write_text(json.dumps({"ceilings": ceilings, "rows": rows}, indent=2))
+    text = markdown(rows, ceilings)
+    (args.out / "forward.md").write_text(text)
+    chart(rows, args.out / "forward.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""GPU tests: skipped, saying why, where there is no CUDA GPU. One fresh cache per session,
+into which every spec of the matrix is built up front, in parallel (builds dominate)."""
+import time
+
+import pytest
+import torch
+
+from conv3d_codegen.cache import KernelCache
+from conv3d_codegen.dispatch import Dispatcher
+
+from .matrix import CASES
+
+NO_GPU = "no CUDA GPU: torch.cuda.is_available() is False"
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        for item in items:
+            if "tests/gpu" in str(item.fspath):
+                item.add_marker(pytest.mark.skip(reason=NO_GPU))
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("kernel-cache")
+
+
+@pytest.fixture(scope="session")
+def dispatcher(cache_root) -> Dispatcher:
+    dispatcher = Dispatcher(KernelCache(cache_root))
+    started = time.perf_counter()
+    built = dispatcher.prebuild(case.spec for case in CASES)
+    failures = {spec.tag: err for spec, err in built.items() if isinstance(err, Exception)}
+    assert not failures, failures
+    print(f"\nbuilt {len(built)} kernels in {time.perf_counter() - started:.1f} s "
+          f"({dispatcher.cache.stats.builds} builds)")
+    return dispatcher
