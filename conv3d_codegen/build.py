@@ -40,10 +40,14 @@ class KernelBuildError(RuntimeError):
 
 
 def nvcc_path() -> str | None:
-    from torch.utils.cpp_extension import CUDA_HOME
-    if CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
-        return os.path.join(CUDA_HOME, "bin", "nvcc")
-    return shutil.which("nvcc")
+    """The nvcc load_inline will use, found in the order torch.utils.cpp_extension looks
+    (not imported here: it costs a warm load ~100 ms)."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home is None:
+        on_path = shutil.which("nvcc")
+        home = os.path.dirname(os.path.dirname(on_path)) if on_path else "/usr/local/cuda"
+    nvcc = os.path.join(home, "bin", "nvcc")
+    return nvcc if os.path.exists(nvcc) else shutil.which("nvcc")
 
 
 @functools.cache

@@ -58,7 +58,15 @@ class _GeneratedConv3d(torch.autograd.Function):
 
 def torch_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec,
                    needs: tuple[bool, bool, bool]):
-    """Gradients of input, weight and bias through torch's convolution_backward."""
+    """Gradients of input, weight and bias through torch's convolution_backward, in the
+    spec's precision: cuDNN would use TF32 for float32 by default, 'ieee' forbids it."""
+    cudnn = torch.backends.cudnn
+    with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                     allow_tf32=spec.precision == "tf32"):
+        return _convolution_backward(grad_out, x, weight, spec, needs)
+
+
+def _convolution_backward(grad_out, x, weight, spec: ConvSpec, needs):
     before, after = spec.pad_before, spec.pad_after
     if before != after:  # 'same' with an odd total: the extra zero goes after, as torch pads it
         x = F.pad(x, (0, after[2] - before[2], 0, after[1] - before[1], 0, after[0] - before[0]))
