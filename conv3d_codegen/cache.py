@@ -9,6 +9,10 @@ Layout under the root:
 A reader trusts an entry only if meta.json is there, names the expected key and the
 sha256 of every file still matches, so a half-written, killed or altered build is never
 used: the next caller rebuilds it under the lock.
+
+The cache holds native code that gets loaded, so a root or entry that someone else owns
+or that group or others can write is refused; everything the cache creates is private.
+Any OS failure (read-only, full, missing) surfaces as one error, CacheUnusable.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +34,27 @@ log = logging.getLogger("conv3d_codegen")
 
 ENV_VAR = "CONV3D_CODEGEN_CACHE"
 META = "meta.json"
+
+
+class CacheUnusable(RuntimeError):
+    """The cache directory cannot be used: not writable, full, or not safe to load code from."""
+
+
+def unsafe(path: Path) -> str | None:
+    """Why code under `path` must not be trusted: someone else owns it, or others can write it."""
+    st = path.lstat()
+    if st.st_uid != os.geteuid():
+        return f"{path} belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is writable by {'group and others' if st.st_mode & stat.S_IWOTH else 'its group'} " \
+               f"(mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def fallback_cache_dir() -> Path:
+    """A private cache in the temporary directory, for when the configured one cannot be used."""
+    import tempfile
+    return Path(tempfile.gettempdir()) / f"conv3d-codegen-{os.geteuid()}"
 
 
 def default_cache_dir() -> Path:
@@ -89,6 +115,14 @@ class KernelCache:
         if meta.get("key") != key:
             return None
         entry = Entry(self.root / name, meta)
+        for path in [entry.path, meta_path] + [entry.file(role) for role in meta.get("files", {})]:
+            try:
+                reason = unsafe(path)
+            except OSError:
+                reason = None  # missing: the sha256 check below says so
+            if reason:
+                log.warning("cache entry %s refused: %s; it will be rebuilt", name, reason)
+                return None
         for role, recorded in meta.get("files", {}).items():
             try:
                 intact = _sha256(entry.file(role)) == recorded["sha256"]
@@ -105,31 +139,41 @@ class KernelCache:
 
         `build` fills an empty folder and returns {"files": {role: relative path}, "info": {...}}.
         Processes asking for the same name at once build it once; the others wait on the lock
-        and then find the entry.
+        and then find the entry. Raises CacheUnusable if the root cannot be used.
         """
-        if (entry := self.lookup(name, key)) is not None:
-            self.stats.disk_hits += 1
-            return entry
-        with self._locked(name):
-            if (entry := self.lookup(name, key)) is not None:  # built while we waited
+        try:
+            self.ensure_root()
+            if (entry := self.lookup(name, key)) is not None:
                 self.stats.disk_hits += 1
                 return entry
-            return self._build(name, key, build)
+            with self._locked(name):
+                if (entry := self.lookup(name, key)) is not None:  # built while we waited
+                    self.stats.disk_hits += 1
+                    return entry
+                return self._build(name, key, build)
+        except OSError as err:
+            raise CacheUnusable(f"cache directory {self.root} cannot be used: {err}") from err
+
+    def ensure_root(self) -> None:
+        """Create the root privately if missing; refuse it if it is not safe to load code from."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if (reason := unsafe(self.root)) is not None:
+            raise CacheUnusable(f"refusing cache directory: {reason}. It holds native code that gets "
+                                f"loaded; use a directory only you can write (chmod go-w, or set {ENV_VAR}).")
 
     def _build(self, name: str, key: str, build: Callable[[Path], dict]) -> Entry:
         tmp_root = self.root / ".tmp"
+        tmp_root.mkdir(mode=0o700, exist_ok=True)
         for leftover in tmp_root.glob(f"{name}.*"):  # from builds that died; we hold the lock
             shutil.rmtree(leftover, ignore_errors=True)
         tmp = tmp_root / f"{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
+        tmp.mkdir(mode=0o700)
         try:
             made = build(tmp)
+            _make_private(tmp)
             files = {role: {"path": rel, "sha256": _sha256(tmp / rel)} for role, rel in made["files"].items()}
         except Exception:
-            failed = self.failed_path(name)
-            shutil.rmtree(failed, ignore_errors=True)
-            failed.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(tmp, failed)
+            self._keep_failed(name, tmp)
             raise
         except BaseException:  # interrupted: nothing worth keeping
             shutil.rmtree(tmp, ignore_errors=True)
@@ -147,10 +191,20 @@ class KernelCache:
         self.stats.builds += 1
         return Entry(final, meta)
 
+    def _keep_failed(self, name: str, tmp: Path) -> None:
+        """Keep a failed build's folder for its source and log; best effort (the disk may be full)."""
+        failed = self.failed_path(name)
+        try:
+            shutil.rmtree(failed, ignore_errors=True)
+            failed.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.rename(tmp, failed)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[None]:
         locks = self.root / ".locks"
-        locks.mkdir(parents=True, exist_ok=True)
+        locks.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(locks / f"{name}.lock", "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)  # released by the kernel if this process dies
             try:
@@ -169,9 +223,16 @@ class KernelCache:
         return found
 
 
+def _make_private(folder: Path) -> None:
+    """No group or other write bit on anything a build made (a umask of 002 would leave them)."""
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(stat.S_IMODE(path.stat().st_mode) & ~(stat.S_IWGRP | stat.S_IWOTH))
+
+
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w") as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

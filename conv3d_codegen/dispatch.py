@@ -19,7 +19,7 @@ import torch
 from pydantic import ValidationError
 
 from .build import KernelBuildError, Target
-from .cache import KernelCache
+from .cache import CacheUnusable, KernelCache
 from .kernel import Kernel, KernelLoader
 from .render import Source, default_tiles, render_direct, render_generic, supports
 from .spec import TORCH_DTYPES, ConvSpec
@@ -137,6 +137,8 @@ class Dispatcher:
         except KernelBuildError as err:
             log.warning("%s", err)
             return Plan("torch", f"kernel build failed; source and log kept at {err.source_path}", spec)
+        except CacheUnusable as err:
+            return Plan("torch", f"no usable kernel cache: {err}", spec)
         return Plan("generic" if reason else "generated", reason, spec, kernel)
 
     def prebuild(self, specs: Iterable[ConvSpec], device: torch.device | int | None = None,

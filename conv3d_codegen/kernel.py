@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from .build import KernelBuildError, Target, build_library, kernel_key, library_name
-from .cache import Entry, KernelCache
+from .cache import CacheUnusable, Entry, KernelCache, fallback_cache_dir
 from .render import Source
 from .spec import ConvSpec
+
+log = logging.getLogger("conv3d_codegen")
 
 
 def launch_args(spec: ConvSpec, input_shape: torch.Size | tuple[int, ...]) -> dict[str, int]:
@@ -59,15 +64,27 @@ class Kernel:
         return f"Kernel({self.name}, template={self.source.template})"
 
 
+BuildStep = Callable[[Source, Target, str, Path], dict]
+
+
 @dataclass
 class KernelLoader:
-    """Source -> Kernel: in-process memo, then the disk cache, then a build."""
+    """Source -> Kernel: in-process memo, then the disk cache, then a build.
+
+    If the cache directory cannot be used (read-only, full, unsafe), the loader warns once
+    and continues with `fallback`, a private cache in the temporary directory; if that fails
+    too, CacheUnusable reaches the dispatcher, which runs torch instead.
+    """
 
     cache: KernelCache
+    fallback: KernelCache | None = None
+    build: BuildStep = build_library
 
     def __post_init__(self):
         self._memo: dict[str, Kernel] = {}
         self._lock = threading.Lock()
+        if self.fallback is None and self.cache.root != fallback_cache_dir():
+            self.fallback = KernelCache(fallback_cache_dir())
 
     def load(self, source: Source, target: Target) -> Kernel:
         key = kernel_key(source, target)
@@ -75,10 +92,16 @@ class KernelLoader:
             return kernel
         name = library_name(source, key)
         try:
-            entry = self.cache.get_or_build(name, key, lambda folder: build_library(source, target, key, folder))
+            entry = self.cache.get_or_build(name, key, lambda folder: self.build(source, target, key, folder))
         except KernelBuildError as err:
             err.source_path = self.cache.failed_path(name) / "build" / "cuda.cu"  # where it was kept
             raise
+        except CacheUnusable as err:
+            if self.fallback is None:
+                raise
+            log.warning("%s; using %s instead", err, self.fallback.root)
+            self.cache, self.fallback = self.fallback, None  # for the rest of this process
+            return self.load(source, target)
         kernel = Kernel(source, name, entry)
         with self._lock:
             return self._memo.setdefault(key, kernel)

@@ -98,7 +98,7 @@ def test_a_failed_build_publishes_nothing_keeps_its_files_and_frees_the_lock(roo
 
 
 def test_several_processes_at_once_build_once(root):
-    procs = [worker(root, seconds=1.0) for _ in range(4)]
+    procs = [worker(root, seconds=1.0) for _ in range(8)]
     outputs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     builders = (root.parent / "builds.log").read_text().split()
