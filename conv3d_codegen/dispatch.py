@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from .build import KernelBuildError, Target
 from .cache import CacheUnusable, KernelCache
 from .kernel import Kernel, KernelLoader
-from .render import Source, default_tiles, render_direct, render_generic, supports
+from .render import WIDE_INDEX_ELEMENTS, Source, default_tiles, render_direct, render_generic, supports
 from .spec import TORCH_DTYPES, ConvSpec
 
 log = logging.getLogger("conv3d_codegen")
@@ -79,14 +79,17 @@ def _torch_only(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return None
 
 
-def source_for(spec: ConvSpec, input_width: int | None = None) -> tuple[Source, str | None]:
-    """The source that serves `spec`, and why it is not the specialized one (or None)."""
-    reason = supports(spec)
-    if reason is None and input_width is not None:
-        ow = spec.output_size(1, 1, input_width)[2]
-        if ow < default_tiles(spec).wt:
+def source_for(spec: ConvSpec, input_shape: tuple[int, ...] | None = None) -> tuple[Source, str | None]:
+    """The source that serves `spec` (on inputs of `input_shape`, if given), and why it is not
+    the specialized one (or None)."""
+    reason, wide = supports(spec), False
+    if input_shape is not None:
+        n, ci, d, h, w = input_shape
+        od, oh, ow = spec.output_size(d, h, w)
+        wide = max(n * ci * d * h * w, n * spec.out_channels * od * oh * ow) >= WIDE_INDEX_ELEMENTS
+        if reason is None and ow < default_tiles(spec).wt:
             reason = f"output width {ow} is below the {default_tiles(spec).wt} outputs a thread computes"
-    return (render_direct(spec), None) if reason is None else (render_generic(spec.dtype), reason)
+    return (render_direct(spec, wide=wide), None) if reason is None else (render_generic(spec.dtype), reason)
 
 
 class Dispatcher:
@@ -131,7 +134,7 @@ class Dispatcher:
             return Plan("torch", "input or bias shape does not match the weight", spec)
         if min(spec.output_size(*x.shape[2:])) < 1:
             return Plan("torch", "the kernel is larger than the padded input", spec)
-        source, reason = source_for(spec, x.shape[4])
+        source, reason = source_for(spec, tuple(x.shape))
         try:
             kernel = self.loader.load(source, Target.for_device(x.device))
         except KernelBuildError as err:

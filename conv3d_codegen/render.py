@@ -121,19 +121,25 @@ class Source:
         return banner + "\n" + self.body
 
 
-def render_direct(spec: ConvSpec, tiles: Tiles | None = None) -> Source:
+# Calls with a tensor of this many elements or more use 64-bit offsets; smaller ones keep
+# 32-bit arithmetic. Half of 2^31 leaves room for offsets idle threads compute past the end.
+WIDE_INDEX_ELEMENTS = 2**30
+
+
+def render_direct(spec: ConvSpec, tiles: Tiles | None = None, wide: bool = False) -> Source:
+    """The direct template for `spec`; `wide` selects 64-bit offsets (see WIDE_INDEX_ELEMENTS)."""
     reason = supports(spec)
     if reason:
         raise ValueError(f"the direct template does not serve this spec: {reason}")
     tiles = tiles or default_tiles(spec)
     if (problem := tiles.problem(spec)) is not None:
         raise ValueError(f"tiles {tiles} do not fit the spec: {problem}")
-    name = f"conv3d_fwd_{spec.tag}"
+    name = f"conv3d_fwd_{spec.tag}" + ("_i64" if wide else "")
     before, after = spec.pad_before, spec.pad_after  # only w's padding changes the code
     body = _environment(templates_dir()).get_template(DIRECT_TEMPLATE).render(
         spec=spec, tiles=tiles, name=name, entry=f"{name}_launch", arg_names=DIRECT_ARGS,
-        check_w=before[2] + after[2] > 0)
-    params = {"spec": spec.canonical_json(), "tiles": str(tiles)}
+        check_w=before[2] + after[2] > 0, wide=wide)
+    params = {"spec": spec.canonical_json(), "tiles": str(tiles), "offsets": "64-bit" if wide else "32-bit"}
     if spec.precision == "tf32":
         params["precision"] = "tf32 allowed; this template multiplies in full float32"
     return Source(name=name, template=DIRECT_TEMPLATE, body=body, identity=spec.canonical_json(),

@@ -107,3 +107,9 @@ def test_only_w_padding_changes_the_loads():
     padded_h = render_direct(ConvSpec.from_text("3x3x3 --cin 2 --cout 4 --padding 0x1x0")).body
     assert "const bool in = inside(iw0 + i, w);" in padded_w
     assert "const bool in = " not in padded_h and "xr[i] = load(p + i);" in padded_h
+
+
+def test_wide_offsets_are_a_separate_kernel():
+    narrow, wide = render_direct(SEED_A), render_direct(SEED_A, wide=True)
+    assert "using index_t = int;" in narrow.body and "using index_t = long long;" in wide.body
+    assert wide.name == narrow.name + "_i64" and wide.params["offsets"] == "64-bit"

@@ -26,6 +26,8 @@ constexpr int ROW = (WT - 1) * SW + (KW - 1) * DW + 1;  // inputs along w one th
 
 static_assert(COG % COT == 0 && CIG % CIC == 0, "tiles must divide the group");
 
+using index_t = int;  // offsets in 32 bits: every tensor of this call is below 2^30 elements
+
 // One tap: acc[c][j] += weight[c] * input[j * SW + OFF], OFF being the tap's place in the row.
 template <int OFF>
 __device__ __forceinline__ void tap(float (&acc)[COT][WT], const float (&xr)[ROW],
@@ -65,25 +67,25 @@ conv3d_fwd_k3x5x7_s1_p0_d1_g1_ci3_co64_f32(const scalar_t* __restrict__ x, const
   const int co0 = blockIdx.y * COT;
   const int ci0 = co0 / COG * CIG;  // first input channel of the group
   const int owc = (ow + WT - 1) / WT;
-  long long item = static_cast<long long>(blockIdx.x) * BLOCK + threadIdx.x;
+  index_t item = static_cast<index_t>(blockIdx.x) * BLOCK + threadIdx.x;
   const int ow0 = min(static_cast<int>(item % owc) * WT, ow - WT);  // the launcher ensures ow >= WT
   item /= owc;
   const int ohi = static_cast<int>(item % oh);
   item /= oh;
   const int odi = static_cast<int>(item % od);
-  const long long ni = item / od;
+  const index_t ni = item / od;
   const bool active = ni < n;  // the last block has idle threads; they still stage weights
 
   const int id0 = odi * SD - PD, ih0 = ohi * SH - PH, iw0 = ow0 * SW - PW;
-  const long long hw = static_cast<long long>(h) * w, dhw = hw * d;
-  const scalar_t* xg = x + (ni * CI + ci0) * dhw + id0 * hw + static_cast<long long>(ih0) * w + iw0;
+  const index_t hw = static_cast<index_t>(h) * w, dhw = hw * d;
+  const scalar_t* xg = x + (ni * CI + ci0) * dhw + id0 * hw + static_cast<index_t>(ih0) * w + iw0;
 
   float acc[COT][WT] = {};
   {
     constexpr int cc = 0;  // all CIG input channels fit in one chunk
     for (int i = threadIdx.x; i < CIC * KVOL * COT; i += BLOCK) {
       const int c = i % COT, t = i / COT;
-      ws[i] = load(weight + static_cast<long long>(co0 + c) * CIG * KVOL + cc * KVOL + t);
+      ws[i] = load(weight + static_cast<index_t>(co0 + c) * CIG * KVOL + cc * KVOL + t);
     }
     __syncthreads();
     if (active) {
@@ -587,8 +589,8 @@ conv3d_fwd_k3x5x7_s1_p0_d1_g1_ci3_co64_f32(const scalar_t* __restrict__ x, const
   }
 
   if (!active) return;
-  const long long odhw = static_cast<long long>(od) * oh * ow;
-  scalar_t* yp = y + (ni * CO + co0) * odhw + (static_cast<long long>(odi) * oh + ohi) * ow + ow0;
+  const index_t odhw = static_cast<index_t>(od) * oh * ow;
+  scalar_t* yp = y + (ni * CO + co0) * odhw + (static_cast<index_t>(odi) * oh + ohi) * ow + ow0;
 #pragma unroll
   for (int c = 0; c < COT; ++c) {
     const float b = load(bias + co0 + c);
