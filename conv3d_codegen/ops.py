@@ -32,7 +32,8 @@ def run(dispatcher: Dispatcher, input: torch.Tensor, weight: torch.Tensor, bias:
     batched = input.unsqueeze(0) if input.dim() == 4 else input
     plan = dispatcher.plan(batched, weight, bias, stride, padding, dilation, groups, precision)
     if plan.route == "torch":
-        return F.conv3d(input, weight, bias, stride, padding, dilation, groups)
+        with cudnn_precision(precision):
+            return F.conv3d(input, weight, bias, stride, padding, dilation, groups)
     out = _GeneratedConv3d.apply(batched, weight, bias, plan)
     return out.squeeze(0) if input.dim() == 4 else out
 
@@ -56,13 +57,17 @@ class _GeneratedConv3d(torch.autograd.Function):
         return (*torch_backward(grad_out, x, weight, ctx.spec, ctx.needs_input_grad[:3]), None)
 
 
+def cudnn_precision(precision: str):
+    """cuDNN in the given precision: it uses TF32 for float32 by default, 'ieee' forbids it."""
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                       allow_tf32=precision == "tf32")
+
+
 def torch_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec,
                    needs: tuple[bool, bool, bool]):
-    """Gradients of input, weight and bias through torch's convolution_backward, in the
-    spec's precision: cuDNN would use TF32 for float32 by default, 'ieee' forbids it."""
-    cudnn = torch.backends.cudnn
-    with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
-                     allow_tf32=spec.precision == "tf32"):
+    """Gradients of input, weight and bias through torch's convolution_backward."""
+    with cudnn_precision(spec.precision):
         return _convolution_backward(grad_out, x, weight, spec, needs)
 
 

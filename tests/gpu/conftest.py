@@ -1,6 +1,8 @@
 """GPU tests: skipped, saying why, where there is no CUDA GPU. One fresh cache per session,
 into which every spec of the matrix is built up front, in parallel (builds dominate)."""
+import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +24,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def cache_root(tmp_path_factory):
+    """Fresh for each session; CONV3D_TEST_CACHE names one to reuse (for a run under
+    compute-sanitizer, with the kernels built beforehand outside it)."""
+    if os.environ.get("CONV3D_TEST_CACHE"):
+        return Path(os.environ["CONV3D_TEST_CACHE"])
     return tmp_path_factory.mktemp("kernel-cache")
 
 

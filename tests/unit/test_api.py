@@ -88,3 +88,13 @@ def test_conv3d_module_precision():
     assert Conv3d(3, 8, 3, dtype=torch.bfloat16, precision="tf32").spec.precision == "ieee"  # float32 only
     with pytest.raises(ValueError, match="precision must be one of \\('ieee', 'tf32'\\), got 'fp8'"):
         Conv3d(3, 8, 3, precision="fp8")
+
+
+def test_cudnn_precision_follows_the_spec_and_restores_the_setting():
+    from conv3d_codegen.ops import cudnn_precision
+    before = torch.backends.cudnn.allow_tf32
+    with cudnn_precision("ieee"):
+        assert torch.backends.cudnn.allow_tf32 is False
+    with cudnn_precision("tf32"):
+        assert torch.backends.cudnn.allow_tf32 is True
+    assert torch.backends.cudnn.allow_tf32 == before
