@@ -132,3 +132,19 @@ def test_cache_dir_from_environment_then_checkout_then_user(monkeypatch, tmp_pat
     expected = checkout if os.access(checkout, os.W_OK) else Path.home() / ".cache" / "conv3d-codegen"
     monkeypatch.chdir(tmp_path)  # never relative to the working directory
     assert cache_module.default_cache_dir() == expected
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other sha256"])
+def test_damaged_metadata_is_detected_and_rebuilt(root, caplog, damage):
+    calls = []
+    entry = KernelCache(root).get_or_build("conv3d_x", "key1", build_step(calls))
+    meta_path = entry.path / "meta.json"
+    if damage == "truncated":
+        meta_path.write_text(meta_path.read_text()[:40])
+    else:
+        meta = json.loads(meta_path.read_text())
+        meta["files"]["library"]["sha256"] = "0" * 64
+        meta_path.write_text(json.dumps(meta))
+    rebuilt = KernelCache(root).get_or_build("conv3d_x", "key1", build_step(calls))
+    assert len(calls) == 2 and rebuilt.file("library").read_text() == "binary"
+    assert ("unreadable metadata" if damage == "truncated" else "missing or altered") in caplog.text
