@@ -5,24 +5,32 @@
 Per row: FLOPs and the fewest bytes the problem must move; the floor, the larger of FLOPs
 over the matching unit's rate and bytes over copy bandwidth, both ceilings measured here
 first; median ms of each (CUDA events, L2 flushed before each run); % of floor; peak GPU
-memory of one call. Our output is checked against float64 torch before it is timed.
-Writes DIR/forward.json, DIR/forward.md and DIR/forward.png.
+memory of one call. "ours" is the dispatcher's pick after autotuning (tile sizes, or torch
+where torch is faster); "default" is the untuned tile choice. Our output is checked against
+float64 torch before it is timed. Writes DIR/forward.json, DIR/forward.md, DIR/forward.png.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conv3d_codegen import conv3d, strict  # noqa: E402
+from conv3d_codegen import strict  # noqa: E402
+from conv3d_codegen.autotune import candidates  # noqa: E402
+from conv3d_codegen.build import Target  # noqa: E402
+from conv3d_codegen.dispatch import Dispatcher  # noqa: E402
 from conv3d_codegen.measure import median_ms, random_inputs, relative_error, tolerance  # noqa: E402
-from conv3d_codegen.workloads import DEFAULT_WORKLOADS, WORKLOADS  # noqa: E402
+from conv3d_codegen.ops import run  # noqa: E402
+from conv3d_codegen.render import default_tiles, render_direct  # noqa: E402
+from conv3d_codegen.workloads import WORKLOADS  # noqa: E402
 
 
 def measure_ceilings() -> dict[str, float]:
@@ -50,14 +58,29 @@ def peak_bytes(fn) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
-def bench_row(name: str, dtype: str, ceilings: dict) -> dict:
+def workload(name: str, dtype: str):
     precision = "tf32" if dtype == "tf32" else "ieee"
-    work = WORKLOADS[name].with_dtype("float32" if dtype == "tf32" else dtype, precision)
-    spec, conv = work.spec, work.spec.functional_args()
+    return WORKLOADS[name].with_dtype("float32" if dtype == "tf32" else dtype, precision)
+
+
+def prebuild_candidates(dispatcher: Dispatcher, works) -> None:
+    """Every autotuning candidate of every row at once: builds are the slow part."""
+    target = Target.for_device()
+    sources = [render_direct(w.spec, t) for w in works for t in candidates(w.spec)]
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(lambda src: dispatcher.loader.load(src, target), sources))
+
+
+def bench_row(dispatcher: Dispatcher, name: str, dtype: str, ceilings: dict) -> dict:
+    work = workload(name, dtype)
+    spec, conv, precision = work.spec, work.spec.functional_args(), work.spec.precision
     torch.backends.cudnn.allow_tf32 = dtype == "tf32"  # fp32 rows compare IEEE float32 with IEEE float32
     x, weight, bias = random_inputs(spec, work.input_shape)
+    conv3d = lambda *a, **k: run(dispatcher, *a, **k)  # noqa: E731
     with strict():
         out = conv3d(x, weight, bias, precision=precision, **conv)
+    plan = dispatcher.plan(x, weight, bias, spec.stride, spec.padding, spec.dilation, spec.groups, precision)
+    choice = dispatcher.tuner.lookup(spec, tuple(x.shape), Target.for_device(), torch.cuda.get_device_name())
     ref = F.conv3d(x[:2].double(), weight.double(), None if bias is None else bias.double(), **conv)
     err = relative_error(out[:2], ref)
     if not err <= tolerance(spec):
@@ -67,7 +90,8 @@ def bench_row(name: str, dtype: str, ceilings: dict) -> dict:
     theirs = lambda: F.conv3d(x, weight, bias, **conv)  # noqa: E731
     floor_ms = max(work.flops / ceilings[dtype], work.min_bytes / ceilings["bandwidth"]) * 1e3
     row = dict(workload=name, dtype=dtype, flops=work.flops, bytes=work.min_bytes, floor_ms=floor_ms,
-               ours_ms=median_ms(ours), torch_ms=median_ms(theirs), rel_err=err,
+               ours_ms=median_ms(ours), torch_ms=median_ms(theirs), rel_err=err, pick=choice.label,
+               default_ms=choice.timings_ms.get(str(default_tiles(spec))), route=plan.route,
                ours_peak_mb=peak_bytes(ours) / 2**20, torch_peak_mb=peak_bytes(theirs) / 2**20)
     torch.backends.cudnn.allow_tf32 = True
     return row
@@ -81,12 +105,15 @@ def markdown(rows: list[dict], ceilings: dict) -> str:
              f"{ceilings['float32'] / 1e12:.1f}, TF32 {ceilings['tf32'] / 1e12:.0f}, BF16 "
              f"{ceilings['bfloat16'] / 1e12:.0f} TFLOP/s (8192^3 matrix products).", "",
              "| workload | dtype | GFLOP | MB | floor ms | torch ms | ours ms | speedup | ours % floor "
-             "| rel err | peak MB ours / torch |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| pick | default tiles ms | rel err | peak MB ours / torch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        default = f"{r['default_ms']:.2f}" if r["default_ms"] else "-"
         lines.append(f"| {r['workload']} | {r['dtype']} | {r['flops'] / 1e9:.1f} | {r['bytes'] / 1e6:.0f} "
                      f"| {r['floor_ms']:.2f} | {r['torch_ms']:.2f} | {r['ours_ms']:.2f} "
                      f"| {r['torch_ms'] / r['ours_ms']:.2f}x | {100 * r['floor_ms'] / r['ours_ms']:.0f}% "
-                     f"| {r['rel_err']:.1e} | {r['ours_peak_mb']:.0f} / {r['torch_peak_mb']:.0f} |")
+                     f"| {r['pick']} | {default} | {r['rel_err']:.1e} "
+                     f"| {r['ours_peak_mb']:.0f} / {r['torch_peak_mb']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -110,13 +137,15 @@ def chart(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", nargs="+", default=list(DEFAULT_WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
                         choices=["float32", "tf32", "float16", "bfloat16"])
     parser.add_argument("--out", type=Path, default=Path("."))
     args = parser.parse_args()
     ceilings = measure_ceilings()
-    rows = [bench_row(name, dtype, ceilings) for name in args.workloads for dtype in args.dtypes]
+    dispatcher = Dispatcher(autotune=True)
+    prebuild_candidates(dispatcher, [workload(n, dt) for n in args.workloads for dt in args.dtypes])
+    rows = [bench_row(dispatcher, name, dtype, ceilings) for name in args.workloads for dtype in args.dtypes]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "forward.json").write_text(json.dumps({"ceilings": ceilings, "rows": rows}, indent=2))
     text = markdown(rows, ceilings)

@@ -212,6 +212,24 @@ class KernelCache:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    def read_record(self, name: str, key: str) -> dict | None:
+        """A small result kept beside the kernels (an autotuning winner), if it is for `key`."""
+        path = self.root / "records" / f"{name}.json"
+        try:
+            record = json.loads(path.read_text())
+            return record if record.get("key") == key and unsafe(path) is None else None
+        except (OSError, ValueError):
+            return None
+
+    def write_record(self, name: str, key: str, data: dict) -> None:
+        try:
+            self.ensure_root()
+            (self.root / "records").mkdir(mode=0o700, exist_ok=True)
+            _write_atomically(self.root / "records" / f"{name}.json",
+                              json.dumps({"key": key, **data}, indent=2, sort_keys=True))
+        except OSError as err:
+            raise CacheUnusable(f"cache directory {self.root} cannot be used: {err}") from err
+
     def entries(self) -> list[Entry]:
         """Every complete entry, for listing."""
         found = []

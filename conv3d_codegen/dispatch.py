@@ -1,8 +1,11 @@
 """Dispatch: for each call, the generated kernel, the generic kernel or torch, and why.
 
 Decisions are memoized per (device, dtypes, shapes, parameters) and each is logged once.
-In strict mode (the `strict()` context, or CONV3D_CODEGEN_STRICT=1) any route other than
-the generated kernel raises FallbackError instead, for CI and benchmarks.
+Where an autotuning record exists for the spec and input shape, its winner is used (tile
+sizes, or torch); with autotuning on (CONV3D_CODEGEN_AUTOTUNE=1) a missing record is made
+on the first call. In strict mode (the `strict()` context, or CONV3D_CODEGEN_STRICT=1) a
+fallback from the generated kernel raises FallbackError instead, for CI and benchmarks;
+torch chosen by autotuning is not a fallback.
 """
 from __future__ import annotations
 
@@ -16,17 +19,20 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 
+from .autotune import Choice, Tuner
 from .build import KernelBuildError, Target
 from .cache import CacheUnusable, KernelCache
 from .kernel import Kernel, KernelLoader
-from .render import WIDE_INDEX_ELEMENTS, Source, default_tiles, render_direct, render_generic, supports
+from .render import WIDE_INDEX_ELEMENTS, Source, Tiles, default_tiles, render_direct, render_generic, supports
 from .spec import TORCH_DTYPES, ConvSpec
 
 log = logging.getLogger("conv3d_codegen")
 
 STRICT_ENV = "CONV3D_CODEGEN_STRICT"
+AUTOTUNE_ENV = "CONV3D_CODEGEN_AUTOTUNE"
 _strict: contextvars.ContextVar[bool | None] = contextvars.ContextVar("conv3d_codegen_strict", default=None)
 
 Route = Literal["generated", "generic", "torch"]
@@ -48,7 +54,18 @@ def strict(enabled: bool = True) -> Iterator[None]:
 
 def strict_enabled() -> bool:
     value = _strict.get()
-    return value if value is not None else os.environ.get(STRICT_ENV, "0") not in ("", "0")
+    return value if value is not None else _env_flag(STRICT_ENV)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "0") not in ("", "0")
+
+
+def cudnn_precision(precision: str):
+    """cuDNN in the given precision: it uses TF32 for float32 by default, 'ieee' forbids it."""
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                       allow_tf32=precision == "tf32")
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,11 @@ class Plan:
     reason: str | None = None       # why not the generated kernel
     spec: ConvSpec | None = None
     kernel: Kernel | None = None
+    tuned: bool = False             # chosen by timing against the other candidates
+
+    @property
+    def fallback(self) -> bool:
+        return self.route != "generated" and not self.tuned
 
 
 def _torch_only(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str | None:
@@ -79,7 +101,8 @@ def _torch_only(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return None
 
 
-def source_for(spec: ConvSpec, input_shape: tuple[int, ...] | None = None) -> tuple[Source, str | None]:
+def source_for(spec: ConvSpec, input_shape: tuple[int, ...] | None = None,
+               tiles: Tiles | None = None) -> tuple[Source, str | None]:
     """The source that serves `spec` (on inputs of `input_shape`, if given), and why it is not
     the specialized one (or None)."""
     reason, wide = supports(spec), False
@@ -87,16 +110,19 @@ def source_for(spec: ConvSpec, input_shape: tuple[int, ...] | None = None) -> tu
         n, ci, d, h, w = input_shape
         od, oh, ow = spec.output_size(d, h, w)
         wide = max(n * ci * d * h * w, n * spec.out_channels * od * oh * ow) >= WIDE_INDEX_ELEMENTS
-        if reason is None and ow < default_tiles(spec).wt:
-            reason = f"output width {ow} is below the {default_tiles(spec).wt} outputs a thread computes"
-    return (render_direct(spec, wide=wide), None) if reason is None else (render_generic(spec.dtype), reason)
+        wt = (tiles or default_tiles(spec)).wt
+        if reason is None and ow < wt:
+            reason = f"output width {ow} is below the {wt} outputs a thread computes"
+    return (render_direct(spec, tiles, wide), None) if reason is None else (render_generic(spec.dtype), reason)
 
 
 class Dispatcher:
     """Chooses and loads the kernel for each call. One per cache; see default_dispatcher()."""
 
-    def __init__(self, cache: KernelCache | None = None):
+    def __init__(self, cache: KernelCache | None = None, autotune: bool | None = None):
         self.loader = KernelLoader(cache or KernelCache())
+        self.tuner = Tuner(self.loader)
+        self.autotune = _env_flag(AUTOTUNE_ENV) if autotune is None else autotune
         self._plans: dict[tuple, Plan] = {}
 
     @property
@@ -113,10 +139,10 @@ class Dispatcher:
             plan = self._plans.setdefault(key, self._decide(x, weight, bias, stride, padding,
                                                             dilation, groups, precision))
             if plan.route != "generated":
-                level = logging.INFO if plan.route == "torch" and not x.is_cuda else logging.WARNING
+                level = logging.WARNING if plan.fallback and x.is_cuda else logging.INFO
                 log.log(level, "conv3d %s -> %s: %s", plan.spec.tag if plan.spec else tuple(x.shape),
                         plan.route, plan.reason)
-        if plan.route != "generated" and strict_enabled():
+        if plan.fallback and strict_enabled():
             raise FallbackError(f"strict mode: conv3d would run on {plan.route}: {plan.reason}")
         return plan
 
@@ -134,15 +160,32 @@ class Dispatcher:
             return Plan("torch", "input or bias shape does not match the weight", spec)
         if min(spec.output_size(*x.shape[2:])) < 1:
             return Plan("torch", "the kernel is larger than the padded input", spec)
-        source, reason = source_for(spec, tuple(x.shape))
+        target, tuned = Target.for_device(x.device), None
+        if supports(spec) is None:
+            tuned = self._tuned(spec, x, weight, bias, target, precision)
+            if tuned is not None and tuned.winner is None:
+                return Plan("torch", f"autotuned: torch was fastest ({tuned.timings_ms})", spec, tuned=True)
+        source, reason = source_for(spec, tuple(x.shape), tuned.winner if tuned else None)
         try:
-            kernel = self.loader.load(source, Target.for_device(x.device))
+            kernel = self.loader.load(source, target)
         except KernelBuildError as err:
             log.warning("%s", err)
             return Plan("torch", f"kernel build failed; source and log kept at {err.source_path}", spec)
         except CacheUnusable as err:
             return Plan("torch", f"no usable kernel cache: {err}", spec)
-        return Plan("generic" if reason else "generated", reason, spec, kernel)
+        return Plan("generic" if reason else "generated", reason, spec, kernel, tuned=tuned is not None)
+
+    def _tuned(self, spec, x, weight, bias, target, precision) -> Choice | None:
+        """The autotuning record for this call's spec and shape; made now if autotuning is on."""
+        device_name = torch.cuda.get_device_name(x.device)
+        choice = self.tuner.lookup(spec, tuple(x.shape), target, device_name)
+        if choice is None and self.autotune:
+            def torch_call():
+                with cudnn_precision(precision):
+                    return F.conv3d(x, weight, bias, **spec.functional_args())
+            wide = source_for(spec, tuple(x.shape))[0].params.get("offsets") == "64-bit"
+            choice = self.tuner.tune(spec, x, weight, bias, target, torch_call, wide=wide)
+        return choice
 
     def prebuild(self, specs: Iterable[ConvSpec], device: torch.device | int | None = None,
                  workers: int | None = None) -> dict[ConvSpec, Kernel | Exception]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .dispatch import Dispatcher, Plan, default_dispatcher
+from .dispatch import Dispatcher, Plan, cudnn_precision, default_dispatcher
 from .kernel import launch_args
 from .spec import ConvSpec
 
@@ -55,13 +55,6 @@ class _GeneratedConv3d(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         x, weight = ctx.saved_tensors
         return (*torch_backward(grad_out, x, weight, ctx.spec, ctx.needs_input_grad[:3]), None)
-
-
-def cudnn_precision(precision: str):
-    """cuDNN in the given precision: it uses TF32 for float32 by default, 'ieee' forbids it."""
-    cudnn = torch.backends.cudnn
-    return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
-                       allow_tf32=precision == "tf32")
 
 
 def torch_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec,

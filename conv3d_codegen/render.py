@@ -94,9 +94,14 @@ def supports(spec: ConvSpec) -> str | None:
 def default_tiles(spec: ConvSpec) -> Tiles:
     """A tile choice that is good on the seed shapes and valid for any supported spec."""
     cot = next(c for c in (8, 4, 2, 1) if spec.out_per_group % c == 0)
+    return Tiles(cot=cot, wt=4, block=128, cic=fitting_cic(spec, cot))
+
+
+def fitting_cic(spec: ConvSpec, cot: int, wt: int = 4, block: int = 128) -> int:
+    """The most input channels per chunk that keep unrolling and shared memory in bounds."""
     fits = [c for c in range(1, spec.in_per_group + 1) if spec.in_per_group % c == 0
-            and Tiles(cot, 4, 128, c).problem(spec) is None]
-    return Tiles(cot=cot, wt=4, block=128, cic=max(fits, default=1))
+            and Tiles(cot, wt, block, c).problem(spec) is None]
+    return max(fits, default=1)
 
 
 @dataclass(frozen=True)

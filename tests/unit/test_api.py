@@ -91,7 +91,7 @@ def test_conv3d_module_precision():
 
 
 def test_cudnn_precision_follows_the_spec_and_restores_the_setting():
-    from conv3d_codegen.ops import cudnn_precision
+    from conv3d_codegen.dispatch import cudnn_precision
     before = torch.backends.cudnn.allow_tf32
     with cudnn_precision("ieee"):
         assert torch.backends.cudnn.allow_tf32 is False

@@ -1,0 +1,135 @@
+"""Autotuning: for one spec and input shape, build a few tile configurations of the direct
+template, verify and time each on the real shape next to torch, and keep the winner as a
+record in the cache (keyed by spec, shape, GPU, toolchain and generator), so the search
+runs once per machine. A candidate that fails to build or to verify is dropped with its
+reason; torch is always a candidate, so the choice is never slower than torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .build import Target
+from .cache import CacheUnusable
+from .kernel import KernelLoader, launch_args
+from .measure import median_ms, relative_error, tolerance
+from .render import Tiles, default_tiles, fitting_cic, generator_hash, render_direct
+from .spec import ConvSpec
+
+log = logging.getLogger("conv3d_codegen")
+
+TORCH = "torch"
+
+
+def candidates(spec: ConvSpec) -> list[Tiles]:
+    """The search space: output channels x outputs per thread, at most 64 accumulators."""
+    cots = [c for c in (16, 8, 4, 2, 1) if spec.out_per_group % c == 0][:3]
+    found = {default_tiles(spec)}
+    for cot in cots:
+        for wt in (2, 4, 8):
+            if cot * wt <= 64:
+                tiles = Tiles(cot=cot, wt=wt, block=128, cic=fitting_cic(spec, cot, wt))
+                if tiles.problem(spec) is None:
+                    found.add(tiles)
+    return sorted(found, key=lambda t: (t.cot, t.wt, t.block, t.cic))
+
+
+@dataclass(frozen=True)
+class Choice:
+    winner: Tiles | None                 # None: torch is fastest
+    timings_ms: dict[str, float]         # every candidate's median time; inf where dropped
+    dropped: dict[str, str]              # candidate -> why it was dropped
+
+    @property
+    def label(self) -> str:
+        return TORCH if self.winner is None else str(self.winner)
+
+
+class Tuner:
+    """Looks up and produces autotuning records through a loader and its cache."""
+
+    def __init__(self, loader: KernelLoader):
+        self.loader = loader
+
+    @staticmethod
+    def record_id(spec: ConvSpec, shape: tuple[int, ...], target: Target, device_name: str) -> tuple[str, str]:
+        key = "-".join([spec.canonical_json(), "x".join(map(str, shape)), target.arch, target.torch_version,
+                        target.cuda_version, device_name, generator_hash()])
+        digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+        return f"autotune_{spec.tag}_n{'x'.join(map(str, shape))}_{digest}", key
+
+    def lookup(self, spec: ConvSpec, shape: tuple[int, ...], target: Target, device_name: str) -> Choice | None:
+        record = self.loader.cache.read_record(*self.record_id(spec, shape, target, device_name))
+        if record is None:
+            return None
+        winner = None if record["winner"] == TORCH else Tiles(**record["tiles"])
+        return Choice(winner, record["timings_ms"], record["dropped"])
+
+    def tune(self, spec: ConvSpec, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+             target: Target, torch_call: Callable[[], torch.Tensor], wide: bool = False,
+             tiles: list[Tiles] | None = None) -> Choice:
+        """Time every candidate (default: candidates(spec)) and torch on these tensors."""
+        started = time.perf_counter()
+        tiles = list(candidates(spec) if tiles is None else tiles)
+        timings, dropped, kernels = {}, {}, {}
+        ow = spec.output_size(*x.shape[2:])[2]
+        for t in list(tiles):
+            if (problem := t.problem(spec)) or (ow < t.wt and (problem := f"output width {ow} < wt")):
+                dropped[str(t)] = f"tiles: {problem}"
+                tiles.remove(t)
+
+        def build(t: Tiles):
+            return self.loader.load(render_direct(spec, t, wide), target)
+
+        with ThreadPoolExecutor(len(tiles) or 1) as pool:
+            futures = {t: pool.submit(build, t) for t in tiles}
+        for t, future in futures.items():
+            if future.exception() is not None:
+                dropped[str(t)] = f"build: {str(future.exception()).splitlines()[0]}"
+            else:
+                kernels[t] = future.result()
+
+        with torch.no_grad():
+            x, weight = x.contiguous(), weight.contiguous()
+            bias = bias.contiguous() if bias is not None else None
+            ref = F.conv3d(x[:1].double(), weight.double(), None if bias is None else bias.double(),
+                           **spec.functional_args())
+            args = launch_args(spec, x.shape)
+            out = torch.empty((x.shape[0], spec.out_channels, *spec.output_size(*x.shape[2:])),
+                              dtype=x.dtype, device=x.device)
+            for t, kernel in kernels.items():
+                out.fill_(float("nan"))
+                kernel(x, weight, bias, out, args)
+                err = relative_error(out[:1], ref)
+                if not err <= tolerance(spec):
+                    dropped[str(t)] = f"verify: relative error {err:.2e} over {tolerance(spec):.0e}"
+                    continue
+                timings[str(t)] = median_ms(lambda: kernel(x, weight, bias, out, args), warmup=3, reps=10)
+            timings[TORCH] = median_ms(torch_call, warmup=3, reps=10)
+        for label in dropped:
+            timings[label] = math.inf
+            log.info("autotune %s: dropped %s (%s)", spec.tag, label, dropped[label])
+
+        best = min(timings, key=timings.get)
+        choice = Choice(None if best == TORCH else next(t for t in kernels if str(t) == best), timings, dropped)
+        device_name = torch.cuda.get_device_name(x.device)
+        name, key = self.record_id(spec, tuple(x.shape), target, device_name)
+        try:
+            self.loader.cache.write_record(name, key, {
+                "winner": choice.label, "tiles": dataclasses.asdict(choice.winner) if choice.winner else None,
+                "timings_ms": {k: v if math.isfinite(v) else None for k, v in timings.items()},
+                "dropped": dropped, "device": device_name, "seconds": round(time.perf_counter() - started, 1)})
+        except CacheUnusable as err:
+            log.warning("autotune %s: the winner is not kept (%s)", spec.tag, err)
+        log.info("autotune %s on %s: %s (%.3f ms; torch %.3f ms)", spec.tag, tuple(x.shape), choice.label,
+                 timings[best], timings[TORCH])
+        return choice
