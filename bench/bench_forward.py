@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -65,10 +63,8 @@ def workload(name: str, dtype: str):
 
 def prebuild_candidates(dispatcher: Dispatcher, works) -> None:
     """Every autotuning candidate of every row at once: builds are the slow part."""
-    target = Target.for_device()
-    sources = [render_direct(w.spec, t) for w in works for t in candidates(w.spec)]
-    with ThreadPoolExecutor(os.cpu_count()) as pool:
-        list(pool.map(lambda src: dispatcher.loader.load(src, target), sources))
+    dispatcher.loader.load_many([render_direct(w.spec, t) for w in works for t in candidates(w.spec)],
+                                Target.for_device())
 
 
 def bench_row(dispatcher: Dispatcher, name: str, dtype: str, ceilings: dict) -> dict:

@@ -12,7 +12,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -87,16 +86,12 @@ class Tuner:
                 dropped[str(t)] = f"tiles: {problem}"
                 tiles.remove(t)
 
-        def build(t: Tiles):
-            return self.loader.load(render_direct(spec, t, wide), target)
-
-        with ThreadPoolExecutor(len(tiles) or 1) as pool:
-            futures = {t: pool.submit(build, t) for t in tiles}
-        for t, future in futures.items():
-            if future.exception() is not None:
-                dropped[str(t)] = f"build: {str(future.exception()).splitlines()[0]}"
+        built = self.loader.load_many([render_direct(spec, t, wide) for t in tiles], target)
+        for t, result in zip(tiles, built):
+            if isinstance(result, Exception):
+                dropped[str(t)] = f"build: {str(result).splitlines()[0]}"
             else:
-                kernels[t] = future.result()
+                kernels[t] = result
 
         with torch.no_grad():
             x, weight = x.contiguous(), weight.contiguous()

@@ -14,7 +14,6 @@ import contextvars
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -61,11 +60,19 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "0") not in ("", "0")
 
 
-def cudnn_precision(precision: str):
-    """cuDNN in the given precision: it uses TF32 for float32 by default, 'ieee' forbids it."""
-    cudnn = torch.backends.cudnn
-    return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
-                       allow_tf32=precision == "tf32")
+@contextlib.contextmanager
+def cudnn_precision(precision: str, dtype: torch.dtype = torch.float32) -> Iterator[None]:
+    """cuDNN in the given precision: it uses TF32 for float32 by default, 'ieee' forbids it.
+    Touches the one flag, and only for float32 where it differs (this runs on every call)."""
+    cudnn, wanted = torch.backends.cudnn, precision == "tf32"
+    if dtype != torch.float32 or cudnn.allow_tf32 == wanted:
+        yield
+        return
+    cudnn.allow_tf32 = wanted
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32 = not wanted
 
 
 @dataclass(frozen=True)
@@ -181,7 +188,7 @@ class Dispatcher:
         choice = self.tuner.lookup(spec, tuple(x.shape), target, device_name)
         if choice is None and self.autotune:
             def torch_call():
-                with cudnn_precision(precision):
+                with cudnn_precision(precision, x.dtype):
                     return F.conv3d(x, weight, bias, **spec.functional_args())
             wide = source_for(spec, tuple(x.shape))[0].params.get("offsets") == "64-bit"
             choice = self.tuner.tune(spec, x, weight, bias, target, torch_call, wide=wide)
@@ -190,11 +197,9 @@ class Dispatcher:
     def prebuild(self, specs: Iterable[ConvSpec], device: torch.device | int | None = None,
                  workers: int | None = None) -> dict[ConvSpec, Kernel | Exception]:
         """Build the kernels of many specs in parallel (each build is an nvcc process)."""
-        target = Target.for_device(device)
-        sources = {spec: source_for(spec)[0] for spec in dict.fromkeys(specs)}
-        with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-            futures = {spec: pool.submit(self.loader.load, src, target) for spec, src in sources.items()}
-        return {spec: f.exception() or f.result() for spec, f in futures.items()}
+        specs = list(dict.fromkeys(specs))
+        kernels = self.loader.load_many([source_for(spec)[0] for spec in specs], Target.for_device(device), workers)
+        return dict(zip(specs, kernels))
 
 
 def _hashable(value):

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,3 +107,9 @@ class KernelLoader:
         kernel = Kernel(source, name, entry)
         with self._lock:
             return self._memo.setdefault(key, kernel)
+
+    def load_many(self, sources: list[Source], target: Target, workers: int | None = None) -> list[Kernel | Exception]:
+        """Load or build many sources at once; each build is an nvcc process, so they overlap."""
+        with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+            futures = [pool.submit(self.load, source, target) for source in sources]
+        return [f.exception() or f.result() for f in futures]

@@ -32,7 +32,7 @@ def run(dispatcher: Dispatcher, input: torch.Tensor, weight: torch.Tensor, bias:
     batched = input.unsqueeze(0) if input.dim() == 4 else input
     plan = dispatcher.plan(batched, weight, bias, stride, padding, dilation, groups, precision)
     if plan.route == "torch":
-        with cudnn_precision(precision):
+        with cudnn_precision(precision, input.dtype):
             return F.conv3d(input, weight, bias, stride, padding, dilation, groups)
     out = _GeneratedConv3d.apply(batched, weight, bias, plan)
     return out.squeeze(0) if input.dim() == 4 else out
@@ -60,7 +60,7 @@ class _GeneratedConv3d(torch.autograd.Function):
 def torch_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec,
                    needs: tuple[bool, bool, bool]):
     """Gradients of input, weight and bias through torch's convolution_backward."""
-    with cudnn_precision(spec.precision):
+    with cudnn_precision(spec.precision, x.dtype):
         return _convolution_backward(grad_out, x, weight, spec, needs)
 
 

@@ -66,13 +66,21 @@ CANDIDATE_SPECS = [(w.spec.model_copy(update={"dtype": dt}), (1, w.spec.in_chann
                    for w in WORKLOADS.values() for dt in ("float32", "bfloat16")]
 
 
+@pytest.fixture(scope="module")
+def candidate_kernels(dispatcher):
+    """Every candidate of every spec below, built at once."""
+    sources = [render_direct(spec, tiles) for spec, _ in CANDIDATE_SPECS for tiles in candidates(spec)]
+    built = dispatcher.loader.load_many(sources, Target.for_device())
+    assert not [k for k in built if isinstance(k, Exception)]
+    return {(source.identity, source.params["tiles"]): kernel for source, kernel in zip(sources, built)}
+
+
 @pytest.mark.parametrize("spec, shape", CANDIDATE_SPECS, ids=lambda v: v.tag if isinstance(v, ConvSpec) else "")
-def test_every_candidate_the_autotuner_can_pick_matches_torch(dispatcher, spec, shape):
+def test_every_candidate_the_autotuner_can_pick_matches_torch(candidate_kernels, spec, shape):
     x, weight, bias = random_inputs(spec, shape)
     ref = F.conv3d(x.double(), weight.double(), None if bias is None else bias.double(), **spec.functional_args())
-    target = Target.for_device()
     for tiles in candidates(spec):
-        kernel = dispatcher.loader.load(render_direct(spec, tiles), target)
+        kernel = candidate_kernels[(spec.canonical_json(), str(tiles))]
         out = torch.full(ref.shape, float("nan"), dtype=x.dtype, device=x.device)
         kernel(x, weight, bias, out, launch_args(spec, x.shape))
         assert relative_error(out, ref) <= tolerance(spec), tiles
