@@ -27,6 +27,8 @@ from .spec import ConvSpec
 log = logging.getLogger("conv3d_codegen")
 
 TORCH = "torch"
+TORCH_MARGIN = 0.98  # a candidate must beat torch's time by 2% (more than the timing noise) to win
+TIMING = dict(warmup=5, reps=10, min_total_ms=25.0)
 
 
 def candidates(spec: ConvSpec) -> list[Tiles]:
@@ -108,13 +110,15 @@ class Tuner:
                 if not err <= tolerance(spec):
                     dropped[str(t)] = f"verify: relative error {err:.2e} over {tolerance(spec):.0e}"
                     continue
-                timings[str(t)] = median_ms(lambda: kernel(x, weight, bias, out, args), warmup=3, reps=10)
-            timings[TORCH] = median_ms(torch_call, warmup=3, reps=10)
+                timings[str(t)] = median_ms(lambda: kernel(x, weight, bias, out, args), **TIMING)
+            timings[TORCH] = median_ms(torch_call, **TIMING)
         for label in dropped:
             timings[label] = math.inf
             log.info("autotune %s: dropped %s (%s)", spec.tag, label, dropped[label])
 
         best = min(timings, key=timings.get)
+        if timings[best] > TORCH_MARGIN * timings[TORCH]:
+            best = TORCH
         choice = Choice(None if best == TORCH else next(t for t in kernels if str(t) == best), timings, dropped)
         device_name = torch.cuda.get_device_name(x.device)
         name, key = self.record_id(spec, tuple(x.shape), target, device_name)

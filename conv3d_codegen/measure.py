@@ -17,12 +17,15 @@ def tolerance(spec: ConvSpec) -> float:
     return TOLERANCE["tf32" if spec.precision == "tf32" else spec.dtype]
 
 
-def median_ms(fn: Callable[[], object], *, warmup: int = 5, reps: int = 30, flush_l2: bool = True) -> float:
+def median_ms(fn: Callable[[], object], *, warmup: int = 5, reps: int = 30, flush_l2: bool = True,
+              min_total_ms: float = 0.0) -> float:
+    """Median of `reps` timed runs, more if needed to time at least `min_total_ms` in all
+    (short kernels need many runs for a stable median)."""
     flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda") if flush_l2 else None
     for _ in range(warmup):
         fn()
     times = []
-    for _ in range(reps):
+    while len(times) < reps or (sum(times) < min_total_ms and len(times) < 1000):
         if flush is not None:
             flush.zero_()  # evicts the inputs from L2 (50 MB on an H100), outside the timed region
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -30,7 +30,8 @@ def test_tuning_keeps_a_verified_winner_that_later_processes_use(tmp_path):
     assert plan.tuned and relative_error(out, F.conv3d(x.double(), weight.double(), bias.double(), padding=1)) <= 1e-5
     choice = tuning.tuner.lookup(SPEC, SHAPE, Target.for_device(), torch.cuda.get_device_name())
     assert set(choice.timings_ms) == {str(t) for t in candidates(SPEC)} | {TORCH}
-    assert choice.timings_ms[choice.label] == min(choice.timings_ms.values())
+    fastest = min(choice.timings_ms.values())
+    assert choice.timings_ms[choice.label] == fastest or (choice.winner is None and fastest >= 0.98 * choice.timings_ms[TORCH])
 
     later = Dispatcher(KernelCache(tmp_path), autotune=False)
     reused = later.plan(x, weight, bias, 1, 1, 1, 1)

@@ -73,11 +73,15 @@ def test_a_build_killed_by_sigkill_is_rebuilt_by_the_next_call(tmp_path):
 
 
 def test_a_truncated_library_is_detected_and_rebuilt(tmp_path, caplog):
-    spec = ConvSpec.from_text("1x3x3 --cin 4 --cout 4 --padding same")
-    first = Dispatcher(KernelCache(tmp_path))
-    kernel = first.loader.load(source_for(spec)[0], Target.for_device())
-    library = kernel.entry.file("library")
+    """Another process built the library; it is then damaged on disk. (Not one this process
+    has mapped: the cache itself never writes a library in place, rebuilds rename a new
+    folder over the old one, so mapped pages stay valid.)"""
+    text = "1x3x3 --cin 4 --cout 4 --padding same"
+    first = one_call(tmp_path, text)
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    library = next(tmp_path.glob("conv3d_fwd_k1x3x3_*/build/*.so"))
     library.write_bytes(library.read_bytes()[: library.stat().st_size // 2])
+    spec = ConvSpec.from_text(text)
     second = Dispatcher(KernelCache(tmp_path))
     x, w, b = random_inputs(spec, (2, 4, 7, 8, 9))
     with caplog.at_level(logging.WARNING, logger="conv3d_codegen"), strict():
