@@ -124,7 +124,7 @@ class Tuner:
         name, key = self.record_id(spec, tuple(x.shape), target, device_name)
         try:
             self.loader.cache.write_record(name, key, {
-                "winner": choice.label, "tiles": dataclasses.asdict(choice.winner) if choice.winner else None,
+                "spec": spec.canonical_json(), "shape": list(x.shape), "winner": choice.label, "tiles": dataclasses.asdict(choice.winner) if choice.winner else None,
                 "timings_ms": {k: v if math.isfinite(v) else None for k, v in timings.items()},
                 "dropped": dropped, "device": device_name, "seconds": round(time.perf_counter() - started, 1)})
         except CacheUnusable as err:

@@ -128,7 +128,7 @@ def build_library(source: Source, target: Target, key: str, out_dir: Path) -> di
         raise KernelBuildError(name, source.identity, cu if cu.exists() else None, str(err)) from None
     return {"files": {"library": os.path.relpath(path, out_dir), "source": "build/cuda.cu"},
             "info": {"build_seconds": round(time.perf_counter() - started, 2), "arch": target.arch,
-                     "template": source.template, "identity": source.identity}}
+                     "template": source.template, "identity": source.identity, "params": source.params}}
 
 
 @dataclass(frozen=True)

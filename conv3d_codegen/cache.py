@@ -84,6 +84,22 @@ class Entry:
     def file(self, role: str) -> Path:
         return self.path / self.meta["files"][role]["path"]
 
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+    @property
+    def last_used(self) -> float:
+        """When a process last loaded it (or when it was built)."""
+        try:
+            return (self.path / "last_used").stat().st_mtime
+        except OSError:
+            return self.meta.get("created", 0.0)
+
 
 @dataclass
 class CacheStats:
@@ -212,6 +228,13 @@ class KernelCache:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    def touch(self, entry: Entry) -> None:
+        """Mark an entry used now (for `conv3d-gen list` and prune); best effort."""
+        try:
+            (entry.path / "last_used").touch()
+        except OSError:
+            pass
+
     def read_record(self, name: str, key: str) -> dict | None:
         """A small result kept beside the kernels (an autotuning winner), if it is for `key`."""
         path = self.root / "records" / f"{name}.json"
@@ -239,6 +262,49 @@ class KernelCache:
             except (OSError, ValueError):
                 continue
         return found
+
+    def records(self) -> list[dict]:
+        found = []
+        for path in sorted(self.root.glob("records/*.json")):
+            try:
+                found.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        return found
+
+    def remove(self, name: str) -> None:
+        """Delete one entry, under its lock, so no process reads it half deleted."""
+        with self._locked(name):
+            gone = self.root / ".tmp" / f"{name}.removed.{uuid.uuid4().hex[:8]}"
+            gone.parent.mkdir(mode=0o700, exist_ok=True)
+            os.rename(self.root / name, gone)  # loaders see it vanish at once; then delete at leisure
+            shutil.rmtree(gone, ignore_errors=True)
+
+    def prune(self, max_bytes: int) -> list[Entry]:
+        """Delete the least recently used entries until the kernels take at most max_bytes."""
+        entries = sorted(self.entries(), key=lambda e: e.last_used)
+        total, removed = sum(e.size for e in entries), []
+        for entry in entries:
+            if total <= max_bytes:
+                break
+            total -= entry.size
+            self.remove(entry.name)
+            removed.append(entry)
+        return removed
+
+    def clean(self) -> int:
+        """Delete every entry, record, failed build and leftover; returns the bytes freed.
+        Lock files stay: deleting one a process holds would let a second builder in."""
+        freed = 0
+        for entry in self.entries():
+            freed += entry.size
+            self.remove(entry.name)
+        for folder in ("records", "failed", ".tmp"):
+            path = self.root / folder
+            if path.exists():
+                freed += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+                shutil.rmtree(path, ignore_errors=True)
+        return freed
 
 
 def _make_private(folder: Path) -> None:

@@ -2,18 +2,29 @@
 
 Decisions are memoized per (device, dtypes, shapes, parameters) and each is logged once.
 Where an autotuning record exists for the spec and input shape, its winner is used (tile
-sizes, or torch); with autotuning on (CONV3D_CODEGEN_AUTOTUNE=1) a missing record is made
-on the first call. In strict mode (the `strict()` context, or CONV3D_CODEGEN_STRICT=1) a
-fallback from the generated kernel raises FallbackError instead, for CI and benchmarks;
-torch chosen by autotuning is not a fallback.
+sizes, or torch); with autotuning on, a missing record is made (so the pick is never
+slower than torch). How a missing kernel is obtained depends on the mode:
+
+  jit       build (and tune) on first use, and wait
+  async     build in the background and serve the call with torch until it is ready; the
+            short timing contest of autotuning then runs on a later call
+  prebuilt  use only what the cache holds, never compile; otherwise torch, with the reason
+  off       torch
+
+In strict mode (the `strict()` context, or CONV3D_CODEGEN_STRICT=1) a fallback from the
+generated kernel raises FallbackError instead, for CI and benchmarks; torch chosen by
+autotuning is not a fallback.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import os
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from .autotune import Choice, Tuner
+from .autotune import Choice, Tuner, candidates
 from .build import KernelBuildError, Target
 from .cache import CacheUnusable, KernelCache
 from .kernel import Kernel, KernelLoader
@@ -32,6 +43,8 @@ log = logging.getLogger("conv3d_codegen")
 
 STRICT_ENV = "CONV3D_CODEGEN_STRICT"
 AUTOTUNE_ENV = "CONV3D_CODEGEN_AUTOTUNE"
+MODE_ENV = "CONV3D_CODEGEN_MODE"
+MODES = ("jit", "async", "prebuilt", "off")
 _strict: contextvars.ContextVar[bool | None] = contextvars.ContextVar("conv3d_codegen_strict", default=None)
 
 Route = Literal["generated", "generic", "torch"]
@@ -82,10 +95,32 @@ class Plan:
     spec: ConvSpec | None = None
     kernel: Kernel | None = None
     tuned: bool = False             # chosen by timing against the other candidates
+    pending: Future | None = None   # async mode: the background build this plan waits for
+    call: str = ""                  # the call it was made for: input shape, dtype, device
 
     @property
     def fallback(self) -> bool:
         return self.route != "generated" and not self.tuned
+
+    def describe(self) -> str:
+        what = self.spec.tag if self.spec else "conv3d"
+        ran = f"{self.route} kernel {self.kernel.name}" if self.kernel else self.route
+        why = self.reason or "the specialized kernel"
+        return f"{what} on {self.call}: {ran}{' (autotuned)' if self.tuned else ''}; {why}"
+
+
+def _in_background(work: Callable[[], object]) -> Future:
+    """Run `work` on a daemon thread: a build left running must not hold up the exit."""
+    future: Future = Future()
+
+    def run():
+        try:
+            future.set_result(work())
+        except BaseException as err:  # handed to whoever looks at the future
+            future.set_exception(err)
+
+    threading.Thread(target=run, name="conv3d-codegen-build", daemon=True).start()
+    return future
 
 
 def _torch_only(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str | None:
@@ -124,17 +159,26 @@ def source_for(spec: ConvSpec, input_shape: tuple[int, ...] | None = None,
 
 
 class Dispatcher:
-    """Chooses and loads the kernel for each call. One per cache; see default_dispatcher()."""
+    """Chooses and loads the kernel for each call. One per cache; see default_dispatcher().
 
-    def __init__(self, cache: KernelCache | None = None, autotune: bool | None = None):
+    Made in code it builds on first use (mode 'jit') and does not autotune; the process-wide
+    dispatcher behind conv3d() and Conv3d reads its settings from the environment."""
+
+    def __init__(self, cache: KernelCache | None = None, autotune: bool = False, mode: str = "jit"):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.loader = KernelLoader(cache or KernelCache())
         self.tuner = Tuner(self.loader)
-        self.autotune = _env_flag(AUTOTUNE_ENV) if autotune is None else autotune
+        self.autotune, self.mode = autotune, mode
         self._plans: dict[tuple, Plan] = {}
 
     @property
     def cache(self) -> KernelCache:
         return self.loader.cache
+
+    def plans(self) -> list[Plan]:
+        """Every decision made so far, for explain()."""
+        return list(self._plans.values())
 
     def plan(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
              stride, padding, dilation, groups, precision: str = "ieee") -> Plan:
@@ -142,64 +186,95 @@ class Dispatcher:
                tuple(weight.shape), None if bias is None else (bias.device, bias.dtype, tuple(bias.shape)),
                _hashable(stride), _hashable(padding), _hashable(dilation), groups, precision)
         plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plans.setdefault(key, self._decide(x, weight, bias, stride, padding,
-                                                            dilation, groups, precision))
+        if plan is None or (plan.pending is not None and plan.pending.done()):
+            plan = self._decide(x, weight, bias, stride, padding, dilation, groups, precision, plan)
+            plan = dataclasses.replace(plan, call=f"input {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')} "
+                                                  f"{x.device}")
+            self._plans[key] = plan
             if plan.route != "generated":
-                level = logging.WARNING if plan.fallback and x.is_cuda else logging.INFO
+                level = logging.WARNING if plan.fallback and x.is_cuda and not plan.pending else logging.INFO
                 log.log(level, "conv3d %s -> %s: %s", plan.spec.tag if plan.spec else tuple(x.shape),
                         plan.route, plan.reason)
         if plan.fallback and strict_enabled():
             raise FallbackError(f"strict mode: conv3d would run on {plan.route}: {plan.reason}")
         return plan
 
-    def _decide(self, x, weight, bias, stride, padding, dilation, groups, precision) -> Plan:
-        if (reason := _torch_only(x, weight, bias)) is not None:
-            return Plan("torch", reason)
-        try:
+    def _decide(self, x, weight, bias, stride, padding, dilation, groups, precision, before: Plan | None) -> Plan:
+        try:  # the spec of the call where it has one, so that every decision can name it
             spec = ConvSpec(in_channels=weight.shape[1] * groups, out_channels=weight.shape[0],
                             kernel_size=tuple(weight.shape[2:]), stride=stride, padding=padding,
                             dilation=dilation, groups=groups, bias=bias is not None, dtype=x.dtype,
                             precision=precision)
-        except ValidationError as err:
-            return Plan("torch", f"not a valid convolution ({err.errors()[0]['msg']})")
+            invalid = None
+        except (ValidationError, IndexError, TypeError) as err:
+            spec = None
+            invalid = f"not a valid convolution ({err.errors()[0]['msg'] if isinstance(err, ValidationError) else err})"
+        if (reason := _torch_only(x, weight, bias)) is not None:
+            return Plan("torch", reason, spec)
+        if invalid:
+            return Plan("torch", invalid)
         if x.shape[1] != spec.in_channels or (bias is not None and tuple(bias.shape) != (spec.out_channels,)):
             return Plan("torch", "input or bias shape does not match the weight", spec)
         if min(spec.output_size(*x.shape[2:])) < 1:
             return Plan("torch", "the kernel is larger than the padded input", spec)
-        target, tuned = Target.for_device(x.device), None
-        if supports(spec) is None:
-            tuned = self._tuned(spec, x, weight, bias, target, precision)
-            if tuned is not None and tuned.winner is None:
-                return Plan("torch", f"autotuned: torch was fastest ({tuned.timings_ms})", spec, tuned=True)
-        source, reason = source_for(spec, tuple(x.shape), tuned.winner if tuned else None)
+        if self.mode == "off":
+            return Plan("torch", "mode 'off'", spec)
+        if before is not None and before.pending.exception() is not None:
+            return Plan("torch", f"the background build failed: {str(before.pending.exception()).splitlines()[0]}",
+                        spec)
         try:
-            kernel = self.loader.load(source, target)
+            return self._kernel_plan(spec, x, weight, bias, precision)
         except KernelBuildError as err:
             log.warning("%s", err)
             return Plan("torch", f"kernel build failed; source and log kept at {err.source_path}", spec)
         except CacheUnusable as err:
             return Plan("torch", f"no usable kernel cache: {err}", spec)
-        return Plan("generic" if reason else "generated", reason, spec, kernel, tuned=tuned is not None)
 
-    def _tuned(self, spec, x, weight, bias, target, precision) -> Choice | None:
-        """The autotuning record for this call's spec and shape; made now if autotuning is on."""
-        device_name = torch.cuda.get_device_name(x.device)
-        choice = self.tuner.lookup(spec, tuple(x.shape), target, device_name)
-        if choice is None and self.autotune:
-            def torch_call():
-                with cudnn_precision(precision, x.dtype):
-                    return F.conv3d(x, weight, bias, **spec.functional_args())
-            wide = source_for(spec, tuple(x.shape))[0].params.get("offsets") == "64-bit"
-            choice = self.tuner.tune(spec, x, weight, bias, target, torch_call, wide=wide)
-        return choice
+    def _kernel_plan(self, spec: ConvSpec, x, weight, bias, precision) -> Plan:
+        target, shape = Target.for_device(x.device), tuple(x.shape)
+        tunable = supports(spec) is None
+        choice = self.tuner.lookup(spec, shape, target, torch.cuda.get_device_name(x.device)) if tunable else None
+        if choice is None and tunable and self.autotune and self.mode != "prebuilt":
+            sources = [render_direct(spec, t, _wide(spec, shape)) for t in candidates(spec)]
+            if self.mode == "async" and any(self.loader.find(s, target) is None for s in sources):
+                return Plan("torch", f"building {len(sources)} autotuning candidates in the background",
+                            spec, pending=_in_background(lambda: self.loader.load_many(sources, target)))
+            choice = self._tune(spec, x, weight, bias, target, precision)
+        if choice is not None and choice.winner is None:
+            return Plan("torch", f"autotuned: torch was fastest ({_timings(choice)})", spec, tuned=True)
+        source, reason = source_for(spec, shape, choice.winner if choice else None)
+        kernel = self.loader.find(source, target)
+        if kernel is None and self.mode == "prebuilt":
+            return Plan("torch", f"mode 'prebuilt': {source.name} is not in the cache {self.cache.root}", spec)
+        if kernel is None and self.mode == "async":
+            return Plan("torch", f"building {source.name} in the background", spec,
+                        pending=_in_background(lambda: self.loader.load(source, target)))
+        kernel = kernel or self.loader.load(source, target)
+        return Plan("generic" if reason else "generated", reason, spec, kernel, tuned=choice is not None)
+
+    def _tune(self, spec, x, weight, bias, target, precision) -> Choice:
+        def torch_call():
+            with cudnn_precision(precision, x.dtype):
+                return F.conv3d(x, weight, bias, **spec.functional_args())
+        return self.tuner.tune(spec, x, weight, bias, target, torch_call, wide=_wide(spec, tuple(x.shape)))
 
     def prebuild(self, specs: Iterable[ConvSpec], device: torch.device | int | None = None,
-                 workers: int | None = None) -> dict[ConvSpec, Kernel | Exception]:
+                 workers: int | None = None, progress: Callable[[Kernel | Exception], None] | None = None,
+                 ) -> dict[ConvSpec, Kernel | Exception]:
         """Build the kernels of many specs in parallel (each build is an nvcc process)."""
         specs = list(dict.fromkeys(specs))
-        kernels = self.loader.load_many([source_for(spec)[0] for spec in specs], Target.for_device(device), workers)
+        kernels = self.loader.load_many([source_for(spec)[0] for spec in specs], Target.for_device(device),
+                                        workers, progress)
         return dict(zip(specs, kernels))
+
+
+def _wide(spec: ConvSpec, shape: tuple[int, ...]) -> bool:
+    return source_for(spec, shape)[0].params.get("offsets") == "64-bit"
+
+
+def _timings(choice: Choice) -> str:
+    return ", ".join(f"{label}: {ms:.3f} ms" for label, ms in sorted(choice.timings_ms.items(), key=lambda kv: kv[1])
+                     if ms is not None and ms != float("inf"))[:200]
 
 
 def _hashable(value):
@@ -210,8 +285,38 @@ _default: Dispatcher | None = None
 
 
 def default_dispatcher() -> Dispatcher:
-    """The process-wide dispatcher over the default cache directory, made on first use."""
+    """The process-wide dispatcher behind conv3d() and Conv3d, made on first use: mode from
+    CONV3D_CODEGEN_MODE (default 'async': a first call never waits on a build), autotuning
+    unless CONV3D_CODEGEN_AUTOTUNE=0, over the default cache directory."""
     global _default
     if _default is None:
-        _default = Dispatcher()
+        mode = os.environ.get(MODE_ENV) or "async"
+        if mode not in MODES:
+            raise ValueError(f"{MODE_ENV} must be one of {', '.join(MODES)}, got {mode!r}")
+        _default = Dispatcher(autotune=os.environ.get(AUTOTUNE_ENV, "1") != "0", mode=mode)
     return _default
+
+
+def explain(model: torch.nn.Module | None = None, dispatcher: Dispatcher | None = None) -> str:
+    """What ran (or will run) for each conv3d call seen so far, and why; only for one
+    model's Conv3d layers if a model is given."""
+    plans = (dispatcher or default_dispatcher()).plans()
+    if model is None:
+        return "\n".join(p.describe() for p in plans) or "no conv3d call has been dispatched yet"
+    lines = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv3d):
+            spec = getattr(module, "spec", None) or ConvSpec.from_module(module)
+            mine = [p.describe() for p in plans if p.spec == spec]
+            lines.append(f"{name or type(module).__name__}: " + ("\n  ".join(mine) or "not called yet"))
+    return "\n".join(lines) or "the model has no Conv3d layer"
+
+
+def explain_call(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1,
+                 padding=0, dilation=1, groups: int = 1, precision: str = "ieee",
+                 dispatcher: Dispatcher | None = None) -> str:
+    """What conv3d() runs for these arguments, and why (deciding it now if it is new)."""
+    batched = input.unsqueeze(0) if input.dim() == 4 else input
+    with strict(False):
+        return (dispatcher or default_dispatcher()).plan(batched, weight, bias, stride, padding, dilation,
+                                                         groups, precision).describe()

@@ -88,6 +88,17 @@ class KernelLoader:
         if self.fallback is None and self.cache.root != fallback_cache_dir():
             self.fallback = KernelCache(fallback_cache_dir())
 
+    def find(self, source: Source, target: Target) -> Kernel | None:
+        """The kernel if it is loaded or intact in the cache; never builds."""
+        key = kernel_key(source, target)
+        if (kernel := self._memo.get(key)) is not None:
+            return kernel
+        try:
+            entry = self.cache.lookup(library_name(source, key), key)
+        except OSError:
+            entry = None
+        return None if entry is None else self._remember(key, Kernel(source, library_name(source, key), entry))
+
     def load(self, source: Source, target: Target) -> Kernel:
         key = kernel_key(source, target)
         if (kernel := self._memo.get(key)) is not None:
@@ -104,12 +115,25 @@ class KernelLoader:
             log.warning("%s; using %s instead", err, self.fallback.root)
             self.cache, self.fallback = self.fallback, None  # for the rest of this process
             return self.load(source, target)
-        kernel = Kernel(source, name, entry)
+        return self._remember(key, Kernel(source, name, entry))
+
+    def _remember(self, key: str, kernel: Kernel) -> Kernel:
+        self.cache.touch(kernel.entry)
         with self._lock:
             return self._memo.setdefault(key, kernel)
 
-    def load_many(self, sources: list[Source], target: Target, workers: int | None = None) -> list[Kernel | Exception]:
-        """Load or build many sources at once; each build is an nvcc process, so they overlap."""
+    def load_many(self, sources: list[Source], target: Target, workers: int | None = None,
+                  progress: Callable[[Kernel | Exception], None] | None = None) -> list[Kernel | Exception]:
+        """Load or build many sources at once; each build is an nvcc process, so they overlap.
+        `progress` is called with each result as it comes."""
+        def one(source: Source) -> Kernel | Exception:
+            try:
+                result = self.load(source, target)
+            except Exception as err:  # a failed build is a result here; the caller decides
+                result = err
+            if progress is not None:
+                progress(result)
+            return result
+
         with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-            futures = [pool.submit(self.load, source, target) for source in sources]
-        return [f.exception() or f.result() for f in futures]
+            return list(pool.map(one, sources))
