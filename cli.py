@@ -145,12 +145,12 @@ def default_target(arch: str | None) -> Target:
 
 
 def source_text(args) -> str:
-    matches = [e for e in _entries(KernelCache()) if e.name.startswith(args.spec)]
-    if len(matches) > 1 and not any(e.name == args.spec for e in matches):
-        raise UsageError(f"{args.spec!r} names {len(matches)} cached kernels: "
-                         f"{', '.join(e.name for e in matches[:4])}{', ...' if len(matches) > 4 else ''}")
-    if matches:  # a kernel in the cache, by name or unique prefix
-        entry = next((e for e in matches if e.name == args.spec), matches[0])
+    matches = sorted((e for e in _entries(KernelCache()) if e.name.startswith(args.spec)), key=lambda e: e.last_used)
+    if matches:  # a kernel in the cache, by name or prefix: the exact one, else the last used
+        entry = next((e for e in matches if e.name == args.spec), matches[-1])
+        if len(matches) > 1 and entry.name != args.spec:  # autotuning leaves several of one spec
+            print(f"{len(matches)} cached kernels start with {args.spec}; showing the last used, {entry.name}",
+                  file=sys.stderr)
         if "source" not in entry.meta.get("files", {}):
             raise UsageError(f"the cached kernel {entry.name} has no source recorded")
         return entry.file("source").read_text()

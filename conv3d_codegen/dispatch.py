@@ -241,7 +241,7 @@ class Dispatcher:
                             spec, pending=_in_background(lambda: self.loader.load_many(sources, target)))
             choice = self._tune(spec, x, weight, bias, target, precision)
         if choice is not None and choice.winner is None:
-            return Plan("torch", f"autotuned: torch was fastest ({_timings(choice)})", spec, tuned=True)
+            return Plan("torch", f"autotuned: no candidate beat torch by 2% ({_timings(choice)})", spec, tuned=True)
         source, reason = source_for(spec, shape, choice.winner if choice else None)
         kernel = self.loader.find(source, target)
         if kernel is None and self.mode == "prebuilt":

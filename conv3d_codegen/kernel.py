@@ -97,7 +97,10 @@ class KernelLoader:
             entry = self.cache.lookup(library_name(source, key), key)
         except OSError:
             entry = None
-        return None if entry is None else self._remember(key, Kernel(source, library_name(source, key), entry))
+        if entry is None:
+            return None
+        self.cache.stats.disk_hits += 1
+        return self._remember(key, Kernel(source, library_name(source, key), entry))
 
     def load(self, source: Source, target: Target) -> Kernel:
         key = kernel_key(source, target)

@@ -81,11 +81,17 @@ def test_show_prints_a_cached_kernel_by_name(tmp_path):
     assert cli("show", "conv3d_named", cache=tmp_path / "cache").stdout == "1  // the source\n"
 
 
-def test_show_refuses_an_ambiguous_prefix_or_an_entry_without_source(tmp_path):
-    fake_entries(tmp_path / "cache")
-    done = cli("show", "conv3d_fwd_k3x3x3", cache=tmp_path / "cache")
-    assert done.returncode == 2 and "names 2 cached kernels" in done.stderr
-    done = cli("show", "conv3d_fwd_k3x3x3_old", cache=tmp_path / "cache")
+def test_show_takes_the_last_used_of_a_shared_prefix_and_needs_a_source(tmp_path):
+    cache = KernelCache(tmp_path / "cache")
+    for name in ("conv3d_fwd_k1_aaaa", "conv3d_fwd_k1_bbbb"):
+        cache.get_or_build(name, "k", lambda f, name=name: ((f / "cuda.cu").write_text(f"// {name}\n"),
+                                                             {"files": {"source": "cuda.cu"}})[1])
+    os.utime(cache.root / "conv3d_fwd_k1_aaaa" / "meta.json", (1, 1))  # never used since long ago
+    done = cli("show", "conv3d_fwd_k1", cache=cache.root)
+    assert done.stdout == "1  // conv3d_fwd_k1_bbbb\n"
+    assert "2 cached kernels start with conv3d_fwd_k1; showing the last used, conv3d_fwd_k1_bbbb" in done.stderr
+    fake_entries(tmp_path / "other")
+    done = cli("show", "conv3d_fwd_k3x3x3_old", cache=tmp_path / "other")
     assert done.returncode == 2 and "has no source recorded" in done.stderr
 
 
