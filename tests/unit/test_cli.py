@@ -86,10 +86,10 @@ def test_show_takes_the_last_used_of_a_shared_prefix_and_needs_a_source(tmp_path
     for name in ("conv3d_fwd_k1_aaaa", "conv3d_fwd_k1_bbbb"):
         cache.get_or_build(name, "k", lambda f, name=name: ((f / "cuda.cu").write_text(f"// {name}\n"),
                                                              {"files": {"source": "cuda.cu"}})[1])
-    os.utime(cache.root / "conv3d_fwd_k1_aaaa" / "meta.json", (1, 1))  # never used since long ago
+    (cache.root / "conv3d_fwd_k1_aaaa" / "last_used").touch()  # built first, used last
     done = cli("show", "conv3d_fwd_k1", cache=cache.root)
-    assert done.stdout == "1  // conv3d_fwd_k1_bbbb\n"
-    assert "2 cached kernels start with conv3d_fwd_k1; showing the last used, conv3d_fwd_k1_bbbb" in done.stderr
+    assert done.stdout == "1  // conv3d_fwd_k1_aaaa\n"
+    assert "2 cached kernels start with conv3d_fwd_k1; showing the last used, conv3d_fwd_k1_aaaa" in done.stderr
     fake_entries(tmp_path / "other")
     done = cli("show", "conv3d_fwd_k3x3x3_old", cache=tmp_path / "other")
     assert done.returncode == 2 and "has no source recorded" in done.stderr
