@@ -145,11 +145,15 @@ def default_target(arch: str | None) -> Target:
 
 
 def source_text(args) -> str:
-    matches = sorted((e for e in _entries(KernelCache()) if e.name.startswith(args.spec)), key=lambda e: e.last_used)
-    if matches:  # a kernel in the cache, by name or prefix: the exact one, else the last used
+    cache = KernelCache()
+    winners = _winners(cache)
+    matches = sorted((e for e in _entries(cache) if e.name.startswith(args.spec)),
+                     key=lambda e: (bool(winners.get(_identity_and_tiles(e))), e.last_used))
+    if matches:  # a kernel in the cache, by name or prefix: the exact one, else an autotune winner, else the last used
         entry = next((e for e in matches if e.name == args.spec), matches[-1])
         if len(matches) > 1 and entry.name != args.spec:  # autotuning leaves several of one spec
-            print(f"{len(matches)} cached kernels start with {args.spec}; showing the last used, {entry.name}",
+            why = "an autotune winner" if winners.get(_identity_and_tiles(entry)) else "the last used"
+            print(f"{len(matches)} cached kernels start with {args.spec}; showing {why}, {entry.name}",
                   file=sys.stderr)
         if "source" not in entry.meta.get("files", {}):
             raise UsageError(f"the cached kernel {entry.name} has no source recorded")
@@ -231,17 +235,27 @@ def _entries(cache: KernelCache):
     return cache.entries() if cache.root.is_dir() else []
 
 
-def cmd_list(args) -> int:
-    cache = KernelCache()
+def _winners(cache: KernelCache) -> dict[tuple[str, str], list[str]]:
+    """(spec JSON, tiles) -> the input shapes for which autotuning picked them."""
     winners: dict[tuple[str, str], list[str]] = {}
     for record in cache.records() if cache.root.is_dir() else []:
         if record.get("winner") not in (None, "torch"):
             shape = "x".join(map(str, record.get("shape", [])))
             winners.setdefault((record.get("spec"), record["winner"]), []).append(shape)
+    return winners
+
+
+def _identity_and_tiles(entry) -> tuple[str, str]:
+    info = entry.meta.get("info", {})
+    return info.get("identity", ""), info.get("params", {}).get("tiles", "")
+
+
+def cmd_list(args) -> int:
+    cache = KernelCache()
+    winners = _winners(cache)
     rows = []
     for entry in _entries(cache):
-        info = entry.meta.get("info", {})
-        identity, tiles = info.get("identity", ""), info.get("params", {}).get("tiles", "")
+        identity, tiles = _identity_and_tiles(entry)
         try:
             spec = ConvSpec.model_validate_json(identity).to_text()
         except ValidationError:
@@ -344,7 +358,9 @@ def cmd_doctor(args) -> int:
                      STRICT_ENV: os.environ.get(STRICT_ENV) or "0 (default)"},
         "problems": problems,
     }
-    text = "\n".join(f"{k:<9} {v}" for k, v in report.items() if k != "problems")
+    shown = dict(report, cache=", ".join([cache["path"]] + [f"{k} {v}" for k, v in cache.items() if k != "path"]),
+                 settings=", ".join(f"{k}={v}" for k, v in report["settings"].items()))
+    text = "\n".join(f"{k:<9} {v}" for k, v in shown.items() if k != "problems")
     text += "\n" + ("\n".join(f"PROBLEM   {p}" for p in problems) if problems else "no problems found")
     emit_result(args, report, text)
     return 1 if problems else 0

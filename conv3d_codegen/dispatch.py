@@ -273,8 +273,9 @@ def _wide(spec: ConvSpec, shape: tuple[int, ...]) -> bool:
 
 
 def _timings(choice: Choice) -> str:
-    return ", ".join(f"{label}: {ms:.3f} ms" for label, ms in sorted(choice.timings_ms.items(), key=lambda kv: kv[1])
-                     if ms is not None and ms != float("inf"))[:200]
+    finite = {k: v for k, v in choice.timings_ms.items() if v is not None and v != float("inf") and k != "torch"}
+    best = min(finite, key=finite.get, default=None)
+    return f"torch {choice.timings_ms['torch']:.3f} ms" + (f", best candidate {best} {finite[best]:.3f} ms" if best else "")
 
 
 def _hashable(value):

@@ -95,6 +95,19 @@ def test_show_takes_the_last_used_of_a_shared_prefix_and_needs_a_source(tmp_path
     assert done.returncode == 2 and "has no source recorded" in done.stderr
 
 
+def test_show_prefers_the_autotune_winner_of_a_shared_prefix(tmp_path):
+    cache = fake_entries(tmp_path / "cache")  # "new" won the autotuning record; "old" was used last
+    for entry in cache.entries():
+        (entry.path / "cuda.cu").write_text(f"// {entry.name}\n")
+        meta = json.loads((entry.path / "meta.json").read_text())
+        meta["files"]["source"] = {"path": "cuda.cu", "sha256": ""}
+        (entry.path / "meta.json").write_text(json.dumps(meta))
+    (cache.root / "conv3d_fwd_k3x3x3_old" / "last_used").touch()
+    done = cli("show", "conv3d_fwd_k3x3x3", cache=cache.root)
+    assert done.stdout == "1  // conv3d_fwd_k3x3x3_new\n"
+    assert "showing an autotune winner, conv3d_fwd_k3x3x3_new" in done.stderr
+
+
 def test_prune_removes_least_recently_used_first_and_clean_empties(tmp_path):
     cache = fake_entries(tmp_path / "cache")
     (cache.root / "conv3d_fwd_k3x3x3_new" / "last_used").touch()  # used now; "old" never was
@@ -115,6 +128,7 @@ def test_doctor_reports_and_flags_an_unsafe_cache(tmp_path):
     (tmp_path / "cache").chmod(0o777)
     done = cli("doctor", cache=tmp_path / "cache")
     assert done.returncode == 1 and "PROBLEM   cache refused" in done.stdout and "writable by group and others" in done.stdout
+    assert f"cache     {tmp_path / 'cache'}, exists True, owner_uid" in done.stdout
 
 
 @pytest.mark.parametrize("args, message", [
