@@ -420,16 +420,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="conv3d-gen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def command(name: str, run, help: str, json_output: bool = True):
+    def command(name: str, handler, help: str, json_output: bool = True):
         sub = commands.add_parser(name, help=help, description=help)
-        sub.set_defaults(run=run)
+        sub.set_defaults(run=handler)
         if json_output:
             sub.add_argument("--json", action="store_true", help="machine-readable output")
         return sub
 
-    for name, run, help in [("emit", cmd_emit, "print the emitted CUDA source of a spec"),
-                            ("show", cmd_show, "the emitted source with line numbers; a cached kernel by name")]:
-        sub = command(name, run, help, json_output=False)
+    for name, handler, help in [("emit", cmd_emit, "print the emitted CUDA source of a spec"),
+                                ("show", cmd_show, "the emitted source with line numbers; a cached kernel by name")]:
+        sub = command(name, handler, help, json_output=False)
         sub.add_argument("spec", help="SPEC, or (show) the name of a kernel in the cache")
         sub.add_argument("--generic", action="store_true", help="the generic kernel of the spec's dtype")
         sub.add_argument("--arch", help="target arch for the cache key (default: the GPU, else sm_90)")
@@ -447,9 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--workers", type=int, help="parallel builds (default: CPU count)")
 
     command("list", cmd_list, "the kernels in the cache")
-    for name, run, help in [("verify", cmd_verify, "run a spec's kernel against torch in float64"),
-                            ("bench", cmd_bench, "time a spec's kernel against torch")]:
-        sub = command(name, run, help)
+    for name, handler, help in [("verify", cmd_verify, "run a spec's kernel against torch in float64"),
+                                ("bench", cmd_bench, "time a spec's kernel against torch")]:
+        sub = command(name, handler, help)
         sub.add_argument("spec", metavar="SPEC")
         sub.add_argument("--input-shape", type=parse_shape, required=True, help="N,C,D,H,W")
         if name == "bench":

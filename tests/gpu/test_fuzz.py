@@ -9,7 +9,6 @@ import os
 import random
 from dataclasses import dataclass
 
-import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, Phase, given, seed, settings

@@ -5,11 +5,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 import torch.nn.functional as F
 
-import conv3d_codegen
 from conv3d_codegen import strict
 from conv3d_codegen.cache import KernelCache
 from conv3d_codegen.dispatch import Dispatcher, explain

@@ -1,7 +1,6 @@
 """Reliability on the GPU with real builds: many processes, killed and damaged builds,
 unusable caches, tensors past 2^31 elements, and bad input."""
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -13,10 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from conv3d_codegen import strict
-from conv3d_codegen.build import Target
 from conv3d_codegen.cache import KernelCache
-from conv3d_codegen.dispatch import Dispatcher, source_for
-from conv3d_codegen.kernel import KernelLoader
+from conv3d_codegen.dispatch import Dispatcher
 from conv3d_codegen.measure import random_inputs, relative_error, tolerance
 from conv3d_codegen.ops import run
 from conv3d_codegen.spec import ConvSpec
