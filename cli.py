@@ -200,7 +200,7 @@ def cmd_build(args) -> int:
         raise UsageError("nothing to build: give specs, --file or --model")
     require_gpu()
     sources = list({s.name + s.body: s for s in [source_for(spec)[0] for spec in specs] + sources_for_model}.values())
-    dispatcher, started = Dispatcher(), time.perf_counter()
+    dispatcher, started = Dispatcher(autotune=args.autotune), time.perf_counter()
     done, lock, tty = [0], threading.Lock(), sys.stderr.isatty()
 
     def progress(result) -> None:
@@ -215,11 +215,8 @@ def cmd_build(args) -> int:
              "build s": r.entry.meta["info"].get("build_seconds", "") if not isinstance(r, Exception) else "",
              "error": str(r) if isinstance(r, Exception) else ""} for s, r in zip(sources, results)]
     if args.autotune:  # each conv once on random data of its shape: the records prebuilt mode reads
-        tuner = Dispatcher(autotune=True)
         for call in calls:
-            x, weight, bias = random_inputs(call.spec, call.input_shape)
-            plan = tuner.plan(x, weight, bias, call.spec.stride, call.spec.padding, call.spec.dilation,
-                              call.spec.groups, call.spec.precision)
+            plan = dispatcher.plan_for(call.spec, *random_inputs(call.spec, call.input_shape))
             rows.append({"kernel": plan.kernel.name if plan.kernel else plan.route,
                          "status": f"tuned for layer {call.module}", "build s": "", "error": ""})
     failed = [r for r in rows if r["status"] == "failed"]
@@ -275,7 +272,7 @@ def cmd_verify(args) -> int:
     spec = parse_spec(args.spec)
     dispatcher = Dispatcher()
     x, weight, bias = random_inputs(spec, args.input_shape)
-    plan = dispatcher.plan(x, weight, bias, spec.stride, spec.padding, spec.dilation, spec.groups, spec.precision)
+    plan = dispatcher.plan_for(spec, x, weight, bias)
     if plan.kernel is None:
         raise UsageError(f"no kernel serves this call: {plan.reason}")
     out = torch.full((x.shape[0], spec.out_channels, *spec.output_size(*x.shape[2:])), float("nan"),
@@ -297,7 +294,7 @@ def cmd_bench(args) -> int:
     dispatcher = Dispatcher(autotune=args.autotune)
     x, weight, bias = random_inputs(spec, args.input_shape)
     conv = spec.functional_args()
-    plan = dispatcher.plan(x, weight, bias, spec.stride, spec.padding, spec.dilation, spec.groups, spec.precision)
+    plan = dispatcher.plan_for(spec, x, weight, bias)
     ours = median_ms(lambda: run(dispatcher, x, weight, bias, precision=spec.precision, **conv))
     theirs = median_ms(lambda: torch.nn.functional.conv3d(x, weight, bias, **conv))
     row = {"kernel": plan.kernel.name if plan.kernel else plan.route, "ours ms": f"{ours:.3f}",

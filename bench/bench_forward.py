@@ -75,7 +75,7 @@ def bench_row(dispatcher: Dispatcher, name: str, dtype: str, ceilings: dict) -> 
     conv3d = lambda *a, **k: run(dispatcher, *a, **k)  # noqa: E731
     with strict():
         out = conv3d(x, weight, bias, precision=precision, **conv)
-    plan = dispatcher.plan(x, weight, bias, spec.stride, spec.padding, spec.dilation, spec.groups, precision)
+    plan = dispatcher.plan_for(spec, x, weight, bias)
     choice = dispatcher.tuner.lookup(spec, tuple(x.shape), Target.for_device(), torch.cuda.get_device_name())
     ref = F.conv3d(x[:2].double(), weight.double(), None if bias is None else bias.double(), **conv)
     err = relative_error(out[:2], ref)

@@ -21,7 +21,7 @@ from .build import Target
 from .cache import CacheUnusable
 from .kernel import KernelLoader, launch_args
 from .measure import median_ms, relative_error, tolerance
-from .render import Tiles, default_tiles, fitting_cic, generator_hash, render_direct
+from .render import Tiles, default_tiles, fitting_cic, generator_hash, render_direct, wide_offsets
 from .spec import ConvSpec
 
 log = logging.getLogger("conv3d_codegen")
@@ -76,8 +76,7 @@ class Tuner:
         return Choice(winner, record["timings_ms"], record["dropped"])
 
     def tune(self, spec: ConvSpec, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-             target: Target, torch_call: Callable[[], torch.Tensor], wide: bool = False,
-             tiles: list[Tiles] | None = None) -> Choice:
+             target: Target, torch_call: Callable[[], torch.Tensor], tiles: list[Tiles] | None = None) -> Choice:
         """Time every candidate (default: candidates(spec)) and torch on these tensors."""
         started = time.perf_counter()
         tiles = list(candidates(spec) if tiles is None else tiles)
@@ -88,6 +87,7 @@ class Tuner:
                 dropped[str(t)] = f"tiles: {problem}"
                 tiles.remove(t)
 
+        wide = wide_offsets(spec, tuple(x.shape))
         built = self.loader.load_many([render_direct(spec, t, wide) for t in tiles], target)
         for t, result in zip(tiles, built):
             if isinstance(result, Exception):
@@ -124,7 +124,8 @@ class Tuner:
         name, key = self.record_id(spec, tuple(x.shape), target, device_name)
         try:
             self.loader.cache.write_record(name, key, {
-                "spec": spec.canonical_json(), "shape": list(x.shape), "winner": choice.label, "tiles": dataclasses.asdict(choice.winner) if choice.winner else None,
+                "spec": spec.canonical_json(), "shape": list(x.shape), "winner": choice.label,
+                "tiles": dataclasses.asdict(choice.winner) if choice.winner else None,
                 "timings_ms": {k: v if math.isfinite(v) else None for k, v in timings.items()},
                 "dropped": dropped, "device": device_name, "seconds": round(time.perf_counter() - started, 1)})
         except CacheUnusable as err:

@@ -36,7 +36,7 @@ from .autotune import Choice, Tuner, candidates
 from .build import KernelBuildError, Target
 from .cache import CacheUnusable, KernelCache
 from .kernel import Kernel, KernelLoader
-from .render import WIDE_INDEX_ELEMENTS, Source, Tiles, default_tiles, render_direct, render_generic, supports
+from .render import Source, Tiles, default_tiles, render_direct, render_generic, supports, wide_offsets
 from .spec import TORCH_DTYPES, ConvSpec
 
 log = logging.getLogger("conv3d_codegen")
@@ -149,10 +149,8 @@ def source_for(spec: ConvSpec, input_shape: tuple[int, ...] | None = None,
     the specialized one (or None)."""
     reason, wide = supports(spec), False
     if input_shape is not None:
-        n, ci, d, h, w = input_shape
-        od, oh, ow = spec.output_size(d, h, w)
-        wide = max(n * ci * d * h * w, n * spec.out_channels * od * oh * ow) >= WIDE_INDEX_ELEMENTS
-        wt = (tiles or default_tiles(spec)).wt
+        wide = wide_offsets(spec, input_shape)
+        ow, wt = spec.output_size(*input_shape[2:])[2], (tiles or default_tiles(spec)).wt
         if reason is None and ow < wt:
             reason = f"output width {ow} is below the {wt} outputs a thread computes"
     return (render_direct(spec, tiles, wide), None) if reason is None else (render_generic(spec.dtype), reason)
@@ -199,6 +197,10 @@ class Dispatcher:
             raise FallbackError(f"strict mode: conv3d would run on {plan.route}: {plan.reason}")
         return plan
 
+    def plan_for(self, spec: ConvSpec, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Plan:
+        """plan() for a call made with `spec`'s arguments."""
+        return self.plan(x, weight, bias, precision=spec.precision, **spec.functional_args())
+
     def _decide(self, x, weight, bias, stride, padding, dilation, groups, precision, before: Plan | None) -> Plan:
         try:  # the spec of the call where it has one, so that every decision can name it
             spec = ConvSpec(in_channels=weight.shape[1] * groups, out_channels=weight.shape[0],
@@ -235,7 +237,7 @@ class Dispatcher:
         tunable = supports(spec) is None
         choice = self.tuner.lookup(spec, shape, target, torch.cuda.get_device_name(x.device)) if tunable else None
         if choice is None and tunable and self.autotune and self.mode != "prebuilt":
-            sources = [render_direct(spec, t, _wide(spec, shape)) for t in candidates(spec)]
+            sources = [render_direct(spec, t, wide_offsets(spec, shape)) for t in candidates(spec)]
             if self.mode == "async" and any(self.loader.find(s, target) is None for s in sources):
                 return Plan("torch", f"building {len(sources)} autotuning candidates in the background",
                             spec, pending=_in_background(lambda: self.loader.load_many(sources, target)))
@@ -256,7 +258,7 @@ class Dispatcher:
         def torch_call():
             with cudnn_precision(precision, x.dtype):
                 return F.conv3d(x, weight, bias, **spec.functional_args())
-        return self.tuner.tune(spec, x, weight, bias, target, torch_call, wide=_wide(spec, tuple(x.shape)))
+        return self.tuner.tune(spec, x, weight, bias, target, torch_call)
 
     def prebuild(self, specs: Iterable[ConvSpec], device: torch.device | int | None = None,
                  workers: int | None = None, progress: Callable[[Kernel | Exception], None] | None = None,
@@ -266,10 +268,6 @@ class Dispatcher:
         kernels = self.loader.load_many([source_for(spec)[0] for spec in specs], Target.for_device(device),
                                         workers, progress)
         return dict(zip(specs, kernels))
-
-
-def _wide(spec: ConvSpec, shape: tuple[int, ...]) -> bool:
-    return source_for(spec, shape)[0].params.get("offsets") == "64-bit"
 
 
 def _timings(choice: Choice) -> str:

@@ -131,6 +131,13 @@ class Source:
 WIDE_INDEX_ELEMENTS = 2**30
 
 
+def wide_offsets(spec: ConvSpec, input_shape: tuple[int, ...]) -> bool:
+    """Whether a call on `input_shape` needs the 64-bit-offset variant."""
+    n, ci, d, h, w = input_shape
+    od, oh, ow = spec.output_size(d, h, w)
+    return max(n * ci * d * h * w, n * spec.out_channels * od * oh * ow) >= WIDE_INDEX_ELEMENTS
+
+
 def render_direct(spec: ConvSpec, tiles: Tiles | None = None, wide: bool = False) -> Source:
     """The direct template for `spec`; `wide` selects 64-bit offsets (see WIDE_INDEX_ELEMENTS)."""
     reason = supports(spec)

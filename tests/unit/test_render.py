@@ -113,3 +113,10 @@ def test_wide_offsets_are_a_separate_kernel():
     narrow, wide = render_direct(SEED_A), render_direct(SEED_A, wide=True)
     assert "using index_t = int;" in narrow.body and "using index_t = long long;" in wide.body
     assert wide.name == narrow.name + "_i64" and wide.params["offsets"] == "64-bit"
+
+
+def test_wide_offsets_start_at_two_to_the_30_elements_of_input_or_output():
+    from conv3d_codegen.render import wide_offsets
+    assert not wide_offsets(SEED_A, (16, 3, 64, 64, 64))
+    assert wide_offsets(ConvSpec.from_text("3x3x3 --cin 4 --cout 8"), (1, 4, 512, 1024, 1024))  # the input
+    assert wide_offsets(SEED_A, (64, 3, 128, 128, 128))  # the output: 64 channels of 126x124x122 each
