@@ -50,7 +50,8 @@ def generator_hash(root: Path | None = None) -> str:
     """Hash of everything that generates source: the templates and the codegen modules."""
     root = root or templates_dir()
     h = hashlib.sha256()
-    files = sorted(root.glob("*.j2")) + [Path(__file__).with_name(m) for m in ("spec.py", "render.py")]
+    here = Path(__file__).parent
+    files = sorted(root.glob("*.j2")) + [here / "spec.py"] + sorted(here.glob("render*.py"))
     for path in files:
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
