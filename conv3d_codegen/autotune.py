@@ -33,7 +33,7 @@ TIMING = dict(warmup=5, reps=10, min_total_ms=25.0)
 
 def candidates(spec: ConvSpec) -> list[Tiles]:
     """The search space: output channels x outputs per thread, at most 64 accumulators."""
-    cots = [c for c in (16, 8, 4, 2, 1) if spec.out_per_group % c == 0][:3]
+    cots = [c for c in (16, 12, 8, 6, 4, 3, 2, 1) if spec.out_per_group % c == 0][:3]
     found = {default_tiles(spec)}
     for cot in cots:
         for wt in (2, 4, 8):

@@ -1,31 +1,164 @@
 """Gradients of conv3d: of the input (dgrad), of the weight (wgrad) and of the bias.
 
-`input_grad` and `weight_grad` are what the autograd formula of the op calls. Each runs a
-generated kernel where one applies and torch's convolution_backward otherwise, in the
-spec's precision.
+`input_grad` and `weight_grad` are what the autograd formula of the op calls.
+
+- dgrad at stride 1 is the forward convolution `render_grad.dgrad_spec` describes, of
+  grad_out with the flipped weight; it goes through the dispatcher like any forward call
+  (the same kernels, autotuning, modes and strict mode).
+- wgrad (with the bias) runs the wgrad template: every block sums its share of the output
+  positions into a workspace, a second kernel adds the shares in a fixed order. The result
+  is the same on every run, so torch.use_deterministic_algorithms(True) needs nothing more.
+
+Where no generated kernel applies, torch's convolution_backward computes the gradient, in
+the spec's precision; the reason is logged once (and is an error in strict mode).
 """
 from __future__ import annotations
+
+import logging
+import math
+import weakref
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .dispatch import Dispatcher, cudnn_precision
+from .build import KernelBuildError, Target
+from .cache import CacheUnusable
+from .dispatch import Dispatcher, FallbackError, _in_background, cudnn_precision, strict_enabled
+from .kernel import Kernel, launch_args
+from .render import wide_offsets
+from .render_grad import WgradTiles, default_wgrad_tiles, dgrad_spec, render_wgrad, supports_wgrad, wgrad_rows
 from .spec import ConvSpec
+
+log = logging.getLogger("conv3d_codegen")
+
+
+# ---- grad of the input ----------------------------------------------------------------
+
+def flipped_weight(spec: ConvSpec, weight: torch.Tensor) -> torch.Tensor:
+    """w'[g*cig + i][o][k] = w[g*cog + o][i][K-1-k]: the weight of the dgrad convolution."""
+    g, cog, cig = spec.groups, spec.out_per_group, spec.in_per_group
+    return (weight.reshape(g, cog, cig, *spec.kernel_size).transpose(1, 2).flip(3, 4, 5)
+            .reshape(spec.in_channels, cog, *spec.kernel_size).contiguous())
 
 
 def input_grad(dispatcher: Dispatcher, spec: ConvSpec, grad_out: torch.Tensor, weight: torch.Tensor,
                input_shape: tuple[int, ...]) -> torch.Tensor:
     """Gradient of the input (shape `input_shape`, contiguous) given grad_out and the weight."""
-    x = torch.empty(input_shape, dtype=grad_out.dtype, device=grad_out.device)  # only its shape is read
+    dspec, reason = dgrad_spec(spec)
+    if dspec is not None:
+        grad_out, w = grad_out.contiguous(), flipped_weight(spec, weight)
+        plan = dispatcher.plan_for(dspec, grad_out, w, None)
+        if plan.kernel is not None:
+            out = grad_out.new_empty(input_shape)
+            return plan.kernel(grad_out, w, None, out, launch_args(dspec, grad_out.shape))
+        with cudnn_precision(spec.precision, grad_out.dtype):  # what autotuning measured, if it chose torch
+            return F.conv3d(grad_out, w, None, **dspec.functional_args()).contiguous()
+    _fallback(dispatcher, ("dgrad", spec), f"dgrad of {spec.tag}: {reason}")
+    x = grad_out.new_empty(input_shape)  # convolution_backward reads only its shape here
     return torch_grads(spec, grad_out, x, weight, (True, False, False))[0].contiguous()
+
+
+# ---- grad of the weight and the bias -----------------------------------------------------
+
+@dataclass(frozen=True)
+class WgradPlan:
+    kernel: Kernel | None   # None: torch
+    reason: str | None      # why torch
+    tiles: WgradTiles | None = None
+    pending: object = None  # async mode: the background build
+
+
+_wgrad_plans: weakref.WeakKeyDictionary[Dispatcher, dict] = weakref.WeakKeyDictionary()
 
 
 def weight_grad(dispatcher: Dispatcher, spec: ConvSpec, grad_out: torch.Tensor, x: torch.Tensor,
                 need_weight: bool = True, need_bias: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients of the weight and the bias (None where not needed, or the spec has no bias)."""
-    weight = torch.empty(spec.weight_shape, dtype=x.dtype, device=x.device)  # only its shape is read
-    _, grad_w, grad_b = torch_grads(spec, grad_out, x, weight, (False, need_weight, need_bias and spec.bias))
+    need_bias = need_bias and spec.bias
+    if not need_weight:  # the bias alone: a sum over everything but the channels
+        return None, (grad_out.sum((0, 2, 3, 4), dtype=torch.float32).to(grad_out.dtype) if need_bias else None)
+    plan = _wgrad_plan(dispatcher, spec, x, grad_out)
+    if plan.kernel is None:
+        weight = x.new_empty(spec.weight_shape)  # convolution_backward reads only its shape here
+        _, grad_w, grad_b = torch_grads(spec, grad_out, x, weight, (False, True, need_bias))
+        return grad_w, grad_b
+    x, grad_out = x.contiguous(), grad_out.contiguous()
+    tiles = plan.tiles
+    splits = wgrad_splits(spec, tiles, x, grad_out.shape[2:])
+    workspace = torch.empty(splits * (math.prod(spec.weight_shape) + (spec.out_channels if spec.bias else 0)),
+                            dtype=torch.float32, device=x.device)
+    grad_w = x.new_empty(spec.weight_shape)
+    grad_b = x.new_empty(spec.out_channels) if need_bias else None
+    args = launch_args(spec, x.shape) | {"splits": splits, "workspace": workspace.data_ptr()}
+    plan.kernel(x, grad_out, grad_b, grad_w, args)
     return grad_w, grad_b
+
+
+def wgrad_splits(spec: ConvSpec, tiles: WgradTiles, x: torch.Tensor, out_size) -> int:
+    """Blocks along the reduction: enough for two blocks per multiprocessor. It depends only
+    on the shapes and the GPU, so the order of the final sum (and the result) is fixed."""
+    od, oh, ow = out_size
+    items = x.shape[0] * od * oh * -(-ow // tiles.owc)
+    column = spec.out_channels // (tiles.cot * tiles.tc) * -(-wgrad_rows(spec) // tiles.rb)
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+    return max(1, min(items, -(-2 * sms // column)))
+
+
+def _wgrad_plan(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_out: torch.Tensor) -> WgradPlan:
+    plans = _wgrad_plans.setdefault(dispatcher, {})
+    key = (x.device, x.dtype, tuple(x.shape), spec)
+    plan = plans.get(key)
+    if plan is None or (plan.pending is not None and plan.pending.done()):
+        plan = _decide_wgrad(dispatcher, spec, x, plan)
+        plans[key] = plan
+        if plan.kernel is None:
+            log.log(logging.INFO if plan.pending else logging.WARNING, "conv3d wgrad %s -> torch: %s",
+                    spec.tag, plan.reason)
+    if plan.kernel is None and plan.pending is None and strict_enabled():
+        raise FallbackError(f"strict mode: wgrad of {spec.tag} would run on torch: {plan.reason}")
+    return plan
+
+
+def _decide_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, before: WgradPlan | None) -> WgradPlan:
+    if not x.is_cuda:
+        return WgradPlan(None, f"input is on {x.device.type}")
+    if (reason := supports_wgrad(spec)) is not None:
+        return WgradPlan(None, reason)
+    if dispatcher.mode == "off":
+        return WgradPlan(None, "mode 'off'")
+    if before is not None and before.pending.exception() is not None:
+        return WgradPlan(None, f"the background build failed: {str(before.pending.exception()).splitlines()[0]}")
+    tiles = default_wgrad_tiles(spec)
+    source, target = render_wgrad(spec, tiles, wide_offsets(spec, tuple(x.shape))), Target.for_device(x.device)
+    try:
+        kernel = dispatcher.loader.find(source, target)
+        if kernel is None and (dispatcher.mode == "prebuilt" or torch.cuda.is_current_stream_capturing()):
+            return WgradPlan(None, f"{source.name} is not in the cache {dispatcher.cache.root} "
+                                   f"({'mode prebuilt' if dispatcher.mode == 'prebuilt' else 'CUDA graph capture'})")
+        if kernel is None and dispatcher.mode == "async":
+            return WgradPlan(None, f"building {source.name} in the background",
+                             pending=_in_background(lambda: dispatcher.loader.load(source, target)))
+        return WgradPlan(kernel or dispatcher.loader.load(source, target), None, tiles)
+    except KernelBuildError as err:
+        log.warning("%s", err)
+        return WgradPlan(None, f"kernel build failed; source and log kept at {err.source_path}")
+    except CacheUnusable as err:
+        return WgradPlan(None, f"no usable kernel cache: {err}")
+
+
+# ---- torch ---------------------------------------------------------------------------
+
+_logged: weakref.WeakKeyDictionary[Dispatcher, set] = weakref.WeakKeyDictionary()
+
+
+def _fallback(dispatcher: Dispatcher, key, message: str) -> None:
+    seen = _logged.setdefault(dispatcher, set())
+    if key not in seen:
+        seen.add(key)
+        log.warning("conv3d %s; torch computes it", message)
+    if strict_enabled():
+        raise FallbackError(f"strict mode: {message}")
 
 
 def torch_grads(spec: ConvSpec, grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,

@@ -94,7 +94,7 @@ def supports(spec: ConvSpec) -> str | None:
 
 def default_tiles(spec: ConvSpec) -> Tiles:
     """A tile choice that is good on the seed shapes and valid for any supported spec."""
-    cot = next(c for c in (8, 4, 2, 1) if spec.out_per_group % c == 0)
+    cot = next(c for c in (8, 6, 4, 3, 2, 1) if spec.out_per_group % c == 0)
     return Tiles(cot=cot, wt=4, block=128, cic=fitting_cic(spec, cot))
 
 

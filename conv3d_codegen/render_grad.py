@@ -1,0 +1,127 @@
+"""Rendering the gradient kernels.
+
+dgrad (grad of the input) at stride 1 is a forward convolution of grad_out with the
+flipped, transposed weight: `dgrad_spec` gives that convolution's spec, and the forward
+templates serve it. wgrad (grad of the weight, and of the bias) has a template of its own,
+conv3d_wgrad_direct.cu.j2, with tile sizes as parameters (WgradTiles).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .render import Source, _environment, templates_dir
+from .spec import ConvSpec
+
+WGRAD_TEMPLATE = "conv3d_wgrad_direct.cu.j2"
+# Run-time arguments of the wgrad entry point; `workspace` is the device address of the
+# caller's float buffer of splits x (weights + out_channels) partial sums.
+WGRAD_ARGS = ("n", "d", "h", "w", "od", "oh", "ow", "splits", "workspace")
+
+MAX_WGRAD_ACCUMULATORS = 64        # COT x KW floats per thread
+MAX_WGRAD_SHARED_BYTES = 48 * 1024  # static shared memory of one block
+MAX_WGRAD_THREADS = 512
+
+
+def dgrad_spec(spec: ConvSpec) -> tuple[ConvSpec | None, str | None]:
+    """The forward convolution whose output is the gradient of `spec`'s input, and None; or
+    None and the reason there is none (then torch computes the gradient of the input).
+
+    grad_x = conv(grad_out, w'), w'[ci][co][k] = w[co][ci][K-1-k] within each group, padded
+    by dil*(K-1) - pad on each side, so that its output has the input's size."""
+    if max(spec.stride) > 1:
+        return None, f"stride {spec.stride}: the gradient of the input is computed at stride 1 only"
+    pad = [dil * (k - 1) - before for k, dil, before in zip(spec.kernel_size, spec.dilation, spec.pad_before)]
+    after = [dil * (k - 1) - a for k, dil, a in zip(spec.kernel_size, spec.dilation, spec.pad_after)]
+    if pad != after:
+        return None, "padding 'same' with an odd total: the gradient of the input needs uneven padding"
+    if min(pad) < 0:
+        return None, f"padding {spec.pad_before} exceeds the kernel's reach {spec.kernel_size}"
+    return ConvSpec(in_channels=spec.out_channels, out_channels=spec.in_channels, kernel_size=spec.kernel_size,
+                    padding=tuple(pad), dilation=spec.dilation, groups=spec.groups, bias=False,
+                    dtype=spec.dtype, precision=spec.precision), None
+
+
+@dataclass(frozen=True)
+class WgradTiles:
+    """Tile sizes of the wgrad template."""
+
+    cot: int  # output channels per thread
+    tc: int   # threads along output channels per block
+    rb: int   # input rows (ci, kd, kh) per block
+    owc: int  # outputs along w per work item
+    wt: int   # outputs along w per step of the inner loop
+
+    def block(self, spec: ConvSpec) -> int:
+        """Threads per block: the workers, TC bias threads where there is a bias, in whole warps."""
+        threads = self.tc * self.rb + (self.tc if spec.bias else 0)
+        return -(-threads // 32) * 32
+
+    def problem(self, spec: ConvSpec) -> str | None:
+        """Why these tiles cannot serve `spec`, or None."""
+        kw = spec.kernel_size[2]
+        if spec.out_per_group % (self.cot * self.tc):
+            return f"cot x tc = {self.cot * self.tc} does not divide the {spec.out_per_group} output channels per group"
+        if self.owc % self.wt:
+            return f"wt={self.wt} does not divide owc={self.owc}"
+        if self.cot * kw > MAX_WGRAD_ACCUMULATORS:
+            return f"cot={self.cot} x {kw} taps along w exceeds {MAX_WGRAD_ACCUMULATORS} accumulators"
+        if self.block(spec) > MAX_WGRAD_THREADS:
+            return f"{self.block(spec)} threads per block exceeds {MAX_WGRAD_THREADS}"
+        if self.shared_bytes(spec) > MAX_WGRAD_SHARED_BYTES:
+            return f"{self.shared_bytes(spec)} bytes of shared memory exceeds {MAX_WGRAD_SHARED_BYTES}"
+        return None
+
+    def shared_bytes(self, spec: ConvSpec) -> int:
+        xw = (self.owc - 1) * spec.stride[2] + (spec.kernel_size[2] - 1) * spec.dilation[2] + 1
+        return 4 * (self.cot * self.tc * self.owc + self.rb * (xw | 1))
+
+    def __str__(self) -> str:
+        return f"cot={self.cot} tc={self.tc} rb={self.rb} owc={self.owc} wt={self.wt}"
+
+
+def wgrad_rows(spec: ConvSpec) -> int:
+    kd, kh, _ = spec.kernel_size
+    return spec.in_per_group * kd * kh
+
+
+def default_wgrad_tiles(spec: ConvSpec) -> WgradTiles:
+    """A choice that is good on the seed shapes and valid for any spec `supports_wgrad` admits:
+    as many channels per thread as the accumulators allow, up to 64 channels per block, all
+    of a small group's rows in one block."""
+    kw, cog = spec.kernel_size[2], spec.out_per_group
+    cot = next(c for c in (8, 4, 2, 1) if cog % c == 0 and c * kw <= MAX_WGRAD_ACCUMULATORS)
+    tc = next(t for t in (8, 4, 2, 1) if cog % (cot * t) == 0)
+    rows = wgrad_rows(spec)
+    for owc in (64, 32, 16, 8):
+        rb = min(rows, (MAX_WGRAD_THREADS - 32) // tc)
+        while rb > 1:
+            tiles = WgradTiles(cot=cot, tc=tc, rb=rb, owc=owc, wt=4)
+            if tiles.problem(spec) is None:
+                return tiles
+            rb = (rb + 1) // 2
+        tiles = WgradTiles(cot=cot, tc=tc, rb=1, owc=owc, wt=4)
+        if tiles.problem(spec) is None:
+            return tiles
+    return WgradTiles(cot=cot, tc=tc, rb=1, owc=8, wt=4)
+
+
+def supports_wgrad(spec: ConvSpec) -> str | None:
+    """None if the wgrad template serves `spec`; otherwise the reason it does not."""
+    if spec.kernel_size[2] * spec.dilation[2] > 64:
+        return f"kernel width {spec.kernel_size[2]} x dilation {spec.dilation[2]} is over 64 columns"
+    return default_wgrad_tiles(spec).problem(spec)
+
+
+def render_wgrad(spec: ConvSpec, tiles: WgradTiles | None = None, wide: bool = False) -> Source:
+    """The wgrad template for `spec`; `wide` selects 64-bit offsets."""
+    if (reason := supports_wgrad(spec)) is not None:
+        raise ValueError(f"the wgrad template does not serve this spec: {reason}")
+    tiles = tiles or default_wgrad_tiles(spec)
+    if (problem := tiles.problem(spec)) is not None:
+        raise ValueError(f"tiles {tiles} do not fit the spec: {problem}")
+    name = f"conv3d_wgrad_{spec.tag}" + ("_i64" if wide else "")
+    body = _environment(templates_dir()).get_template(WGRAD_TEMPLATE).render(
+        spec=spec, tiles=tiles, name=name, entry=f"{name}_launch", arg_names=WGRAD_ARGS, wide=wide)
+    params = {"spec": spec.canonical_json(), "tiles": str(tiles), "offsets": "64-bit" if wide else "32-bit"}
+    return Source(name=name, template=WGRAD_TEMPLATE, body=body, identity=spec.canonical_json(),
+                  arg_names=WGRAD_ARGS, params=params)
