@@ -36,7 +36,7 @@ def candidates(spec: ConvSpec) -> list[Tiles]:
     cots = [c for c in (16, 12, 8, 6, 4, 3, 2, 1) if spec.out_per_group % c == 0][:3]
     found = {default_tiles(spec)}
     for cot in cots:
-        for wt in (2, 4, 8):
+        for wt in (2, 4, 8, 16):  # 16 only for few channels per thread (dgrad of a 3-channel input)
             if cot * wt <= 64:
                 tiles = Tiles(cot=cot, wt=wt, block=128, cic=fitting_cic(spec, cot, wt))
                 if tiles.problem(spec) is None:

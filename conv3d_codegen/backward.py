@@ -14,8 +14,10 @@ the spec's precision; the reason is logged once (and is an error in strict mode)
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import time
 import weakref
 from dataclasses import dataclass
 
@@ -25,9 +27,12 @@ import torch.nn.functional as F
 from .build import KernelBuildError, Target
 from .cache import CacheUnusable
 from .dispatch import Dispatcher, FallbackError, _in_background, cudnn_precision, strict_enabled
+from .autotune import TIMING, TORCH_MARGIN, Tuner
 from .kernel import Kernel, launch_args
+from .measure import median_ms, relative_error, tolerance
 from .render import wide_offsets
-from .render_grad import WgradTiles, default_wgrad_tiles, dgrad_spec, render_wgrad, supports_wgrad, wgrad_rows
+from .render_grad import (WgradTiles, default_wgrad_tiles, dgrad_spec, render_wgrad, supports_wgrad,
+                          wgrad_candidates, wgrad_rows)
 from .spec import ConvSpec
 
 log = logging.getLogger("conv3d_codegen")
@@ -67,6 +72,8 @@ class WgradPlan:
     reason: str | None      # why torch
     tiles: WgradTiles | None = None
     pending: object = None  # async mode: the background build
+    tuned: bool = False     # torch chosen by timing: not a fallback
+    provisional: bool = False  # made during CUDA graph capture: decided again after it
 
 
 _wgrad_plans: weakref.WeakKeyDictionary[Dispatcher, dict] = weakref.WeakKeyDictionary()
@@ -83,7 +90,10 @@ def weight_grad(dispatcher: Dispatcher, spec: ConvSpec, grad_out: torch.Tensor, 
         weight = x.new_empty(spec.weight_shape)  # convolution_backward reads only its shape here
         _, grad_w, grad_b = torch_grads(spec, grad_out, x, weight, (False, True, need_bias))
         return grad_w, grad_b
-    x, grad_out = x.contiguous(), grad_out.contiguous()
+    return _run_wgrad(plan, spec, grad_out.contiguous(), x.contiguous(), need_bias)
+
+
+def _run_wgrad(plan: WgradPlan, spec: ConvSpec, grad_out: torch.Tensor, x: torch.Tensor, need_bias: bool):
     tiles = plan.tiles
     splits = wgrad_splits(spec, tiles, x, grad_out.shape[2:])
     workspace = torch.empty(splits * (math.prod(spec.weight_shape) + (spec.out_channels if spec.bias else 0)),
@@ -108,34 +118,48 @@ def wgrad_splits(spec: ConvSpec, tiles: WgradTiles, x: torch.Tensor, out_size) -
 def _wgrad_plan(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_out: torch.Tensor) -> WgradPlan:
     plans = _wgrad_plans.setdefault(dispatcher, {})
     key = (x.device, x.dtype, tuple(x.shape), spec)
-    plan = plans.get(key)
-    if plan is None or (plan.pending is not None and plan.pending.done()):
-        plan = _decide_wgrad(dispatcher, spec, x, plan)
+    plan, in_capture = plans.get(key), torch.cuda.is_current_stream_capturing()
+    stale = plan is not None and (plan.provisional or (plan.pending is not None and plan.pending.done()))
+    if plan is None or (stale and not in_capture):  # during capture, a plan made before stands
+        plan = _decide_wgrad(dispatcher, spec, x, grad_out, plan)
         plans[key] = plan
         if plan.kernel is None:
-            log.log(logging.INFO if plan.pending else logging.WARNING, "conv3d wgrad %s -> torch: %s",
+            log.log(logging.INFO if plan.pending or plan.tuned else logging.WARNING, "conv3d wgrad %s -> torch: %s",
                     spec.tag, plan.reason)
-    if plan.kernel is None and plan.pending is None and strict_enabled():
+    if plan.kernel is None and plan.pending is None and not plan.tuned and strict_enabled():
         raise FallbackError(f"strict mode: wgrad of {spec.tag} would run on torch: {plan.reason}")
     return plan
 
 
-def _decide_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, before: WgradPlan | None) -> WgradPlan:
+def _decide_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_out: torch.Tensor,
+                  before: WgradPlan | None) -> WgradPlan:
     if not x.is_cuda:
         return WgradPlan(None, f"input is on {x.device.type}")
     if (reason := supports_wgrad(spec)) is not None:
         return WgradPlan(None, reason)
     if dispatcher.mode == "off":
         return WgradPlan(None, "mode 'off'")
-    if before is not None and before.pending.exception() is not None:
+    if before is not None and before.pending is not None and before.pending.exception() is not None:
         return WgradPlan(None, f"the background build failed: {str(before.pending.exception()).splitlines()[0]}")
-    tiles = default_wgrad_tiles(spec)
-    source, target = render_wgrad(spec, tiles, wide_offsets(spec, tuple(x.shape))), Target.for_device(x.device)
+    target, wide = Target.for_device(x.device), wide_offsets(spec, tuple(x.shape))
+    in_capture = torch.cuda.is_current_stream_capturing()
     try:
+        tiles, timings = _wgrad_record(dispatcher, spec, x, target)
+        if tiles is None and dispatcher.autotune and dispatcher.mode != "prebuilt" and not in_capture:
+            sources = [render_wgrad(spec, t, wide) for t in wgrad_candidates(spec)]
+            if dispatcher.mode == "async" and any(dispatcher.loader.find(s, target) is None for s in sources):
+                return WgradPlan(None, f"building {len(sources)} wgrad autotuning candidates in the background",
+                                 pending=_in_background(lambda: dispatcher.loader.load_many(sources, target)))
+            tiles, timings = _tune_wgrad(dispatcher, spec, x, grad_out, target)
+        if tiles == TORCH:
+            return WgradPlan(None, f"autotuned: no candidate beat torch by 2% ({timings})", tuned=True)
+        tiles = tiles or default_wgrad_tiles(spec)
+        source = render_wgrad(spec, tiles, wide)
         kernel = dispatcher.loader.find(source, target)
         if kernel is None and (dispatcher.mode == "prebuilt" or torch.cuda.is_current_stream_capturing()):
             return WgradPlan(None, f"{source.name} is not in the cache {dispatcher.cache.root} "
-                                   f"({'mode prebuilt' if dispatcher.mode == 'prebuilt' else 'CUDA graph capture'})")
+                                   f"({'mode prebuilt' if dispatcher.mode == 'prebuilt' else 'CUDA graph capture'})",
+                             provisional=in_capture)
         if kernel is None and dispatcher.mode == "async":
             return WgradPlan(None, f"building {source.name} in the background",
                              pending=_in_background(lambda: dispatcher.loader.load(source, target)))
@@ -145,6 +169,74 @@ def _decide_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, befor
         return WgradPlan(None, f"kernel build failed; source and log kept at {err.source_path}")
     except CacheUnusable as err:
         return WgradPlan(None, f"no usable kernel cache: {err}")
+
+
+# ---- autotuning of wgrad ---------------------------------------------------------------
+
+TORCH = "torch"
+
+
+def _record_id(spec: ConvSpec, x: torch.Tensor, target: Target) -> tuple[str, str]:
+    name, key = Tuner.record_id(spec, tuple(x.shape), target, torch.cuda.get_device_name(x.device))
+    return name.replace("autotune_", "autotune_wgrad_", 1), "wgrad-" + key
+
+
+def _wgrad_record(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, target: Target):
+    """The kept winner for this spec and shape: (tiles, timings), (TORCH, timings) or (None, None)."""
+    record = dispatcher.cache.read_record(*_record_id(spec, x, target))
+    if record is None:
+        return None, None
+    return (TORCH if record["winner"] == TORCH else WgradTiles(**record["tiles"])), _timings_text(record["timings_ms"])
+
+
+def _tune_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_out: torch.Tensor, target: Target):
+    """Build every candidate, verify each on one sample against float64 torch, time each and
+    torch on the real tensors, and keep the winner (torch unless one beats it by 2%)."""
+    started = time.perf_counter()
+    x, grad_out = x.contiguous(), grad_out.contiguous()
+    wide = wide_offsets(spec, tuple(x.shape))
+    tiles = wgrad_candidates(spec)
+    built = dispatcher.loader.load_many([render_wgrad(spec, t, wide) for t in tiles], target)
+    weight = x.new_empty(spec.weight_shape)
+    with torch.no_grad():
+        _, want_w, want_b = torch_grads(spec, grad_out[:1].double(), x[:1].double(), weight.double(),
+                                        (False, True, True))
+        timings, dropped, winners = {}, {}, {}
+        for t, kernel in zip(tiles, built):
+            if isinstance(kernel, Exception):
+                dropped[str(t)] = f"build: {str(kernel).splitlines()[0]}"
+                continue
+            plan = WgradPlan(kernel, None, t)
+            grad_w, grad_b = _run_wgrad(plan, spec, grad_out[:1], x[:1], need_bias=True)
+            err = max(relative_error(grad_w, want_w), relative_error(grad_b, want_b) if spec.bias else 0.0)
+            if not err <= tolerance(spec):
+                dropped[str(t)] = f"verify: relative error {err:.2e} over {tolerance(spec):.0e}"
+                continue
+            timings[str(t)], winners[str(t)] = median_ms(lambda: _run_wgrad(plan, spec, grad_out, x, True), **TIMING), t
+        timings[TORCH] = median_ms(lambda: torch_grads(spec, grad_out, x, weight, (False, True, True)), **TIMING)
+    for label, why in dropped.items():
+        timings[label] = math.inf
+        log.info("autotune wgrad %s: dropped %s (%s)", spec.tag, label, why)
+    best = min(timings, key=timings.get)
+    if timings[best] > TORCH_MARGIN * timings[TORCH]:
+        best = TORCH
+    try:
+        dispatcher.cache.write_record(*_record_id(spec, x, target), {
+            "spec": spec.canonical_json(), "shape": list(x.shape), "winner": best,
+            "tiles": dataclasses.asdict(winners[best]) if best != TORCH else None,
+            "timings_ms": {k: v if math.isfinite(v) else None for k, v in timings.items()},
+            "dropped": dropped, "seconds": round(time.perf_counter() - started, 1)})
+    except CacheUnusable as err:
+        log.warning("autotune wgrad %s: the winner is not kept (%s)", spec.tag, err)
+    log.info("autotune wgrad %s on %s: %s (%.3f ms; torch %.3f ms)", spec.tag, tuple(x.shape), best,
+             timings[best], timings[TORCH])
+    return (TORCH if best == TORCH else winners[best]), _timings_text(timings)
+
+
+def _timings_text(timings: dict) -> str:
+    finite = {k: v for k, v in timings.items() if k != TORCH and v is not None and math.isfinite(v)}
+    best = min(finite, key=finite.get, default=None)
+    return f"torch {timings[TORCH]:.3f} ms" + (f", best candidate {best} {finite[best]:.3f} ms" if best else "")
 
 
 # ---- torch ---------------------------------------------------------------------------

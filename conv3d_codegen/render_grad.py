@@ -105,6 +105,25 @@ def default_wgrad_tiles(spec: ConvSpec) -> WgradTiles:
     return WgradTiles(cot=cot, tc=tc, rb=1, owc=8, wt=4)
 
 
+def wgrad_candidates(spec: ConvSpec) -> list[WgradTiles]:
+    """The autotuning space: channels per thread and per block, outputs per work item. Fewer
+    channels per block make smaller blocks, two of which share a multiprocessor (one stages
+    its next item while the other computes)."""
+    kw, cog, rows = spec.kernel_size[2], spec.out_per_group, wgrad_rows(spec)
+    found = {default_wgrad_tiles(spec)}
+    for cot, tc in [(8, 8), (8, 4), (4, 8), (8, 2)]:
+        if cog % (cot * tc) or cot * kw > MAX_WGRAD_ACCUMULATORS:
+            continue
+        for owc in (64, 32):
+            for threads in (MAX_WGRAD_THREADS, 256):  # one block per multiprocessor, or two
+                rb = min(rows, (threads - 32) // tc)
+                while rb > 1 and WgradTiles(cot, tc, rb, owc, 4).problem(spec) is not None:
+                    rb = (rb + 1) // 2
+                if (tiles := WgradTiles(cot, tc, rb, owc, 4)).problem(spec) is None:
+                    found.add(tiles)
+    return sorted(found, key=lambda t: (-t.cot * t.tc, -t.owc, -t.rb))[:10]
+
+
 def supports_wgrad(spec: ConvSpec) -> str | None:
     """None if the wgrad template serves `spec`; otherwise the reason it does not."""
     if spec.kernel_size[2] * spec.dilation[2] > 64:

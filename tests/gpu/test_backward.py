@@ -143,3 +143,25 @@ def test_only_the_gradients_asked_for(built, need_weight, need_bias):
         assert_close("grad of the weight", grad_w, want_w, spec)
     if need_bias:
         assert_close("grad of the bias", grad_b, want_b, spec)
+
+
+def test_wgrad_autotuning_keeps_its_winner(cache_root):
+    from conv3d_codegen.backward import _wgrad_plan
+    from conv3d_codegen.cache import KernelCache
+    from conv3d_codegen.dispatch import Dispatcher
+
+    spec = ConvSpec.from_text("3x3x3 --cin 3 --cout 16 --padding 1")
+    x, weight, bias = random_inputs(spec, (2, 3, 12, 20, 70))
+    grad_out = grad_output(spec, x)
+    _, want_w, want_b = reference_grads(spec, x, weight, bias, grad_out)
+    tuning = Dispatcher(KernelCache(cache_root), autotune=True)
+    grad_w, grad_b = weight_grad(tuning, spec, grad_out, x)
+    assert_close("grad of the weight", grad_w, want_w, spec)
+    assert_close("grad of the bias", grad_b, want_b, spec)
+    plan = _wgrad_plan(tuning, spec, x, grad_out)
+    assert plan.tuned or plan.kernel is not None
+    # A new process (here: a new dispatcher over the same cache) reads the winner, builds nothing new.
+    again = Dispatcher(KernelCache(cache_root), autotune=True)
+    builds = again.cache.stats.builds
+    assert _wgrad_plan(again, spec, x, grad_out).tiles == plan.tiles
+    assert again.cache.stats.builds == builds
