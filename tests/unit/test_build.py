@@ -12,10 +12,11 @@ from conv3d_codegen.build import (KernelBuildError, Target, compile_cubin, compi
 from conv3d_codegen.cache import Entry
 from conv3d_codegen.kernel import Kernel
 from conv3d_codegen.render import Tiles, generator_hash, render_direct, render_generic, templates_dir
-from conv3d_codegen.render_grad import dgrad_spec, render_wgrad
+from conv3d_codegen.render_grad import default_wgrad_tiles, dgrad_spec, render_wgrad, wgrad_candidates
 from conv3d_codegen.spec import ConvSpec
 
 SEED_A = ConvSpec.from_text("3x5x7 --cin 3 --cout 64")
+SEED_B = ConvSpec.from_text("3x3x3 --cin 3 --cout 64")
 SM90 = Target(arch="sm_90", torch_version="2.11.0", cuda_version="13.0.88")
 
 
@@ -91,13 +92,15 @@ def reports():
     sources += [render_direct(dgrad_spec(SEED_A)[0])]  # the gradient of seed-a's input: 64 -> 3 channels
     sources += [render_wgrad(ConvSpec.from_text(t)) for t in MATRIX]
     sources += [render_wgrad(ConvSpec.from_text(MATRIX[3]), wide=True)]
+    sources += [render_wgrad(spec, t) for spec in (SEED_A, SEED_B) for t in wgrad_candidates(spec)
+                if t != default_wgrad_tiles(spec)]  # every tile choice autotuning may pick on the seeds
     with ThreadPoolExecutor(2) as pool:
-        return dict(zip((s.name for s in sources), pool.map(lambda s: compile_cubin(s, SM90), sources)))
+        return dict(zip((f"{s.name} [{s.params.get('tiles', '')}]" for s in sources), pool.map(lambda s: compile_cubin(s, SM90), sources)))
 
 
 @pytest.mark.slow
 def test_every_variant_compiles_to_sm90_without_spills(reports):
-    assert len(reports) == 2 * len(MATRIX) + 6
+    assert len(reports) >= 2 * len(MATRIX) + 6 + 16  # candidates equal to a matrix entry count once
     for name, report in reports.items():
         assert report.registers > 0, name  # ptxas reported on the kernel
         assert report.spill_store_bytes == report.spill_load_bytes == report.stack_bytes == 0, (name, report)
