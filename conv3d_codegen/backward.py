@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .build import KernelBuildError, Target
 from .cache import CacheUnusable
-from .dispatch import Dispatcher, FallbackError, _in_background, cudnn_precision, strict_enabled
+from .dispatch import Dispatcher, FallbackError, _in_background, capturing, cudnn_precision, strict_enabled
 from .autotune import TIMING, TORCH_MARGIN, Tuner
 from .kernel import Kernel, launch_args
 from .measure import median_ms, relative_error, tolerance
@@ -118,7 +118,7 @@ def wgrad_splits(spec: ConvSpec, tiles: WgradTiles, x: torch.Tensor, out_size) -
 def _wgrad_plan(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_out: torch.Tensor) -> WgradPlan:
     plans = _wgrad_plans.setdefault(dispatcher, {})
     key = (x.device, x.dtype, tuple(x.shape), spec)
-    plan, in_capture = plans.get(key), torch.cuda.is_current_stream_capturing()
+    plan, in_capture = plans.get(key), capturing(x)
     stale = plan is not None and (plan.provisional or (plan.pending is not None and plan.pending.done()))
     if plan is None or (stale and not in_capture):  # during capture, a plan made before stands
         plan = _decide_wgrad(dispatcher, spec, x, grad_out, plan)
@@ -142,7 +142,7 @@ def _decide_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_
     if before is not None and before.pending is not None and before.pending.exception() is not None:
         return WgradPlan(None, f"the background build failed: {str(before.pending.exception()).splitlines()[0]}")
     target, wide = Target.for_device(x.device), wide_offsets(spec, tuple(x.shape))
-    in_capture = torch.cuda.is_current_stream_capturing()
+    in_capture = capturing(x)
     try:
         tiles, timings = _wgrad_record(dispatcher, spec, x, target)
         if tiles is None and dispatcher.autotune and dispatcher.mode != "prebuilt" and not in_capture:
@@ -156,7 +156,7 @@ def _decide_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_
         tiles = tiles or default_wgrad_tiles(spec)
         source = render_wgrad(spec, tiles, wide)
         kernel = dispatcher.loader.find(source, target)
-        if kernel is None and (dispatcher.mode == "prebuilt" or torch.cuda.is_current_stream_capturing()):
+        if kernel is None and (dispatcher.mode == "prebuilt" or in_capture):
             return WgradPlan(None, f"{source.name} is not in the cache {dispatcher.cache.root} "
                                    f"({'mode prebuilt' if dispatcher.mode == 'prebuilt' else 'CUDA graph capture'})",
                              provisional=in_capture)

@@ -14,6 +14,13 @@ slower than torch). How a missing kernel is obtained depends on the mode:
 In strict mode (the `strict()` context, or CONV3D_CODEGEN_STRICT=1) a fallback from the
 generated kernel raises FallbackError instead, for CI and benchmarks; torch chosen by
 autotuning is not a fallback.
+
+While the current CUDA stream is capturing a graph, nothing is built, tuned, synchronized
+or started in the background: a plan made before is used as it is, and a new one takes a
+kernel only if the cache already holds it, else torch (and is decided again after capture).
+
+conv3d(), Conv3d and their backward use the process's current dispatcher:
+default_dispatcher(), replaced by set_default_dispatcher() or, for a block, `using()`.
 """
 from __future__ import annotations
 
@@ -97,6 +104,8 @@ class Plan:
     tuned: bool = False             # chosen by timing against the other candidates
     pending: Future | None = None   # async mode: the background build this plan waits for
     call: str = ""                  # the call it was made for: input shape, dtype, device
+    provisional: bool = False       # made during CUDA graph capture, which held back a build or
+                                    # autotuning: decided again on the next call outside capture
 
     @property
     def fallback(self) -> bool:
@@ -121,6 +130,12 @@ def _in_background(work: Callable[[], object]) -> Future:
 
     threading.Thread(target=run, name="conv3d-codegen-build", daemon=True).start()
     return future
+
+
+def capturing(x: torch.Tensor) -> bool:
+    """Whether a call on `x` is being captured into a CUDA graph, where nothing may be built,
+    tuned, synchronized or started in the background."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def _torch_only(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str | None:
@@ -183,9 +198,10 @@ class Dispatcher:
         key = (x.device, x.dtype, tuple(x.shape), x.is_contiguous(), weight.device, weight.dtype,
                tuple(weight.shape), None if bias is None else (bias.device, bias.dtype, tuple(bias.shape)),
                _hashable(stride), _hashable(padding), _hashable(dilation), groups, precision)
-        plan = self._plans.get(key)
-        if plan is None or (plan.pending is not None and plan.pending.done()):
-            plan = self._decide(x, weight, bias, stride, padding, dilation, groups, precision, plan)
+        plan, in_capture = self._plans.get(key), capturing(x)
+        stale = plan is not None and (plan.provisional or (plan.pending is not None and plan.pending.done()))
+        if plan is None or (stale and not in_capture):  # during capture, a plan made before stands
+            plan = self._decide(x, weight, bias, stride, padding, dilation, groups, precision, plan, in_capture)
             plan = dataclasses.replace(plan, call=f"input {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')} "
                                                   f"{x.device}")
             self._plans[key] = plan
@@ -201,7 +217,8 @@ class Dispatcher:
         """plan() for a call made with `spec`'s arguments."""
         return self.plan(x, weight, bias, precision=spec.precision, **spec.functional_args())
 
-    def _decide(self, x, weight, bias, stride, padding, dilation, groups, precision, before: Plan | None) -> Plan:
+    def _decide(self, x, weight, bias, stride, padding, dilation, groups, precision, before: Plan | None,
+                in_capture: bool = False) -> Plan:
         try:  # the spec of the call where it has one, so that every decision can name it
             spec = ConvSpec(in_channels=weight.shape[1] * groups, out_channels=weight.shape[0],
                             kernel_size=tuple(weight.shape[2:]), stride=stride, padding=padding,
@@ -221,38 +238,43 @@ class Dispatcher:
             return Plan("torch", "the kernel is larger than the padded input", spec)
         if self.mode == "off":
             return Plan("torch", "mode 'off'", spec)
-        if before is not None and before.pending.exception() is not None:
+        if before is not None and before.pending is not None and before.pending.exception() is not None:
             return Plan("torch", f"the background build failed: {str(before.pending.exception()).splitlines()[0]}",
                         spec)
         try:
-            return self._kernel_plan(spec, x, weight, bias, precision)
+            return self._kernel_plan(spec, x, weight, bias, precision, in_capture)
         except KernelBuildError as err:
             log.warning("%s", err)
             return Plan("torch", f"kernel build failed; source and log kept at {err.source_path}", spec)
         except CacheUnusable as err:
             return Plan("torch", f"no usable kernel cache: {err}", spec)
 
-    def _kernel_plan(self, spec: ConvSpec, x, weight, bias, precision) -> Plan:
+    def _kernel_plan(self, spec: ConvSpec, x, weight, bias, precision, in_capture: bool = False) -> Plan:
         target, shape = Target.for_device(x.device), tuple(x.shape)
         tunable = supports(spec) is None
         choice = self.tuner.lookup(spec, shape, target, torch.cuda.get_device_name(x.device)) if tunable else None
-        if choice is None and tunable and self.autotune and self.mode != "prebuilt":
+        untuned = choice is None and tunable and self.autotune and self.mode != "prebuilt"
+        if untuned and not in_capture:
             sources = [render_direct(spec, t, wide_offsets(spec, shape)) for t in candidates(spec)]
             if self.mode == "async" and any(self.loader.find(s, target) is None for s in sources):
                 return Plan("torch", f"building {len(sources)} autotuning candidates in the background",
                             spec, pending=_in_background(lambda: self.loader.load_many(sources, target)))
-            choice = self._tune(spec, x, weight, bias, target, precision)
+            choice, untuned = self._tune(spec, x, weight, bias, target, precision), False
         if choice is not None and choice.winner is None:
             return Plan("torch", f"autotuned: no candidate beat torch by 2% ({_timings(choice)})", spec, tuned=True)
         source, reason = source_for(spec, shape, choice.winner if choice else None)
         kernel = self.loader.find(source, target)
         if kernel is None and self.mode == "prebuilt":
             return Plan("torch", f"mode 'prebuilt': {source.name} is not in the cache {self.cache.root}", spec)
+        if kernel is None and in_capture:
+            return Plan("torch", f"CUDA graph capture: {source.name} is not in the cache {self.cache.root}, "
+                                 "and nothing is built while capturing", spec, provisional=True)
         if kernel is None and self.mode == "async":
             return Plan("torch", f"building {source.name} in the background", spec,
                         pending=_in_background(lambda: self.loader.load(source, target)))
         kernel = kernel or self.loader.load(source, target)
-        return Plan("generic" if reason else "generated", reason, spec, kernel, tuned=choice is not None)
+        return Plan("generic" if reason else "generated", reason, spec, kernel, tuned=choice is not None,
+                    provisional=untuned)
 
     def _tune(self, spec, x, weight, bias, target, precision) -> Choice:
         def torch_call():
@@ -284,9 +306,10 @@ _default: Dispatcher | None = None
 
 
 def default_dispatcher() -> Dispatcher:
-    """The process-wide dispatcher behind conv3d() and Conv3d, made on first use: mode from
-    CONV3D_CODEGEN_MODE (default 'async': a first call never waits on a build), autotuning
-    unless CONV3D_CODEGEN_AUTOTUNE=0, over the default cache directory."""
+    """The process's current dispatcher, behind conv3d(), Conv3d and their backward. Unless
+    one was set, made on first use: mode from CONV3D_CODEGEN_MODE (default 'async': a first
+    call never waits on a build), autotuning unless CONV3D_CODEGEN_AUTOTUNE=0, over the
+    default cache directory."""
     global _default
     if _default is None:
         mode = os.environ.get(MODE_ENV) or "async"
@@ -294,6 +317,28 @@ def default_dispatcher() -> Dispatcher:
             raise ValueError(f"{MODE_ENV} must be one of {', '.join(MODES)}, got {mode!r}")
         _default = Dispatcher(autotune=os.environ.get(AUTOTUNE_ENV, "1") != "0", mode=mode)
     return _default
+
+
+def set_default_dispatcher(dispatcher: Dispatcher | None) -> Dispatcher | None:
+    """Make `dispatcher` the process's current one and return the one before (None if none
+    was made yet). None: make one from the environment on next use.
+
+    It is one for the whole process, not per thread: autograd runs backward on threads of
+    its own, and a backward pass uses the dispatcher current when it runs."""
+    global _default
+    previous, _default = _default, dispatcher
+    return previous
+
+
+@contextlib.contextmanager
+def using(dispatcher: Dispatcher) -> Iterator[Dispatcher]:
+    """The current dispatcher within this block (process-wide, see set_default_dispatcher);
+    the one before is restored after it."""
+    previous = set_default_dispatcher(dispatcher)
+    try:
+        yield dispatcher
+    finally:
+        set_default_dispatcher(previous)
 
 
 def explain(model: torch.nn.Module | None = None, dispatcher: Dispatcher | None = None) -> str:

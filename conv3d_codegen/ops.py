@@ -1,15 +1,47 @@
 """The functional op: torch.nn.functional.conv3d through a generated kernel where one applies.
 
-Backward uses torch's convolution_backward for now; generated dgrad/wgrad come later.
+conv3d() normalizes its arguments and calls the custom op `conv3d_codegen::conv3d`
+(torch.ops.conv3d_codegen.conv3d), which torch.compile, CUDA graphs, autocast, the fake
+tensors of tracing and opcheck all see as one operator:
+
+    conv3d(Tensor input, Tensor weight, Tensor? bias, int[3] stride, int[3] padding,
+           int[3] dilation, int groups, bool padding_same, str precision) -> Tensor
+
+The input is batched (5-D; conv3d() adds and removes the batch dimension of a 4-D one).
+padding_same stands for padding='same' (the odd extra zero goes after, as torch puts it);
+`padding` is then unused. Its implementation asks the process's current dispatcher
+(dispatch.default_dispatcher(), set with dispatch.using()) for a plan, runs the generated
+kernel into an output torch allocates, or torch's F.conv3d in the requested precision. The
+output is always contiguous (NCDHW).
+
+Its autograd formula calls two more ops, `conv3d_input_grad` and `conv3d_weight_grad`
+(backward.input_grad and backward.weight_grad inside), each only when a gradient it makes
+is needed; they use the dispatcher current when backward runs. Under autocast (CUDA) the
+floating tensors are cast to the autocast dtype first, as nn.Conv3d's are. The generated
+kernels are deterministic, so torch.use_deterministic_algorithms(True) needs nothing more;
+where torch runs, it honours the setting itself. During CUDA graph capture the dispatcher
+builds and tunes nothing (see dispatch.py); kernels launch on torch's current stream.
+
+CPU and meta tensors, channels_last_3d input, dtypes other than float32/float16/bfloat16,
+empty tensors and arguments the op cannot express go to F.conv3d directly, which raises its
+own errors in its own words. Eagerly, such a call is still shown to the dispatcher, so its
+reason is logged once and strict mode refuses it; under torch.compile it is not (and uses
+torch's TF32 setting rather than `precision`).
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
 
-from .dispatch import Dispatcher, Plan, cudnn_precision, default_dispatcher
+from . import backward
+from .dispatch import Dispatcher, cudnn_precision, default_dispatcher, using
 from .kernel import launch_args
 from .spec import ConvSpec
+
+PRECISIONS = ("ieee", "tf32")
+_OP_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def conv3d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -18,61 +50,203 @@ def conv3d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
     `precision` (keyword only) is 'ieee' (float32 arithmetic) or 'tf32' (float32 inputs may
     be multiplied in TF32); it applies to float32 only.
+
+    This is the Python torch.compile traces (fullgraph): no pydantic, no logging here.
     """
-    return run(default_dispatcher(), input, weight, bias, stride, padding, dilation, groups, precision)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    args = _op_arguments(stride, padding, dilation, groups)
+    if args is not None and _op_takes(input, weight, bias):
+        unbatched = input.dim() == 4
+        out = torch.ops.conv3d_codegen.conv3d(input.unsqueeze(0) if unbatched else input, weight, bias,
+                                              *args, precision)
+        return out.squeeze(0) if unbatched else out
+    if torch.compiler.is_compiling():
+        return F.conv3d(input, weight, bias, stride, padding, dilation, groups)
+    if isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor):
+        # shown to the dispatcher so that the reason is logged once and strict mode refuses it
+        default_dispatcher().plan(input.unsqueeze(0) if input.dim() == 4 else input, weight, bias, stride,
+                                  padding, dilation, groups, precision)
+        with cudnn_precision(precision, input.dtype):
+            return F.conv3d(input, weight, bias, stride, padding, dilation, groups)
+    return F.conv3d(input, weight, bias, stride, padding, dilation, groups)
 
 
 def run(dispatcher: Dispatcher, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
         stride=1, padding=0, dilation=1, groups: int = 1, precision: str = "ieee") -> torch.Tensor:
-    """conv3d through a given dispatcher (tests use their own, over their own cache)."""
-    if input.is_cuda and input.is_floating_point() and torch.is_autocast_enabled("cuda"):
-        dtype = torch.get_autocast_dtype("cuda")  # as autocast treats conv3d: all to the low dtype
-        input, weight = input.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
-    batched = input.unsqueeze(0) if input.dim() == 4 else input
-    plan = dispatcher.plan(batched, weight, bias, stride, padding, dilation, groups, precision)
-    if plan.route == "torch":
+    """conv3d() with `dispatcher` as the current one for the call (tests, the CLI and the
+    benchmarks use their own, over their own cache). A backward pass run later uses the
+    dispatcher current then."""
+    with using(dispatcher):
+        return conv3d(input, weight, bias, stride, padding, dilation, groups, precision=precision)
+
+
+# ---- what goes to the op ------------------------------------------------------------
+
+def _op_arguments(stride, padding, dilation, groups) -> tuple | None:
+    """(stride, padding, dilation, groups, padding_same) as the op takes them, or None where
+    the op cannot express them (torch then says what is wrong)."""
+    padding_same = isinstance(padding, str) and padding == "same"
+    if isinstance(padding, str):
+        padding = 0 if padding in ("same", "valid") else None
+    triples = (_triple(stride), _triple(padding), _triple(dilation))
+    if triples[0] is None or triples[1] is None or triples[2] is None or not _is_int(groups):
+        return None
+    return (*triples, groups, padding_same)
+
+
+def _triple(value) -> list[int] | None:
+    if _is_int(value):
+        return [value, value, value]
+    if isinstance(value, (list, tuple)) and len(value) in (1, 3):
+        for v in value:
+            if not _is_int(v):
+                return None
+        return [value[0]] * 3 if len(value) == 1 else list(value)
+    return None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _op_takes(input, weight, bias) -> bool:
+    """Whether the op serves these tensors: floating CUDA tensors of one device, 4 or 5
+    dimensions, nothing empty, NCDHW. Dtypes may differ: under autocast the op casts them,
+    otherwise torch raises inside it."""
+    if not (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor)
+            and (bias is None or isinstance(bias, torch.Tensor))):
+        return False
+    if not input.is_cuda or input.dim() not in (4, 5) or weight.dim() != 5:
+        return False
+    for t in (input, weight) if bias is None else (input, weight, bias):
+        if t.device != input.device or t.dtype not in _OP_DTYPES or t.numel() == 0:
+            return False
+    x = input.unsqueeze(0) if input.dim() == 4 else input
+    return x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+# ---- the ops ------------------------------------------------------------------------
+
+@torch.library.custom_op(
+    "conv3d_codegen::conv3d", mutates_args=(),
+    schema="(Tensor input, Tensor weight, Tensor? bias, int[3] stride, int[3] padding, int[3] dilation, "
+           "int groups, bool padding_same, str precision) -> Tensor")
+def _conv3d_op(input, weight, bias, stride, padding, dilation, groups, padding_same, precision):
+    conv = _functional_args(stride, padding, dilation, groups, padding_same)
+    precision = _precision_for(precision, input.dtype)
+    plan = default_dispatcher().plan(input, weight, bias, precision=precision, **conv)
+    if plan.kernel is None:
         with cudnn_precision(precision, input.dtype):
-            return F.conv3d(input, weight, bias, stride, padding, dilation, groups)
-    out = _GeneratedConv3d.apply(batched, weight, bias, plan)
-    return out.squeeze(0) if input.dim() == 4 else out
+            return F.conv3d(input, weight, bias, **conv).contiguous()
+    spec, x, weight = plan.spec, input.contiguous(), weight.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    out = torch.empty((x.shape[0], spec.out_channels, *spec.output_size(*x.shape[2:])), dtype=x.dtype,
+                      device=x.device)
+    return plan.kernel(x, weight, bias, out, launch_args(spec, x.shape))
 
 
-class _GeneratedConv3d(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: Plan):
-        spec = plan.spec
-        x, weight = x.contiguous(), weight.contiguous()
-        bias = bias.contiguous() if bias is not None else None
-        out = torch.empty((x.shape[0], spec.out_channels, *spec.output_size(*x.shape[2:])),
-                          dtype=x.dtype, device=x.device)
-        plan.kernel(x, weight, bias, out, launch_args(spec, x.shape))
-        ctx.save_for_backward(x, weight)
-        ctx.spec = spec
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        return (*torch_backward(grad_out, x, weight, ctx.spec, ctx.needs_input_grad[:3]), None)
+@_conv3d_op.register_fake
+def _(input, weight, bias, stride, padding, dilation, groups, padding_same, precision):
+    # torch's own shape rules and errors, on tensors without data
+    conv = _functional_args(stride, padding, dilation, groups, padding_same)
+    return F.conv3d(input, weight, bias, **conv).contiguous()
 
 
-def torch_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec,
-                   needs: tuple[bool, bool, bool]):
-    """Gradients of input, weight and bias through torch's convolution_backward."""
-    with cudnn_precision(spec.precision, x.dtype):
-        return _convolution_backward(grad_out, x, weight, spec, needs)
+@torch.library.custom_op(
+    "conv3d_codegen::conv3d_input_grad", mutates_args=(),
+    schema="(Tensor grad_out, Tensor weight, SymInt[] input_shape, str spec) -> Tensor")
+def _input_grad_op(grad_out, weight, input_shape, spec):
+    """`spec`: the ConvSpec of the forward call, as canonical JSON."""
+    return backward.input_grad(default_dispatcher(), _spec(spec), grad_out.contiguous(), weight.contiguous(),
+                               tuple(input_shape)).contiguous()
 
 
-def _convolution_backward(grad_out, x, weight, spec: ConvSpec, needs):
-    before, after = spec.pad_before, spec.pad_after
-    if before != after:  # 'same' with an odd total: the extra zero goes after, as torch pads it
-        x = F.pad(x, (0, after[2] - before[2], 0, after[1] - before[1], 0, after[0] - before[0]))
-    grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-        grad_out, x, weight, [spec.out_channels] if spec.bias else None, list(spec.stride),
-        list(before), list(spec.dilation), False, [0, 0, 0], spec.groups,
-        [needs[0], needs[1], needs[2] and spec.bias])
-    if grad_x is not None and before != after:
-        d, h, w = (size - a + b for size, a, b in zip(x.shape[2:], after, before))
-        grad_x = grad_x[:, :, :d, :h, :w]
-    return grad_x, grad_w, grad_b
+@_input_grad_op.register_fake
+def _(grad_out, weight, input_shape, spec):
+    return grad_out.new_empty(input_shape)
+
+
+@torch.library.custom_op(
+    "conv3d_codegen::conv3d_weight_grad", mutates_args=(),
+    schema="(Tensor grad_out, Tensor input, str spec, bool need_weight, bool need_bias) -> (Tensor?, Tensor?)")
+def _weight_grad_op(grad_out, input, spec, need_weight, need_bias):
+    """Gradients of the weight and the bias; None where not needed or there is no bias."""
+    spec = _spec(spec)
+    grad_w, grad_b = backward.weight_grad(default_dispatcher(), spec, grad_out.contiguous(), input.contiguous(),
+                                          need_weight, need_bias and spec.bias)
+    return (grad_w.contiguous() if need_weight else None,
+            grad_b.contiguous() if need_bias and spec.bias else None)
+
+
+@_weight_grad_op.register_fake
+def _(grad_out, input, spec, need_weight, need_bias):
+    spec = _spec(spec)
+    return (input.new_empty(spec.weight_shape) if need_weight else None,
+            input.new_empty(spec.out_channels) if need_bias and spec.bias else None)
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups, padding_same, precision = inputs
+    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+    ctx.spec = _spec_json(tuple(int(s) for s in weight.shape), bias is not None, input.dtype, tuple(stride),
+                          tuple(padding), tuple(dilation), groups, padding_same, precision)
+    ctx.input_shape = list(input.shape)
+    ctx.save_for_backward(input if need_weight or need_bias else None, weight if need_input else None)
+
+
+def _backward(ctx, grad_out):
+    input, weight = ctx.saved_tensors
+    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+    grad_input = grad_weight = grad_bias = None
+    if need_input:
+        grad_input = torch.ops.conv3d_codegen.conv3d_input_grad(grad_out, weight, ctx.input_shape, ctx.spec)
+    if need_weight or need_bias:
+        grad_weight, grad_bias = torch.ops.conv3d_codegen.conv3d_weight_grad(grad_out, input, ctx.spec,
+                                                                             need_weight, need_bias)
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+_conv3d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _autocast(keyset, input, weight, bias, *arguments):
+    """nn.Conv3d under autocast: floating CUDA tensors in the autocast dtype (not float64),
+    then the op with autocast off."""
+    dtype = torch.get_autocast_dtype("cuda")
+
+    def cast(t):
+        eligible = t is not None and t.is_floating_point() and t.is_cuda and t.dtype != torch.float64
+        return t.to(dtype) if eligible else t
+
+    with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCUDA)):
+        return torch.ops.conv3d_codegen.conv3d.default(cast(input), cast(weight), cast(bias), *arguments)
+
+
+_library = torch.library.Library("conv3d_codegen", "FRAGMENT")  # kept: the registration lives as long as it
+_library.impl("conv3d", _autocast, "AutocastCUDA", with_keyset=True)
+
+
+# ---- helpers the ops share ----------------------------------------------------------
+
+def _functional_args(stride, padding, dilation, groups, padding_same) -> dict:
+    return dict(stride=stride, padding="same" if padding_same else padding, dilation=dilation, groups=groups)
+
+
+def _precision_for(precision: str, dtype: torch.dtype) -> str:
+    """TF32 is for float32; other dtypes always accumulate in float32 ('ieee')."""
+    return precision if dtype == torch.float32 else "ieee"
+
+
+@functools.cache
+def _spec_json(weight_shape, bias, dtype, stride, padding, dilation, groups, padding_same, precision) -> str:
+    """The forward call's ConvSpec as canonical JSON: how the backward ops receive it."""
+    co, cig, *kernel_size = weight_shape
+    return ConvSpec(in_channels=cig * groups, out_channels=co, kernel_size=tuple(kernel_size), stride=stride,
+                    padding="same" if padding_same else padding, dilation=dilation, groups=groups, bias=bias,
+                    dtype=dtype, precision=_precision_for(precision, dtype)).canonical_json()
+
+
+@functools.cache
+def _spec(text: str) -> ConvSpec:
+    return ConvSpec.model_validate_json(text)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conv3d_codegen.cache import KernelCache
-from conv3d_codegen.dispatch import Dispatcher
+from conv3d_codegen.dispatch import Dispatcher, set_default_dispatcher
 
 from .matrix import CASES
 
@@ -41,3 +41,12 @@ def dispatcher(cache_root) -> Dispatcher:
     print(f"\nbuilt {len(built)} kernels in {time.perf_counter() - started:.1f} s "
           f"({dispatcher.cache.stats.builds} builds)")
     return dispatcher
+
+
+@pytest.fixture(scope="session", autouse=True)
+def current_dispatcher(dispatcher):
+    """The session's dispatcher is the process's current one, so conv3d(), Conv3d and every
+    backward pass (which uses the dispatcher current when it runs) build into the session cache."""
+    previous = set_default_dispatcher(dispatcher)
+    yield dispatcher
+    set_default_dispatcher(previous)
