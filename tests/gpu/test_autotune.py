@@ -63,7 +63,7 @@ def test_strict_mode_accepts_torch_chosen_by_timing(tmp_path):
     assert plan.route == TORCH and plan.tuned and not plan.fallback
 
 
-CANDIDATE_SPECS = [(w.spec.model_copy(update={"dtype": dt}), (1, w.spec.in_channels, 11, 13, 21))
+CANDIDATE_SPECS = [(w.spec.model_copy(update={"dtype": dt}), (1, w.spec.in_channels, 11, 13, 41))  # ow >= 16 = widest wt
                    for w in WORKLOADS.values() for dt in ("float32", "bfloat16")]
 
 

@@ -2,6 +2,7 @@
 gradients are made, deterministic algorithms and a short training run, each against
 torch.nn.Conv3d / F.conv3d. The session's dispatcher is the current one (conftest)."""
 import contextlib
+import copy
 import itertools
 
 import pytest
@@ -151,9 +152,14 @@ def test_autocast_behaves_as_nn_conv3d(dtype):
     assert relative_error(out, ref) <= 1e-2 and relative_error(mixed, mixed_ref) <= 1e-2
     out.float().square().mean().backward()
     ref.float().square().mean().backward()
-    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+    exact = copy.deepcopy(theirs).double()  # the same model in float64, without autocast
+    exact.zero_grad(set_to_none=True)
+    exact(x.double()).square().mean().backward()
+    for (name, p), q, r in zip(ours.named_parameters(), theirs.parameters(), exact.parameters()):
         assert p.grad.dtype == q.grad.dtype == torch.float32
-        assert relative_error(p.grad, q.grad) <= 2e-2, name  # three layers of rounding, each way
+        # Both round through the low dtype in every layer, each way; ours may not be much worse.
+        ours_err, torch_err = relative_error(p.grad, r.grad), relative_error(q.grad, r.grad)
+        assert ours_err <= max(2 * torch_err, 1e-2), f"{name}: {ours_err:.2e} against torch's {torch_err:.2e}"
 
 
 # ---- which gradients are made -----------------------------------------------------------
