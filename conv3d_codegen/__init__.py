@@ -13,11 +13,11 @@ Data flow, one module each: spec (ConvSpec) -> render (CUDA source) -> build + c
 __version__ = "0.1.0"
 
 from .build import KernelBuildError
-from .dispatch import FallbackError, explain, explain_call, strict
+from .dispatch import FallbackError, explain, explain_call, strict, using
 from .models import convert
 from .nn import Conv3d
 from .ops import conv3d
 from .spec import ConvSpec
 
 __all__ = ["Conv3d", "ConvSpec", "FallbackError", "KernelBuildError", "conv3d", "convert", "explain",
-           "explain_call", "strict"]
+           "explain_call", "strict", "using"]
