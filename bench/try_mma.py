@@ -1,0 +1,196 @@
+"""Tensor-core template candidates on the seed workloads (and 'wide'), next to torch, in one process.
+
+    PYTHONPATH=. python3 bench/try_mma.py --out DIR [--workloads seed-a seed-b wide] [--dtypes bfloat16 tf32]
+
+Builds every mma_candidates() tile choice of every row at once (KernelLoader.load_many over a
+fresh cache in a temporary folder), checks each against float64 torch on the first two samples
+with a NaN-poisoned output, then times it (CUDA events, median, L2 flushed before each run)
+next to torch.nn.functional.conv3d on the same tensors (cuDNN's TF32 allowed for tf32 rows only).
+The floor is the larger of FLOPs over the measured matrix-product rate of the dtype (8192^3,
+cuBLAS) and the fewest bytes over the measured copy bandwidth. ptxas registers and spills of
+each candidate come from compiling it alone for the device's arch. Writes DIR/try_mma.json and
+DIR/try_mma.md, and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conv3d_codegen.build import Target, compile_cubin  # noqa: E402
+from conv3d_codegen.cache import KernelCache  # noqa: E402
+from conv3d_codegen.kernel import KernelLoader, launch_args  # noqa: E402
+from conv3d_codegen.measure import median_ms, random_inputs, relative_error, tolerance  # noqa: E402
+from conv3d_codegen.render import wide_offsets  # noqa: E402
+from conv3d_codegen.render_mma import mma_candidates, render_mma  # noqa: E402
+from conv3d_codegen.workloads import WORKLOADS  # noqa: E402
+
+CHECKED_BATCH = 2
+
+
+def measure_ceilings() -> dict[str, float]:
+    """Copy bandwidth (bytes read + written per second) and matrix-product rates, measured."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ceilings = {"bandwidth": 2 * src.numel() / (median_ms(lambda: dst.copy_(src), flush_l2=False) * 1e-3)}
+    n = 8192
+    for name, dtype, tf32 in [("tf32", torch.float32, True), ("bfloat16", torch.bfloat16, False),
+                              ("float16", torch.float16, False)]:
+        a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        ceilings[name] = 2 * n ** 3 / (median_ms(lambda: a @ b, reps=10, flush_l2=False) * 1e-3)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return ceilings
+
+
+def workload(name: str, dtype: str):
+    return WORKLOADS[name].with_dtype("float32" if dtype == "tf32" else dtype, "tf32" if dtype == "tf32" else "ieee")
+
+
+def ptxas_reports(sources, target: Target) -> list:
+    """Registers and spills of each source compiled alone; an exception where nvcc failed."""
+    def one(source):
+        try:
+            return compile_cubin(source, target)
+        except Exception as err:  # reported in the table, not fatal
+            return err
+    with ThreadPoolExecutor(os.cpu_count() or 4) as pool:
+        return list(pool.map(one, sources))
+
+
+def run_row(name: str, dtype: str, entries: list[dict], ceilings: dict) -> list[dict]:
+    """Check and time every candidate of one workload x dtype, and torch on the same tensors."""
+    work = workload(name, dtype)
+    spec, shape = work.spec, work.input_shape
+    conv = spec.functional_args()
+    torch.backends.cudnn.allow_tf32 = dtype == "tf32"  # float32 rows compare TF32 with TF32
+    x, weight, bias = random_inputs(spec, shape)
+    ref = F.conv3d(x[:CHECKED_BATCH].double(), weight.double(), None if bias is None else bias.double(), **conv)
+    torch_ms = median_ms(lambda: F.conv3d(x, weight, bias, **conv))
+    torch_err = relative_error(F.conv3d(x[:CHECKED_BATCH], weight, bias, **conv), ref)
+    floor_ms = max(work.flops / ceilings[dtype], work.min_bytes / ceilings["bandwidth"]) * 1e3
+    out = torch.empty((shape[0], spec.out_channels, *spec.output_size(*shape[2:])), dtype=x.dtype, device="cuda")
+    args = launch_args(spec, shape)
+    rows = []
+    for entry in entries:
+        row = dict(workload=name, dtype=dtype, tiles=entry["tiles"], regs=entry["regs"], spills=entry["spills"],
+                   smem=entry["smem"], torch_ms=torch_ms, torch_err=torch_err, floor_ms=floor_ms,
+                   ms=math.inf, err=math.nan, note="")
+        kernel = entry["kernel"]
+        if isinstance(kernel, Exception):
+            row["note"] = f"build failed: {str(kernel).splitlines()[0][:120]}"
+            rows.append(row)
+            continue
+        out.fill_(float("nan"))
+        try:
+            kernel(x, weight, bias, out, args)
+            torch.cuda.synchronize()
+        except Exception as err:
+            row["note"] = f"launch failed: {err}"
+            rows.append(row)
+            continue
+        row["err"] = relative_error(out[:CHECKED_BATCH], ref)
+        if not row["err"] <= tolerance(spec):
+            row["note"] = f"WRONG: relative error over {tolerance(spec):.0e}; not timed"
+        else:
+            row["ms"] = median_ms(lambda: kernel(x, weight, bias, out, args))
+        rows.append(row)
+    torch.backends.cudnn.allow_tf32 = True
+    return rows
+
+
+def markdown(rows: list[dict], ceilings: dict, header: str) -> str:
+    lines = [header, "",
+             f"Measured ceilings: copy {ceilings['bandwidth'] / 1e12:.2f} TB/s, TF32 {ceilings['tf32'] / 1e12:.0f}, "
+             f"BF16 {ceilings['bfloat16'] / 1e12:.0f} TFLOP/s (8192^3 matrix products, cuBLAS).", "",
+             "| workload | dtype | candidate | regs | spill B | smem KB | ms | torch ms | x vs torch | % of floor "
+             "| floor ms | rel err | torch rel err | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ms = f"{r['ms']:.3f}" if math.isfinite(r["ms"]) else "-"
+        speed = f"{r['torch_ms'] / r['ms']:.2f}x" if math.isfinite(r["ms"]) else "-"
+        floor = f"{100 * r['floor_ms'] / r['ms']:.0f}%" if math.isfinite(r["ms"]) else "-"
+        lines.append(f"| {r['workload']} | {r['dtype']} | {r['tiles']} | {r['regs']} | {r['spills']} "
+                     f"| {r['smem'] / 1024:.0f} | {ms} | {r['torch_ms']:.3f} | {speed} | {floor} | {r['floor_ms']:.3f} "
+                     f"| {r['err']:.1e} | {r['torch_err']:.1e} | {r['note']} |")
+    best = {}
+    for r in rows:
+        key = (r["workload"], r["dtype"])
+        if math.isfinite(r["ms"]) and (key not in best or r["ms"] < best[key]["ms"]):
+            best[key] = r
+    lines += ["", "Best per row:", ""]
+    for (name, dtype), r in best.items():
+        lines.append(f"- {name} {dtype}: {r['ms']:.3f} ms ({r['torch_ms'] / r['ms']:.2f}x torch's {r['torch_ms']:.3f}, "
+                     f"{100 * r['floor_ms'] / r['ms']:.0f}% of floor) with {r['tiles']}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", nargs="+", default=["seed-a", "seed-b", "wide"], choices=list(WORKLOADS))
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "tf32"], choices=["bfloat16", "float16", "tf32"])
+    parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--no-ptxas", action="store_true", help="skip compiling each candidate alone for ptxas's report")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    target = Target.for_device()
+    props = torch.cuda.get_device_properties(0)
+    header = (f"## Tensor-core template candidates: {props.name} ({target.arch}), torch {torch.__version__}, "
+              f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, nvcc {target.cuda_version}")
+    print(header, flush=True)
+
+    plan = []  # (workload, dtype, tiles, source)
+    for name in args.workloads:
+        for dtype in args.dtypes:
+            work = workload(name, dtype)
+            wide = wide_offsets(work.spec, work.input_shape)
+            for tiles in mma_candidates(work.spec):
+                plan.append((name, dtype, tiles, render_mma(work.spec, tiles, wide)))
+    sources = [p[3] for p in plan]
+
+    loader = KernelLoader(KernelCache(Path(tempfile.mkdtemp(prefix="conv3d-try-mma-"))))
+    started = time.perf_counter()
+    kernels = loader.load_many(sources, target)
+    print(f"built {len(sources)} kernels in {time.perf_counter() - started:.1f} s", flush=True)
+    for (name, dtype, tiles, source), kernel in zip(plan, kernels):
+        if isinstance(kernel, Exception):
+            print(f"BUILD FAILED {name} {dtype} {tiles}:\n{kernel}", flush=True)
+
+    reports = [None] * len(sources) if args.no_ptxas else ptxas_reports(sources, target)
+    entries = {}
+    for (name, dtype, tiles, source), kernel, report in zip(plan, kernels, reports):
+        ok = report is not None and not isinstance(report, Exception)
+        entries.setdefault((name, dtype), []).append(dict(
+            tiles=str(tiles), kernel=kernel, regs=report.registers if ok else "-",
+            spills=report.spill_store_bytes + report.spill_load_bytes if ok else "-",
+            smem=int(source.params["shared"].split()[0])))
+        if ok:
+            print(f"ptxas {name} {dtype} {tiles}: {report.registers} registers, {report.spill_store_bytes} B spill "
+                  f"stores, {report.spill_load_bytes} B spill loads, {report.seconds:.1f} s", flush=True)
+
+    ceilings = measure_ceilings()
+    rows = []
+    for (name, dtype), found in entries.items():
+        rows += run_row(name, dtype, found, ceilings)
+        torch.cuda.empty_cache()  # the row's tensors are gone; give their memory back before the next
+        print(f"timed {name} {dtype}", flush=True)
+
+    text = markdown(rows, ceilings, header)
+    (args.out / "try_mma.md").write_text(text)
+    (args.out / "try_mma.json").write_text(json.dumps({"ceilings": ceilings, "rows": rows}, indent=2, default=str))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

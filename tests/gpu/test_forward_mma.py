@@ -1,0 +1,133 @@
+"""The tensor-core template against torch.nn.functional.conv3d in float64, on fresh random
+inputs, with outputs poisoned (NaN) before each run so an unwritten element shows. Kernels are
+built through the session dispatcher's loader (its cache), all of them up front, in parallel."""
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conv3d_codegen.build import Target
+from conv3d_codegen.kernel import launch_args
+from conv3d_codegen.measure import random_inputs, relative_error, tolerance
+from conv3d_codegen.render_mma import MmaTiles, default_mma_tiles, mma_candidates, render_mma
+from conv3d_codegen.spec import ConvSpec
+from conv3d_codegen.workloads import WORKLOADS
+
+CHECKED_BATCH = 2  # the seed workloads are compared on their first samples: float64 is slow
+ODD = (17, 9, 33)  # d, h, w: no size a multiple of a tile; w = 33 leaves row tails everywhere
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    spec: ConvSpec
+    input_shape: tuple[int, int, int, int, int]
+    tiles: MmaTiles | None = None
+    wide: bool = False
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _spec(text: str, dtype: str) -> ConvSpec:
+    precision = " --precision tf32" if dtype == "tf32" else ""
+    return ConvSpec.from_text(f"{text} --dtype {'float32' if dtype == 'tf32' else dtype}{precision}")
+
+
+def _case(name: str, text: str, dtype: str, shape=None, batch: int = 2, **kw) -> Case:
+    spec = _spec(text, dtype)
+    return Case(f"{name}-{dtype}", spec, shape or (batch, spec.in_channels, *ODD), **kw)
+
+
+DTYPES = ["bfloat16", "float16", "tf32"]
+KERNELS = ["1x1x1", "3x3x3", "3x5x7", "5x3x3", "1x3x3", "7x1x1"]
+VARIATIONS = {
+    "stride2": "--stride 2",
+    "stride1x2x3": "--stride 1x2x3",
+    "pad1": "--padding 1",
+    "padsame": "--padding same",
+    "pad2x1x0": "--padding 2x1x0",
+    "dil2": "--dilation 2 --padding 1",
+    "groups2": "--groups 2",
+    "nobias": "--no-bias",
+}
+
+CASES = [_case(f"base-{k}", f"{k} --cin 4 --cout 8", dt, batch=1 + 4 * (i % 2))
+         for i, k in enumerate(KERNELS) for dt in DTYPES]
+CASES += [_case(f"{name}-{KERNELS[(i + j) % len(KERNELS)]}", f"{KERNELS[(i + j) % len(KERNELS)]} --cin 4 --cout 8 {extra}",
+                dt, batch=1 + 4 * (j % 2))
+          for i, (name, extra) in enumerate(VARIATIONS.items()) for j, dt in enumerate(DTYPES)]
+CASES += [
+    _case("depthwise", "3x3x3 --cin 8 --cout 8 --groups 8 --padding same", "bfloat16"),
+    _case("depthwise", "3x3x3 --cin 8 --cout 8 --groups 8 --padding same", "tf32"),
+    _case("cout40", "3x3x3 --cin 3 --cout 40 --padding 1", "bfloat16"),          # an odd number of n8 tiles
+    _case("cout72", "3x3x3 --cin 4 --cout 72", "float16"),                       # two blocks along N, the second short
+    _case("groups3-cout72", "3x3x3 --cin 6 --cout 72 --groups 3 --padding 1", "tf32"),
+    _case("loop-streamed", "3x3x3 --cin 64 --cout 64 --padding 1", "bfloat16", shape=(2, 64, 9, 10, 11)),
+    _case("loop-streamed", "3x3x3 --cin 64 --cout 64 --padding 1", "tf32", shape=(2, 64, 9, 10, 11)),
+    _case("loop-strided", "5x3x3 --cin 32 --cout 64 --stride 2 --padding 1", "bfloat16", shape=(3, 32, 11, 16, 21)),
+    _case("whole-vectors", "3x3x3 --cin 4 --cout 16", "bfloat16", shape=(2, 4, 10, 10, 20)),  # od*oh*ow % 8 == 0
+    _case("whole-vectors", "3x3x3 --cin 4 --cout 16", "tf32", shape=(2, 4, 10, 10, 20)),
+    _case("one-position", "3x5x7 --cin 3 --cout 64", "bfloat16", shape=(1, 3, 3, 5, 7)),
+    _case("offsets64", "3x5x7 --cin 3 --cout 64 --padding 1", "bfloat16", wide=True),
+    _case("offsets64-loop", "3x3x3 --cin 64 --cout 64 --padding 1", "tf32", shape=(2, 64, 9, 10, 11), wide=True),
+]
+
+SEEDS = []
+for _name in ("seed-a", "seed-b"):
+    for _dtype in DTYPES:
+        _spec_ = WORKLOADS[_name].spec.model_copy(update={"dtype": "float32" if _dtype == "tf32" else _dtype,
+                                                           "precision": "tf32" if _dtype == "tf32" else "ieee"})
+        _tiles = mma_candidates(_spec_) if _dtype != "float16" else [default_mma_tiles(_spec_)]
+        SEEDS += [Case(f"{_name}-{_dtype}-{'-'.join(str(t).split())}", _spec_, WORKLOADS[_name].input_shape, t)
+                  for t in _tiles]
+
+
+@pytest.fixture(scope="module")
+def kernels(dispatcher):
+    """Every case's kernel, built at once (builds dominate); a failed build fails its case."""
+    sources = {case.name: render_mma(case.spec, case.tiles, case.wide) for case in CASES + SEEDS}
+    built = dispatcher.loader.load_many(list(sources.values()), Target.for_device())
+    return dict(zip(sources, built))
+
+
+def reference(x, weight, bias, spec: ConvSpec) -> torch.Tensor:
+    x = x[:CHECKED_BATCH]
+    return F.conv3d(x.double(), weight.double(), None if bias is None else bias.double(), **spec.functional_args())
+
+
+def run_and_check(kernel, case: Case):
+    if isinstance(kernel, Exception):
+        raise kernel
+    spec = case.spec
+    x, weight, bias = random_inputs(spec, case.input_shape)
+    out = torch.full((x.shape[0], spec.out_channels, *spec.output_size(*x.shape[2:])), float("nan"),
+                     dtype=x.dtype, device=x.device)
+    kernel(x, weight, bias, out, launch_args(spec, x.shape))
+    torch.cuda.synchronize()
+    err = relative_error(out[:CHECKED_BATCH], reference(x, weight, bias, spec))
+    assert err <= tolerance(spec), f"relative error {err:.2e} over {tolerance(spec):.0e} (NaN: unwritten output)"
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_mma_kernel_matches_torch(kernels, case: Case):
+    run_and_check(kernels[case.name], case)
+
+
+@pytest.mark.parametrize("case", SEEDS, ids=str)
+def test_every_seed_candidate_matches_torch(kernels, case: Case):
+    run_and_check(kernels[case.name], case)
+
+
+def test_a_poisoned_output_fails_the_comparison():
+    ref = torch.ones(2, 3, dtype=torch.float64)
+    assert not relative_error(torch.full((2, 3), float("nan")), ref) <= 1e-2
+
+
+def test_an_empty_batch_launches_nothing(kernels):
+    case = next(c for c in CASES if c.name == "base-3x3x3-bfloat16")
+    x, weight, bias = random_inputs(case.spec, (0, *case.input_shape[1:]))
+    out = torch.empty((0, case.spec.out_channels, *case.spec.output_size(*x.shape[2:])), dtype=x.dtype, device="cuda")
+    kernels[case.name](x, weight, bias, out, launch_args(case.spec, x.shape))
+    torch.cuda.synchronize()

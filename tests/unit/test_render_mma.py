@@ -1,0 +1,192 @@
+"""The tensor-core template: guards, names, the K order, and nvcc compiling every variant alone
+for sm_90 and sm_80 without spills (no GPU, no torch headers)."""
+import dataclasses
+import json
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conv3d_codegen.build import Target, compile_cubin, kernel_key, nvcc_path
+from conv3d_codegen.render_mma import (MmaTiles, _mask_bits, _plan, _steps, default_mma_tiles, k_layout,
+                                       mma_candidates, render_mma, supports_mma)
+from conv3d_codegen.spec import ConvSpec
+from conv3d_codegen.workloads import WORKLOADS
+
+SM90 = Target(arch="sm_90", torch_version="2.11.0", cuda_version="13.0.88")
+SM80 = dataclasses.replace(SM90, arch="sm_80")
+SEED_A = WORKLOADS["seed-a"].spec.model_copy(update={"dtype": "bfloat16"})
+SEED_B = WORKLOADS["seed-b"].spec.model_copy(update={"dtype": "bfloat16"})
+
+
+def tf32(spec: ConvSpec) -> ConvSpec:
+    return spec.model_copy(update={"dtype": "float32", "precision": "tf32"})
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("3x5x7 --cin 3 --cout 64", "precision='ieee' needs full float32 products"),
+    ("9x9x9 --cin 1 --cout 8 --dtype bfloat16", "no block of the 1 input channels per group"),
+    ("3x5x7 --cin 3 --cout 64 --dtype bfloat16", None),
+    ("3x5x7 --cin 3 --cout 64 --precision tf32", None),
+    ("3x3x3 --cin 64 --cout 64 --groups 64 --padding same --dtype float16", None),  # depthwise
+    ("3x3x3 --cin 64 --cout 64 --padding 1 --precision tf32", None),                 # K walked in a loop
+])
+def test_supports_mma_gives_the_reason(text, reason):
+    found = supports_mma(ConvSpec.from_text(text))
+    assert found is None if reason is None else reason in found
+
+
+def test_render_mma_refuses_what_it_does_not_serve():
+    with pytest.raises(ValueError, match="tensor-core template does not serve this spec: float32"):
+        render_mma(ConvSpec.from_text("3x3x3 --cin 3 --cout 8"))
+
+
+def test_names_are_readable_and_params_name_the_tiles():
+    source = render_mma(SEED_A)
+    assert source.name == "conv3d_fwd_mma_k3x5x7_s1_p0_d1_g1_ci3_co64_bf16"
+    assert render_mma(tf32(SEED_A)).name == "conv3d_fwd_mma_k3x5x7_s1_p0_d1_g1_ci3_co64_tf32"
+    assert source.arg_names == ("n", "d", "h", "w", "od", "oh", "ow")
+    assert source.params["tiles"] == str(default_mma_tiles(SEED_A))
+    assert source.params["k"].startswith("315 -> 368 columns")
+    text = source.text("spec=abc")
+    banner = text[: text.index("#include")]
+    assert "template:  conv3d_fwd_mma.cu.j2" in banner and "cache key: spec=abc" in banner
+    spec_line = next(line for line in banner.splitlines() if line.startswith("// spec:"))
+    assert ConvSpec(**json.loads(spec_line.split(":", 1)[1])) == SEED_A
+
+
+def test_wide_offsets_are_a_separate_kernel():
+    narrow, wide = render_mma(SEED_A), render_mma(SEED_A, wide=True)
+    assert "using index_t = int;" in narrow.body and "using index_t = long long;" in wide.body
+    assert wide.name == narrow.name + "_i64" and wide.params["offsets"] == "64-bit"
+
+
+def test_tiles_are_in_the_body_so_they_change_the_key():
+    a, b = mma_candidates(SEED_A)[:2]
+    assert kernel_key(render_mma(SEED_A, a), SM90) != kernel_key(render_mma(SEED_A, b), SM90)
+    assert render_mma(SEED_A, a).identity == render_mma(SEED_A, b).identity == SEED_A.canonical_json()
+
+
+def test_tiles_are_checked_against_the_spec():
+    assert MmaTiles(256, 64, 8, 1).problem(SEED_A) is None
+    assert "block_m=200" in MmaTiles(200, 64, 8, 1).problem(SEED_A)
+    assert "exceeds the 4 output channels" in MmaTiles(256, 16, 8, 1).problem(
+        ConvSpec.from_text("3x3x3 --cin 8 --cout 8 --groups 2 --dtype bfloat16"))
+    assert "16 to 64 rows" in MmaTiles(512, 64, 4, 1).problem(SEED_A)  # 128 rows a warp
+    assert "1 to 32 warps" in MmaTiles(1024, 64, 16, 4).problem(SEED_A)
+    assert "shared memory" in MmaTiles(128, 64, 4, 1, blocks_per_sm=8).problem(tf32(WORKLOADS["wide"].spec))
+    with pytest.raises(ValueError, match="do not fit the spec"):
+        render_mma(SEED_A, MmaTiles(200, 64, 8, 1))
+
+
+def test_candidates_are_a_small_valid_space_led_by_the_default():
+    for spec in (SEED_A, SEED_B, tf32(SEED_A), tf32(SEED_B), WORKLOADS["wide"].spec.model_copy(update={"dtype": "bfloat16"})):
+        found = mma_candidates(spec)
+        assert 3 <= len(found) <= 6 and found[0] == default_mma_tiles(spec)
+        assert all(t.problem(spec) is None for t in found) and len(set(found)) == len(found)
+
+
+@pytest.mark.parametrize("text, span, segments, steps, bodies", [
+    ("3x5x7 --cin 3 --cout 64 --dtype bfloat16", 8, 45, 23, 1),
+    ("3x3x3 --cin 3 --cout 64 --dtype bfloat16", 4, 27, 7, 1),
+    ("3x5x7 --cin 3 --cout 64 --precision tf32", 8, 45, 45, 1),
+    ("3x3x3 --cin 64 --cout 64 --padding 1 --dtype bfloat16", 4, 576, 144, 16),
+])
+def test_k_is_cut_into_segments_along_w(text, span, segments, steps, bodies):
+    spec = ConvSpec.from_text(text)
+    layout = k_layout(spec)
+    assert (layout.span, layout.segments, layout.steps) == (span, segments, steps)
+    assert _plan(spec, default_mma_tiles(spec)).bodies == bodies
+
+
+GATHER_SPECS = ["3x5x7 --cin 3 --cout 64 --dtype bfloat16", "3x3x3 --cin 3 --cout 64 --precision tf32",
+                "3x3x9 --cin 2 --cout 16 --padding 0x1x4 --dtype float16", "1x1x1 --cin 16 --cout 24 --dtype bfloat16",
+                "3x3x3 --cin 64 --cout 64 --padding 1 --dtype bfloat16", "3x3x3 --cin 32 --cout 64 --precision tf32"]
+
+
+@pytest.mark.parametrize("text", GATHER_SPECS)
+def test_the_lanes_gather_every_tap_exactly_once(text):
+    """Over all steps, bodies and the four lanes of a quad, the A elements cover each tap
+    (ci, kd, kh, kw) of a group once; every other element is a zero."""
+    spec = ConvSpec.from_text(text)
+    layout = k_layout(spec)
+    plan = _plan(spec, default_mma_tiles(spec))
+    steps = _steps(spec, layout, _mask_bits(spec, layout)[3], plan.body_steps)
+    kd_, kh_, kw_ = spec.kernel_size
+    rows_per_body = plan.ci_per_body * kd_ * kh_
+    seen = Counter()
+    for body in range(plan.bodies):
+        for taps in steps:
+            for tap in taps:
+                for t in range(4):
+                    kw = tap.kw + layout.lane_kw * t
+                    if tap.row is not None and kw < kw_:
+                        seen[(body * rows_per_body + tap.row, kw)] += 1
+    every = {(row, kw) for row in range(spec.in_per_group * kd_ * kh_) for kw in range(kw_)}
+    assert set(seen) == every and set(seen.values()) == {1}
+
+
+def test_the_emitted_source_names_its_taps_and_includes_no_torch():
+    body = render_mma(SEED_A).body
+    assert "#include <torch" not in body and "ATen" not in body
+    assert "operand(p + x_hw + 2 * x_w),  // ci=0 kd=1 kh=2 kw=2t" in body
+    assert len(re.findall(r"if \(in_order\(n\)\) \{  // K step \d+", body)) == 23
+    assert len(re.findall(r"// ci=\d kd=\d kh=\d kw=", body)) == 2 * 45  # two taps of each segment; the rest is padding
+    assert "static_assert(weights_follow_the_gather_order()" in body
+    assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in body
+    assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in render_mma(tf32(SEED_A)).body
+    assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in render_mma(
+        SEED_A.model_copy(update={"dtype": "float16"})).body
+
+
+def test_only_padded_dimensions_and_past_kw_taps_are_masked():
+    _, _, w_bits, bits = _mask_bits(SEED_A, k_layout(SEED_A))
+    assert w_bits == [(1, 0)] and len(bits) == 1   # kw = 1 + 2t passes kw = 6 for t = 3
+    padded = ConvSpec.from_text("3x3x3 --cin 4 --cout 8 --padding 0x1x0 --dtype bfloat16")
+    d_bits, h_bits, w_bits, _ = _mask_bits(padded, k_layout(padded))
+    assert d_bits == [] and len(h_bits) == 3 and w_bits == [(0, 3)]  # span 4: kw = 3 for t = 3
+
+
+# Compiled for sm_90 and sm_80: every kernel shape, dtype and geometry feature the template
+# specializes on, K unrolled and K in a loop, resident and streamed weights.
+MATRIX = [
+    "3x5x7 --cin 3 --cout 64 --dtype bfloat16",
+    "3x3x3 --cin 3 --cout 64 --dtype float16",
+    "1x1x1 --cin 16 --cout 24 --dtype bfloat16",
+    "5x3x3 --cin 32 --cout 64 --stride 2 --padding 1 --precision tf32",        # loop, streamed
+    "3x3x3 --cin 8 --cout 8 --stride 1x2x3 --padding 2x1x0 --dilation 2 --no-bias --dtype bfloat16",
+    "3x3x3 --cin 64 --cout 64 --groups 64 --padding same --dtype bfloat16",   # depthwise
+    "3x3x3 --cin 16 --cout 32 --groups 2 --padding 1 --precision tf32",
+    "2x4x3 --cin 4 --cout 4 --padding same --dilation 1x3x2 --dtype float16",
+    "3x3x3 --cin 64 --cout 64 --padding 1 --dtype bfloat16",                  # 'wide': loop, streamed
+    "3x5x7 --cin 3 --cout 64 --padding same --precision tf32",
+    "3x3x3 --cin 3 --cout 40 --padding 1 --dtype bfloat16",                   # an odd number of n8 tiles
+]
+
+
+def _sources():
+    both = [render_mma(ConvSpec.from_text(t)) for t in MATRIX] + [render_mma(SEED_A, wide=True)]
+    only_sm90 = [render_mma(spec, tiles) for spec in (SEED_A, SEED_B, tf32(SEED_A), tf32(SEED_B))
+                 for tiles in mma_candidates(spec)[1:]]
+    return [(s, SM90) for s in both + only_sm90] + [(s, SM80) for s in both]
+
+
+@pytest.fixture(scope="module")
+def reports():
+    if nvcc_path() is None:
+        pytest.skip("nvcc not found: set CUDA_HOME or put nvcc on PATH")
+    jobs = _sources()
+    with ThreadPoolExecutor(2) as pool:
+        found = list(pool.map(lambda job: compile_cubin(*job), jobs))
+    return [(source, target, report) for (source, target), report in zip(jobs, found)]
+
+
+@pytest.mark.slow
+def test_every_variant_compiles_for_sm90_and_sm80_without_spills(reports):
+    assert len(reports) == 2 * (len(MATRIX) + 1) + sum(len(mma_candidates(s)) - 1 for s in
+                                                       (SEED_A, SEED_B, tf32(SEED_A), tf32(SEED_B)))
+    for source, target, report in reports:
+        where = (source.name, source.params["tiles"], target.arch, report)
+        assert report.registers > 0, where
+        assert report.spill_store_bytes == report.spill_load_bytes == report.stack_bytes == 0, where
