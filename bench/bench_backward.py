@@ -24,13 +24,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_forward import measure_ceilings, peak_bytes, workload  # noqa: E402
-from conv3d_codegen.autotune import candidates  # noqa: E402
+from conv3d_codegen.autotune import candidates, render_tiles  # noqa: E402
 from conv3d_codegen.backward import input_grad, torch_grads, weight_grad  # noqa: E402
 from conv3d_codegen.build import Target  # noqa: E402
 from conv3d_codegen.dispatch import Dispatcher, using  # noqa: E402
 from conv3d_codegen.measure import median_ms, random_inputs, relative_error, tolerance  # noqa: E402
 from conv3d_codegen.ops import conv3d  # noqa: E402
-from conv3d_codegen.render import render_direct, wide_offsets  # noqa: E402
+from conv3d_codegen.render import wide_offsets  # noqa: E402
 from conv3d_codegen.render_grad import dgrad_spec, render_wgrad, supports_wgrad  # noqa: E402
 from conv3d_codegen.workloads import WORKLOADS, Workload  # noqa: E402
 
@@ -41,9 +41,9 @@ def prebuild(dispatcher: Dispatcher, works: list[Workload]) -> None:
     """Forward and dgrad autotuning candidates and the wgrad kernels, all at once."""
     sources = []
     for w in works:
-        sources += [render_direct(w.spec, t) for t in candidates(w.spec)]
+        sources += [render_tiles(w.spec, t) for t in candidates(w.spec)]
         if (dspec := dgrad_spec(w.spec)[0]) is not None:
-            sources += [render_direct(dspec, t) for t in candidates(dspec)]
+            sources += [render_tiles(dspec, t) for t in candidates(dspec)]
         if supports_wgrad(w.spec) is None:
             sources.append(render_wgrad(w.spec, wide=wide_offsets(w.spec, w.input_shape)))
     dispatcher.loader.load_many(sources, Target.for_device())

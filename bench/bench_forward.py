@@ -22,12 +22,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conv3d_codegen import strict  # noqa: E402
-from conv3d_codegen.autotune import candidates  # noqa: E402
+from conv3d_codegen.autotune import candidates, render_tiles  # noqa: E402
 from conv3d_codegen.build import Target  # noqa: E402
 from conv3d_codegen.dispatch import Dispatcher  # noqa: E402
 from conv3d_codegen.measure import median_ms, random_inputs, relative_error, tolerance  # noqa: E402
 from conv3d_codegen.ops import run  # noqa: E402
-from conv3d_codegen.render import default_tiles, render_direct  # noqa: E402
+from conv3d_codegen.render import default_tiles  # noqa: E402
 from conv3d_codegen.workloads import WORKLOADS  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def workload(name: str, dtype: str):
 
 def prebuild_candidates(dispatcher: Dispatcher, works) -> None:
     """Every autotuning candidate of every row at once: builds are the slow part."""
-    dispatcher.loader.load_many([render_direct(w.spec, t) for w in works for t in candidates(w.spec)],
+    dispatcher.loader.load_many([render_tiles(w.spec, t) for w in works for t in candidates(w.spec)],
                                 Target.for_device())
 
 

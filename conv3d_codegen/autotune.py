@@ -21,7 +21,8 @@ from .build import Target
 from .cache import CacheUnusable
 from .kernel import KernelLoader, launch_args
 from .measure import median_ms, relative_error, tolerance
-from .render import Tiles, default_tiles, fitting_cic, generator_hash, render_direct, wide_offsets
+from .render import Source, Tiles, default_tiles, fitting_cic, generator_hash, render_direct, wide_offsets
+from .render_mma import MMA_TEMPLATE, MmaTiles, mma_candidates, render_mma, supports_mma
 from .spec import ConvSpec
 
 log = logging.getLogger("conv3d_codegen")
@@ -31,8 +32,24 @@ TORCH_MARGIN = 0.98  # a candidate must beat torch's time by 2% (more than the t
 TIMING = dict(warmup=5, reps=10, min_total_ms=25.0)
 
 
-def candidates(spec: ConvSpec) -> list[Tiles]:
-    """The search space: output channels x outputs per thread, at most 64 accumulators."""
+AnyTiles = Tiles | MmaTiles
+
+
+def render_tiles(spec: ConvSpec, tiles: AnyTiles | None = None, wide: bool = False) -> Source:
+    """The forward source of `tiles`: the tensor-core template's, or the direct template's."""
+    if isinstance(tiles, MmaTiles):
+        return render_mma(spec, tiles, wide)
+    return render_direct(spec, tiles, wide)
+
+
+def candidates(spec: ConvSpec) -> list[AnyTiles]:
+    """The search space: the direct template's tiles, then the tensor-core template's where it
+    applies (float16, bfloat16, and float32 with precision 'tf32')."""
+    return direct_candidates(spec) + (mma_candidates(spec) if supports_mma(spec) is None else [])
+
+
+def direct_candidates(spec: ConvSpec) -> list[Tiles]:
+    """Output channels x outputs per thread, at most 64 accumulators."""
     cots = [c for c in (16, 12, 8, 6, 4, 3, 2, 1) if spec.out_per_group % c == 0][:3]
     found = {default_tiles(spec)}
     for cot in cots:
@@ -46,7 +63,7 @@ def candidates(spec: ConvSpec) -> list[Tiles]:
 
 @dataclass(frozen=True)
 class Choice:
-    winner: Tiles | None                 # None: torch is fastest
+    winner: AnyTiles | None              # None: torch is fastest
     timings_ms: dict[str, float]         # every candidate's median time; inf where dropped
     dropped: dict[str, str]              # candidate -> why it was dropped
 
@@ -72,23 +89,24 @@ class Tuner:
         record = self.loader.cache.read_record(*self.record_id(spec, shape, target, device_name))
         if record is None:
             return None
-        winner = None if record["winner"] == TORCH else Tiles(**record["tiles"])
+        kind = MmaTiles if record.get("template") == MMA_TEMPLATE else Tiles
+        winner = None if record["winner"] == TORCH else kind(**record["tiles"])
         return Choice(winner, record["timings_ms"], record["dropped"])
 
     def tune(self, spec: ConvSpec, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-             target: Target, torch_call: Callable[[], torch.Tensor], tiles: list[Tiles] | None = None) -> Choice:
+             target: Target, torch_call: Callable[[], torch.Tensor], tiles: list[AnyTiles] | None = None) -> Choice:
         """Time every candidate (default: candidates(spec)) and torch on these tensors."""
         started = time.perf_counter()
         tiles = list(candidates(spec) if tiles is None else tiles)
         timings, dropped, kernels = {}, {}, {}
         ow = spec.output_size(*x.shape[2:])[2]
         for t in list(tiles):
-            if (problem := t.problem(spec)) or (ow < t.wt and (problem := f"output width {ow} < wt")):
+            if (problem := t.problem(spec)) or (ow < getattr(t, "wt", 1) and (problem := f"output width {ow} < wt")):
                 dropped[str(t)] = f"tiles: {problem}"
                 tiles.remove(t)
 
         wide = wide_offsets(spec, tuple(x.shape))
-        built = self.loader.load_many([render_direct(spec, t, wide) for t in tiles], target)
+        built = self.loader.load_many([render_tiles(spec, t, wide) for t in tiles], target)
         for t, result in zip(tiles, built):
             if isinstance(result, Exception):
                 dropped[str(t)] = f"build: {str(result).splitlines()[0]}"
@@ -126,6 +144,7 @@ class Tuner:
             self.loader.cache.write_record(name, key, {
                 "spec": spec.canonical_json(), "shape": list(x.shape), "winner": choice.label,
                 "tiles": dataclasses.asdict(choice.winner) if choice.winner else None,
+                "template": render_tiles(spec, choice.winner).template if choice.winner else None,
                 "timings_ms": {k: v if math.isfinite(v) else None for k, v in timings.items()},
                 "dropped": dropped, "device": device_name, "seconds": round(time.perf_counter() - started, 1)})
         except CacheUnusable as err:

@@ -39,11 +39,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from .autotune import Choice, Tuner, candidates
+from .autotune import AnyTiles, Choice, Tuner, candidates, render_tiles
 from .build import KernelBuildError, Target
 from .cache import CacheUnusable, KernelCache
 from .kernel import Kernel, KernelLoader
-from .render import Source, Tiles, default_tiles, render_direct, render_generic, supports, wide_offsets
+from .render import Source, default_tiles, render_direct, render_generic, supports, wide_offsets
+from .render_mma import MmaTiles
 from .spec import TORCH_DTYPES, ConvSpec
 
 log = logging.getLogger("conv3d_codegen")
@@ -159,9 +160,11 @@ def _torch_only(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 
 def source_for(spec: ConvSpec, input_shape: tuple[int, ...] | None = None,
-               tiles: Tiles | None = None) -> tuple[Source, str | None]:
+               tiles: AnyTiles | None = None) -> tuple[Source, str | None]:
     """The source that serves `spec` (on inputs of `input_shape`, if given), and why it is not
     the specialized one (or None)."""
+    if isinstance(tiles, MmaTiles):  # chosen by autotuning, for this input shape
+        return render_tiles(spec, tiles, input_shape is not None and wide_offsets(spec, input_shape)), None
     reason, wide = supports(spec), False
     if input_shape is not None:
         wide = wide_offsets(spec, input_shape)
@@ -255,7 +258,7 @@ class Dispatcher:
         choice = self.tuner.lookup(spec, shape, target, torch.cuda.get_device_name(x.device)) if tunable else None
         untuned = choice is None and tunable and self.autotune and self.mode != "prebuilt"
         if untuned and not in_capture:
-            sources = [render_direct(spec, t, wide_offsets(spec, shape)) for t in candidates(spec)]
+            sources = [render_tiles(spec, t, wide_offsets(spec, shape)) for t in candidates(spec)]
             if self.mode == "async" and any(self.loader.find(s, target) is None for s in sources):
                 return Plan("torch", f"building {len(sources)} autotuning candidates in the background",
                             spec, pending=_in_background(lambda: self.loader.load_many(sources, target)))

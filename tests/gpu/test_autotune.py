@@ -7,14 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from conv3d_codegen import strict
-from conv3d_codegen.autotune import TORCH, candidates
+from conv3d_codegen.autotune import TORCH, candidates, render_tiles
 from conv3d_codegen.build import Target
 from conv3d_codegen.cache import KernelCache
 from conv3d_codegen.dispatch import Dispatcher
 from conv3d_codegen.kernel import launch_args
 from conv3d_codegen.measure import random_inputs, relative_error, tolerance
 from conv3d_codegen.ops import run
-from conv3d_codegen.render import default_tiles, render_direct
+from conv3d_codegen.render import default_tiles
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
@@ -70,7 +70,7 @@ CANDIDATE_SPECS = [(w.spec.model_copy(update={"dtype": dt}), (1, w.spec.in_chann
 @pytest.fixture(scope="module")
 def candidate_kernels(dispatcher):
     """Every candidate of every spec below, built at once."""
-    sources = [render_direct(spec, tiles) for spec, _ in CANDIDATE_SPECS for tiles in candidates(spec)]
+    sources = [render_tiles(spec, tiles) for spec, _ in CANDIDATE_SPECS for tiles in candidates(spec)]
     built = dispatcher.loader.load_many(sources, Target.for_device())
     assert not [k for k in built if isinstance(k, Exception)]
     return {(source.identity, source.params["tiles"]): kernel for source, kernel in zip(sources, built)}
