@@ -13,7 +13,6 @@ Writes DIR/backward.json and DIR/backward.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import sys
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_forward import measure_ceilings, peak_bytes, workload  # noqa: E402
+from bench_forward import heading, measure_ceilings, peak_bytes, workload  # noqa: E402
 from conv3d_codegen.autotune import candidates, render_tiles  # noqa: E402
 from conv3d_codegen.backward import input_grad, torch_grads, weight_grad  # noqa: E402
 from conv3d_codegen.build import Target  # noqa: E402
@@ -110,12 +109,7 @@ def bench_rows(dispatcher: Dispatcher, name: str, dtype: str, ceilings: dict) ->
 
 
 def markdown(rows: list[dict], ceilings: dict) -> str:
-    props = torch.cuda.get_device_properties(0)
-    lines = [f"## Backward, {datetime.date.today()}: {props.name}, torch {torch.__version__}, "
-             f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}", "",
-             f"Measured ceilings: copy {ceilings['bandwidth'] / 1e12:.2f} TB/s, FP32 "
-             f"{ceilings['float32'] / 1e12:.1f}, TF32 {ceilings['tf32'] / 1e12:.0f}, BF16 "
-             f"{ceilings['bfloat16'] / 1e12:.0f} TFLOP/s.", "",
+    lines = heading("Backward", ceilings) + [
              "| workload | dtype | pass | GFLOP | MB | floor ms | torch ms | ours ms | speedup | ours % floor "
              "| rel err | peak MB ours / torch |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

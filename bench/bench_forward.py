@@ -93,13 +93,18 @@ def bench_row(dispatcher: Dispatcher, name: str, dtype: str, ceilings: dict) -> 
     return row
 
 
-def markdown(rows: list[dict], ceilings: dict) -> str:
+def heading(title: str, ceilings: dict) -> list[str]:
+    """A results section's first lines: what, when, on which GPU and versions, the ceilings."""
     props = torch.cuda.get_device_properties(0)
-    lines = [f"## Forward, {datetime.date.today()}: {props.name}, torch {torch.__version__}, "
-             f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}", "",
-             f"Measured ceilings: copy {ceilings['bandwidth'] / 1e12:.2f} TB/s, FP32 "
-             f"{ceilings['float32'] / 1e12:.1f}, TF32 {ceilings['tf32'] / 1e12:.0f}, BF16 "
-             f"{ceilings['bfloat16'] / 1e12:.0f} TFLOP/s (8192^3 matrix products).", "",
+    return [f"## {title}, {datetime.date.today()}: {props.name}, torch {torch.__version__}, "
+            f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}", "",
+            f"Measured ceilings: copy {ceilings['bandwidth'] / 1e12:.2f} TB/s, FP32 "
+            f"{ceilings['float32'] / 1e12:.1f}, TF32 {ceilings['tf32'] / 1e12:.0f}, BF16 "
+            f"{ceilings['bfloat16'] / 1e12:.0f} TFLOP/s (8192^3 matrix products).", ""]
+
+
+def markdown(rows: list[dict], ceilings: dict) -> str:
+    lines = heading("Forward", ceilings) + [
              "| workload | dtype | GFLOP | MB | floor ms | torch ms | ours ms | speedup | ours % floor "
              "| pick | default tiles ms | rel err | peak MB ours / torch |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_forward import measure_ceilings, workload  # noqa: E402
 from conv3d_codegen.build import Target, compile_cubin  # noqa: E402
 from conv3d_codegen.cache import KernelCache  # noqa: E402
 from conv3d_codegen.kernel import KernelLoader, launch_args  # noqa: E402
@@ -36,25 +37,6 @@ from conv3d_codegen.render_mma import mma_candidates, render_mma  # noqa: E402
 from conv3d_codegen.workloads import WORKLOADS  # noqa: E402
 
 CHECKED_BATCH = 2
-
-
-def measure_ceilings() -> dict[str, float]:
-    """Copy bandwidth (bytes read + written per second) and matrix-product rates, measured."""
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ceilings = {"bandwidth": 2 * src.numel() / (median_ms(lambda: dst.copy_(src), flush_l2=False) * 1e-3)}
-    n = 8192
-    for name, dtype, tf32 in [("tf32", torch.float32, True), ("bfloat16", torch.bfloat16, False),
-                              ("float16", torch.float16, False)]:
-        a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        ceilings[name] = 2 * n ** 3 / (median_ms(lambda: a @ b, reps=10, flush_l2=False) * 1e-3)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    return ceilings
-
-
-def workload(name: str, dtype: str):
-    return WORKLOADS[name].with_dtype("float32" if dtype == "tf32" else dtype, "tf32" if dtype == "tf32" else "ieee")
 
 
 def ptxas_reports(sources, target: Target) -> list:
