@@ -146,7 +146,7 @@ def _decide_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_
     try:
         tiles, timings = _wgrad_record(dispatcher, spec, x, target)
         if tiles is None and dispatcher.autotune and dispatcher.mode != "prebuilt" and not in_capture:
-            sources = [render_wgrad(spec, t, wide) for t in wgrad_candidates(spec)]
+            sources = [render_wgrad(spec, t, wide) for t in wgrad_candidates(spec, grad_out.shape[-1])]
             if dispatcher.mode == "async" and any(dispatcher.loader.find(s, target) is None for s in sources):
                 return WgradPlan(None, f"building {len(sources)} wgrad autotuning candidates in the background",
                                  pending=_in_background(lambda: dispatcher.loader.load_many(sources, target)))
@@ -195,7 +195,7 @@ def _tune_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_ou
     started = time.perf_counter()
     x, grad_out = x.contiguous(), grad_out.contiguous()
     wide = wide_offsets(spec, tuple(x.shape))
-    tiles = wgrad_candidates(spec)
+    tiles = wgrad_candidates(spec, grad_out.shape[-1])
     built = dispatcher.loader.load_many([render_wgrad(spec, t, wide) for t in tiles], target)
     weight = x.new_empty(spec.weight_shape)
     with torch.no_grad():

@@ -105,23 +105,26 @@ def default_wgrad_tiles(spec: ConvSpec) -> WgradTiles:
     return WgradTiles(cot=cot, tc=tc, rb=1, owc=8, wt=4)
 
 
-def wgrad_candidates(spec: ConvSpec) -> list[WgradTiles]:
+def wgrad_candidates(spec: ConvSpec, ow: int | None = None) -> list[WgradTiles]:
     """The autotuning space: channels per thread and per block, outputs per work item. Fewer
     channels per block make smaller blocks, two of which share a multiprocessor (one stages
-    its next item while the other computes)."""
+    its next item while the other computes). Given the output width `ow` (the tuner times one
+    shape), a work item may also span the whole row rounded up to 4 (58 -> 60, where 64
+    computes 6 columns of zeros)."""
     kw, cog, rows = spec.kernel_size[2], spec.out_per_group, wgrad_rows(spec)
     found = {default_wgrad_tiles(spec)}
+    fitted = -(-ow // 4) * 4 if ow else 64
     for cot, tc in [(8, 8), (8, 4), (4, 8), (8, 2)]:
         if cog % (cot * tc) or cot * kw > MAX_WGRAD_ACCUMULATORS:
             continue
-        for owc in (64, 32):
+        for owc in dict.fromkeys((fitted, 64, 32) if fitted < 64 else (64, 32)):
             for threads in (MAX_WGRAD_THREADS, 256):  # one block per multiprocessor, or two
                 rb = min(rows, (threads - 32) // tc)
                 while rb > 1 and WgradTiles(cot, tc, rb, owc, 4).problem(spec) is not None:
                     rb = (rb + 1) // 2
                 if (tiles := WgradTiles(cot, tc, rb, owc, 4)).problem(spec) is None:
                     found.add(tiles)
-    return sorted(found, key=lambda t: (-t.cot * t.tc, -t.owc, -t.rb))[:10]
+    return sorted(found, key=lambda t: (-t.cot * t.tc, -t.owc, -t.rb))[:12]
 
 
 def supports_wgrad(spec: ConvSpec) -> str | None:

@@ -103,7 +103,8 @@ SPEC = ConvSpec.from_text("3x5x7 --cin 4 --cout 16 --padding 1x2x0 --stride 1x1x
 
 @pytest.mark.parametrize("tiles", [WgradTiles(cot=4, tc=2, rb=7, owc=8, wt=2),    # 9 row blocks of 7, the last of 4
                                    WgradTiles(cot=2, tc=8, rb=60, owc=32, wt=4),  # all rows, 16-byte reads
-                                   WgradTiles(cot=1, tc=1, rb=3, owc=16, wt=8)],  # one channel per block
+                                   WgradTiles(cot=1, tc=1, rb=3, owc=16, wt=8),   # one channel per block
+                                   WgradTiles(cot=4, tc=4, rb=60, owc=20, wt=4)],  # a chunk not a power of 2
                          ids=str)
 def test_wgrad_tiles_at_their_edges(dispatcher, tiles):
     assert tiles.problem(SPEC) is None
