@@ -22,7 +22,7 @@ from .cache import CacheUnusable
 from .kernel import KernelLoader, launch_args
 from .measure import median_ms, relative_error, tolerance
 from .render import Source, Tiles, default_tiles, fitting_cic, generator_hash, render_direct, wide_offsets
-from .render_mma import MMA_TEMPLATE, MmaTiles, mma_candidates, render_mma, supports_mma
+from .render_mma import MmaTiles, mma_candidates, render_mma, supports_mma
 from .spec import ConvSpec
 
 log = logging.getLogger("conv3d_codegen")
@@ -79,17 +79,20 @@ class Tuner:
         self.loader = loader
 
     @staticmethod
-    def record_id(spec: ConvSpec, shape: tuple[int, ...], target: Target, device_name: str) -> tuple[str, str]:
-        key = "-".join([spec.canonical_json(), "x".join(map(str, shape)), target.arch, target.torch_version,
-                        target.cuda_version, device_name, generator_hash()])
+    def record_id(spec: ConvSpec, shape: tuple[int, ...], target: Target, device_name: str,
+                  op: str = "") -> tuple[str, str]:
+        """The record's file name and key; `op` names a pass other than the forward ('wgrad')."""
+        key = "-".join(([op] if op else []) + [spec.canonical_json(), "x".join(map(str, shape)), target.arch,
+                                               target.torch_version, target.cuda_version, device_name,
+                                               generator_hash()])
         digest = hashlib.sha256(key.encode()).hexdigest()[:8]
-        return f"autotune_{spec.tag}_n{'x'.join(map(str, shape))}_{digest}", key
+        return f"autotune_{op + '_' if op else ''}{spec.tag}_n{'x'.join(map(str, shape))}_{digest}", key
 
     def lookup(self, spec: ConvSpec, shape: tuple[int, ...], target: Target, device_name: str) -> Choice | None:
         record = self.loader.cache.read_record(*self.record_id(spec, shape, target, device_name))
         if record is None:
             return None
-        kind = MmaTiles if record.get("template") == MMA_TEMPLATE else Tiles
+        kind = MmaTiles if record.get("template") == MmaTiles.template else Tiles
         winner = None if record["winner"] == TORCH else kind(**record["tiles"])
         return Choice(winner, record["timings_ms"], record["dropped"])
 
@@ -130,25 +133,43 @@ class Tuner:
                     continue
                 timings[str(t)] = median_ms(lambda: kernel(x, weight, bias, out, args), **TIMING)
             timings[TORCH] = median_ms(torch_call, **TIMING)
-        for label in dropped:
-            timings[label] = math.inf
-            log.info("autotune %s: dropped %s (%s)", spec.tag, label, dropped[label])
+        best = settle(spec, timings, dropped)
+        winner = None if best == TORCH else next(t for t in kernels if str(t) == best)
+        keep(self.loader.cache, self.record_id(spec, tuple(x.shape), target, torch.cuda.get_device_name(x.device)),
+             spec, x, winner, timings, dropped, started)
+        return Choice(winner, timings, dropped)
 
-        best = min(timings, key=timings.get)
-        if timings[best] > TORCH_MARGIN * timings[TORCH]:
-            best = TORCH
-        choice = Choice(None if best == TORCH else next(t for t in kernels if str(t) == best), timings, dropped)
-        device_name = torch.cuda.get_device_name(x.device)
-        name, key = self.record_id(spec, tuple(x.shape), target, device_name)
-        try:
-            self.loader.cache.write_record(name, key, {
-                "spec": spec.canonical_json(), "shape": list(x.shape), "winner": choice.label,
-                "tiles": dataclasses.asdict(choice.winner) if choice.winner else None,
-                "template": render_tiles(spec, choice.winner).template if choice.winner else None,
-                "timings_ms": {k: v if math.isfinite(v) else None for k, v in timings.items()},
-                "dropped": dropped, "device": device_name, "seconds": round(time.perf_counter() - started, 1)})
-        except CacheUnusable as err:
-            log.warning("autotune %s: the winner is not kept (%s)", spec.tag, err)
-        log.info("autotune %s on %s: %s (%.3f ms; torch %.3f ms)", spec.tag, tuple(x.shape), choice.label,
-                 timings[best], timings[TORCH])
-        return choice
+
+def settle(spec: ConvSpec, timings: dict[str, float], dropped: dict[str, str], op: str = "") -> str:
+    """The winning label: the fastest candidate if it beats torch by the margin, else torch.
+    Dropped candidates are timed as infinite, with their reason logged."""
+    for label, why in dropped.items():
+        timings[label] = math.inf
+        log.info("autotune %s%s: dropped %s (%s)", op and op + " ", spec.tag, label, why)
+    best = min(timings, key=timings.get)
+    return TORCH if timings[best] > TORCH_MARGIN * timings[TORCH] else best
+
+
+def keep(cache, record_id: tuple[str, str], spec: ConvSpec, x: torch.Tensor, winner, timings: dict[str, float],
+         dropped: dict[str, str], started: float, op: str = "") -> None:
+    """Write the record of a tuning (a cache that cannot be written only loses the record)."""
+    label = TORCH if winner is None else str(winner)
+    try:
+        cache.write_record(*record_id, {
+            "spec": spec.canonical_json(), "shape": list(x.shape), "winner": label,
+            "tiles": dataclasses.asdict(winner) if winner is not None else None,
+            "template": winner.template if winner is not None else None,
+            "timings_ms": {k: v if math.isfinite(v) else None for k, v in timings.items()},
+            "dropped": dropped, "device": torch.cuda.get_device_name(x.device),
+            "seconds": round(time.perf_counter() - started, 1)})
+    except CacheUnusable as err:
+        log.warning("autotune %s%s: the winner is not kept (%s)", op and op + " ", spec.tag, err)
+    log.info("autotune %s%s on %s: %s (%.3f ms; torch %.3f ms)", op and op + " ", spec.tag, tuple(x.shape),
+             label, timings[label], timings[TORCH])
+
+
+def timings_text(timings: dict[str, float | None]) -> str:
+    """torch's time and the best candidate's, for a plan's reason."""
+    finite = {k: v for k, v in timings.items() if k != TORCH and v is not None and math.isfinite(v)}
+    best = min(finite, key=finite.get, default=None)
+    return f"torch {timings[TORCH]:.3f} ms" + (f", best candidate {best} {finite[best]:.3f} ms" if best else "")

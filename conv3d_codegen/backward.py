@@ -14,7 +14,6 @@ the spec's precision; the reason is logged once (and is an error in strict mode)
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from .build import KernelBuildError, Target
 from .cache import CacheUnusable
 from .dispatch import Dispatcher, FallbackError, _in_background, capturing, cudnn_precision, strict_enabled
-from .autotune import TIMING, TORCH_MARGIN, Tuner
+from .autotune import TIMING, TORCH, Tuner, keep, settle, timings_text
 from .kernel import Kernel, launch_args
 from .measure import median_ms, relative_error, tolerance
 from .render import wide_offsets
@@ -121,7 +120,7 @@ def _wgrad_plan(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_ou
     plan, in_capture = plans.get(key), capturing(x)
     stale = plan is not None and (plan.provisional or (plan.pending is not None and plan.pending.done()))
     if plan is None or (stale and not in_capture):  # during capture, a plan made before stands
-        plan = _decide_wgrad(dispatcher, spec, x, grad_out, plan)
+        plan = _decide_wgrad(dispatcher, spec, x, grad_out, plan, in_capture)
         plans[key] = plan
         if plan.kernel is None:
             log.log(logging.INFO if plan.pending or plan.tuned else logging.WARNING, "conv3d wgrad %s -> torch: %s",
@@ -132,7 +131,7 @@ def _wgrad_plan(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_ou
 
 
 def _decide_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_out: torch.Tensor,
-                  before: WgradPlan | None) -> WgradPlan:
+                  before: WgradPlan | None, in_capture: bool) -> WgradPlan:
     if not x.is_cuda:
         return WgradPlan(None, f"input is on {x.device.type}")
     if (reason := supports_wgrad(spec)) is not None:
@@ -142,7 +141,6 @@ def _decide_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_
     if before is not None and before.pending is not None and before.pending.exception() is not None:
         return WgradPlan(None, f"the background build failed: {str(before.pending.exception()).splitlines()[0]}")
     target, wide = Target.for_device(x.device), wide_offsets(spec, tuple(x.shape))
-    in_capture = capturing(x)
     try:
         tiles, timings = _wgrad_record(dispatcher, spec, x, target)
         if tiles is None and dispatcher.autotune and dispatcher.mode != "prebuilt" and not in_capture:
@@ -173,12 +171,8 @@ def _decide_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_
 
 # ---- autotuning of wgrad ---------------------------------------------------------------
 
-TORCH = "torch"
-
-
 def _record_id(spec: ConvSpec, x: torch.Tensor, target: Target) -> tuple[str, str]:
-    name, key = Tuner.record_id(spec, tuple(x.shape), target, torch.cuda.get_device_name(x.device))
-    return name.replace("autotune_", "autotune_wgrad_", 1), "wgrad-" + key
+    return Tuner.record_id(spec, tuple(x.shape), target, torch.cuda.get_device_name(x.device), op="wgrad")
 
 
 def _wgrad_record(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, target: Target):
@@ -186,7 +180,7 @@ def _wgrad_record(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, targe
     record = dispatcher.cache.read_record(*_record_id(spec, x, target))
     if record is None:
         return None, None
-    return (TORCH if record["winner"] == TORCH else WgradTiles(**record["tiles"])), _timings_text(record["timings_ms"])
+    return (TORCH if record["winner"] == TORCH else WgradTiles(**record["tiles"])), timings_text(record["timings_ms"])
 
 
 def _tune_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_out: torch.Tensor, target: Target):
@@ -214,29 +208,10 @@ def _tune_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_ou
                 continue
             timings[str(t)], winners[str(t)] = median_ms(lambda: _run_wgrad(plan, spec, grad_out, x, True), **TIMING), t
         timings[TORCH] = median_ms(lambda: torch_grads(spec, grad_out, x, weight, (False, True, True)), **TIMING)
-    for label, why in dropped.items():
-        timings[label] = math.inf
-        log.info("autotune wgrad %s: dropped %s (%s)", spec.tag, label, why)
-    best = min(timings, key=timings.get)
-    if timings[best] > TORCH_MARGIN * timings[TORCH]:
-        best = TORCH
-    try:
-        dispatcher.cache.write_record(*_record_id(spec, x, target), {
-            "spec": spec.canonical_json(), "shape": list(x.shape), "winner": best,
-            "tiles": dataclasses.asdict(winners[best]) if best != TORCH else None,
-            "timings_ms": {k: v if math.isfinite(v) else None for k, v in timings.items()},
-            "dropped": dropped, "seconds": round(time.perf_counter() - started, 1)})
-    except CacheUnusable as err:
-        log.warning("autotune wgrad %s: the winner is not kept (%s)", spec.tag, err)
-    log.info("autotune wgrad %s on %s: %s (%.3f ms; torch %.3f ms)", spec.tag, tuple(x.shape), best,
-             timings[best], timings[TORCH])
-    return (TORCH if best == TORCH else winners[best]), _timings_text(timings)
-
-
-def _timings_text(timings: dict) -> str:
-    finite = {k: v for k, v in timings.items() if k != TORCH and v is not None and math.isfinite(v)}
-    best = min(finite, key=finite.get, default=None)
-    return f"torch {timings[TORCH]:.3f} ms" + (f", best candidate {best} {finite[best]:.3f} ms" if best else "")
+    best = settle(spec, timings, dropped, op="wgrad")
+    winner = winners.get(best)
+    keep(dispatcher.cache, _record_id(spec, x, target), spec, x, winner, timings, dropped, started, op="wgrad")
+    return (TORCH if winner is None else winner), timings_text(timings)
 
 
 # ---- torch ---------------------------------------------------------------------------

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from .autotune import AnyTiles, Choice, Tuner, candidates, render_tiles
+from .autotune import AnyTiles, Choice, Tuner, candidates, render_tiles, timings_text
 from .build import KernelBuildError, Target
 from .cache import CacheUnusable, KernelCache
 from .kernel import Kernel, KernelLoader
@@ -264,7 +264,7 @@ class Dispatcher:
                             spec, pending=_in_background(lambda: self.loader.load_many(sources, target)))
             choice, untuned = self._tune(spec, x, weight, bias, target, precision), False
         if choice is not None and choice.winner is None:
-            return Plan("torch", f"autotuned: no candidate beat torch by 2% ({_timings(choice)})", spec, tuned=True)
+            return Plan("torch", f"autotuned: no candidate beat torch by 2% ({timings_text(choice.timings_ms)})", spec, tuned=True)
         source, reason = source_for(spec, shape, choice.winner if choice else None)
         kernel = self.loader.find(source, target)
         if kernel is None and self.mode == "prebuilt":
@@ -293,12 +293,6 @@ class Dispatcher:
         kernels = self.loader.load_many([source_for(spec)[0] for spec in specs], Target.for_device(device),
                                         workers, progress)
         return dict(zip(specs, kernels))
-
-
-def _timings(choice: Choice) -> str:
-    finite = {k: v for k, v in choice.timings_ms.items() if v is not None and v != float("inf") and k != "torch"}
-    best = min(finite, key=finite.get, default=None)
-    return f"torch {choice.timings_ms['torch']:.3f} ms" + (f", best candidate {best} {finite[best]:.3f} ms" if best else "")
 
 
 def _hashable(value):

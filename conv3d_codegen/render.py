@@ -11,6 +11,7 @@ import importlib.resources
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import jinja2
 
@@ -60,6 +61,8 @@ def generator_hash(root: Path | None = None) -> str:
 @dataclass(frozen=True)
 class Tiles:
     """Tile sizes of the direct template (the autotuner's search space)."""
+
+    template: ClassVar[str] = DIRECT_TEMPLATE
 
     cot: int    # output channels per thread
     wt: int     # consecutive outputs along w per thread

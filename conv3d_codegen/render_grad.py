@@ -8,6 +8,7 @@ conv3d_wgrad_direct.cu.j2, with tile sizes as parameters (WgradTiles).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .render import Source, _environment, templates_dir
 from .spec import ConvSpec
@@ -44,6 +45,8 @@ def dgrad_spec(spec: ConvSpec) -> tuple[ConvSpec | None, str | None]:
 @dataclass(frozen=True)
 class WgradTiles:
     """Tile sizes of the wgrad template."""
+
+    template: ClassVar[str] = WGRAD_TEMPLATE
 
     cot: int  # output channels per thread
     tc: int   # threads along output channels per block

@@ -20,6 +20,7 @@ Tile sizes are MmaTiles; `mma_candidates` is the autotuning space.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .render import DIRECT_ARGS, Source, _environment, templates_dir
 from .spec import ConvSpec
@@ -99,6 +100,8 @@ def k_layout(spec: ConvSpec) -> KLayout:
 @dataclass(frozen=True)
 class MmaTiles:
     """Tile sizes of the tensor-core template (the autotuner's search space)."""
+
+    template: ClassVar[str] = MMA_TEMPLATE
 
     block_m: int        # output positions per tile
     block_n: int        # output channels per tile (at most the group's, rounded up to 8)
