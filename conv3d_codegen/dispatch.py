@@ -198,9 +198,7 @@ class Dispatcher:
 
     def plan(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
              stride, padding, dilation, groups, precision: str = "ieee") -> Plan:
-        key = (x.device, x.dtype, tuple(x.shape), x.is_contiguous(), weight.device, weight.dtype,
-               tuple(weight.shape), None if bias is None else (bias.device, bias.dtype, tuple(bias.shape)),
-               _hashable(stride), _hashable(padding), _hashable(dilation), groups, precision)
+        key = _key(x, weight, bias, stride, padding, dilation, groups, precision)
         plan, in_capture = self._plans.get(key), capturing(x)
         stale = plan is not None and (plan.provisional or (plan.pending is not None and plan.pending.done()))
         if plan is None or (stale and not in_capture):  # during capture, a plan made before stands
@@ -214,6 +212,16 @@ class Dispatcher:
                         plan.route, plan.reason)
         if plan.fallback and strict_enabled():
             raise FallbackError(f"strict mode: conv3d would run on {plan.route}: {plan.reason}")
+        return plan
+
+    def decided(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                stride, padding, dilation, groups, precision: str = "ieee") -> Plan | None:
+        """The plan plan() would return for this call without deciding, building or logging
+        anything: None unless one was made before and stands (not provisional, no build
+        pending, not a fallback that strict mode must refuse). A lookup, for the hot path."""
+        plan = self._plans.get(_key(x, weight, bias, stride, padding, dilation, groups, precision))
+        if plan is None or plan.provisional or plan.pending is not None or (plan.fallback and strict_enabled()):
+            return None
         return plan
 
     def plan_for(self, spec: ConvSpec, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Plan:
@@ -293,6 +301,14 @@ class Dispatcher:
         kernels = self.loader.load_many([source_for(spec)[0] for spec in specs], Target.for_device(device),
                                         workers, progress)
         return dict(zip(specs, kernels))
+
+
+def _key(x, weight, bias, stride, padding, dilation, groups, precision) -> tuple:
+    """What a decision depends on: devices, dtypes, shapes, memory format and the arguments."""
+    layout = (x.is_contiguous(), x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d))
+    return (x.device, x.dtype, tuple(x.shape), layout, weight.device, weight.dtype,
+            tuple(weight.shape), None if bias is None else (bias.device, bias.dtype, tuple(bias.shape)),
+            _hashable(stride), _hashable(padding), _hashable(dilation), groups, precision)
 
 
 def _hashable(value):

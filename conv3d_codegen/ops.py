@@ -58,8 +58,10 @@ def conv3d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     args = _op_arguments(stride, padding, dilation, groups)
     if args is not None and _op_takes(input, weight, bias):
         unbatched = input.dim() == 4
-        out = torch.ops.conv3d_codegen.conv3d(input.unsqueeze(0) if unbatched else input, weight, bias,
-                                              *args, precision)
+        x = input.unsqueeze(0) if unbatched else input
+        out = _torch_decided(x, weight, bias, args, precision)
+        if out is None:
+            out = torch.ops.conv3d_codegen.conv3d(x, weight, bias, *args, precision)
         return out.squeeze(0) if unbatched else out
     if torch.compiler.is_compiling():
         return F.conv3d(input, weight, bias, stride, padding, dilation, groups)
@@ -124,6 +126,33 @@ def _op_takes(input, weight, bias) -> bool:
             return False
     x = input.unsqueeze(0) if input.dim() == 4 else input
     return x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def _torch_decided(x, weight, bias, args, precision) -> torch.Tensor | None:
+    """F.conv3d's result where the dispatcher has already decided on torch for this call and
+    the op would add nothing: eagerly, with autograd recording nothing, outside autocast, on
+    plain tensors with no dispatch mode active. Else None (the call goes to the op).
+
+    Entering the custom op costs tens of microseconds of Python a call (autograd wrapper,
+    redispatch, the dynamo-disabled impl), which a short convolution shows as GPU idle time;
+    a call autotuning gave to torch then runs slower than torch itself."""
+    if (torch.compiler.is_compiling() or torch.is_autocast_enabled("cuda")
+            or torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()):
+        return None
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    for t in tensors:
+        if type(t) not in _PLAIN or (t.requires_grad and torch.is_grad_enabled()):
+            return None
+    conv = _functional_args(*args)
+    precision = _precision_for(precision, x.dtype)
+    plan = default_dispatcher().decided(x, weight, bias, precision=precision, **conv)
+    if plan is None or plan.kernel is not None:
+        return None
+    with cudnn_precision(precision, x.dtype):
+        return F.conv3d(x, weight, bias, **conv)
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 # ---- the ops ------------------------------------------------------------------------

@@ -235,3 +235,45 @@ def test_training_follows_the_loss_curve_of_nn_conv3d():
     # IEEE float32 with another summation order, over ten steps of momentum SGD
     assert relative_error(ours_curve, torch_curve) <= 1e-4, (ours_curve, torch_curve)
     assert ours_curve[-1] < ours_curve[0]
+
+
+# ---- the torch route without the op ---------------------------------------------------
+
+def _ops_entered(call) -> int:
+    """How many times `call` entered the op conv3d_codegen::conv3d (the profiler's record)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = call()
+    torch.cuda.synchronize()
+    return out, sum(e.count for e in prof.key_averages() if e.key == "conv3d_codegen::conv3d")
+
+
+def test_a_call_decided_for_torch_skips_the_op_only_where_the_op_adds_nothing(tmp_path):
+    spec = pick("base-3x3x3", "float32").spec
+    x, weight, bias = random_inputs(spec, (2, spec.in_channels, 9, 10, 11))
+    call = lambda: conv3d(x, weight, bias, padding=spec.padding)  # noqa: E731
+    with cudnn_precision("ieee"):
+        ref = F.conv3d(x, weight, bias, padding=spec.padding)
+    with conv3d_codegen.using(Dispatcher(KernelCache(tmp_path), mode="off")):
+        out, entered = _ops_entered(call)
+        assert entered == 1, "the first call decides, inside the op"
+        assert torch.equal(out, ref)
+        out, entered = _ops_entered(call)
+        assert entered == 0, "decided for torch: F.conv3d without the op"
+        assert torch.equal(out, ref)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            assert _ops_entered(call)[1] == 1, "autocast: the op casts"
+        weight.requires_grad_(True)
+        assert _ops_entered(call)[1] == 1, "a gradient is needed: the op records it"
+        with torch.no_grad():
+            assert _ops_entered(call)[1] == 0
+        weight.requires_grad_(False)
+        with strict(), pytest.raises(conv3d_codegen.dispatch.FallbackError):
+            call()  # mode 'off' is a fallback, which strict mode refuses: the lookup does not hide it
+
+
+def test_a_call_decided_for_a_generated_kernel_still_goes_through_the_op(dispatcher):
+    case = pick("base-3x3x3", "float32")
+    x, weight, bias = random_inputs(case.spec, case.input_shape)
+    call = lambda: conv3d(x, weight, bias, padding=case.spec.padding)  # noqa: E731
+    call()
+    assert _ops_entered(call)[1] == 1
