@@ -7,6 +7,7 @@ conv3d_wgrad_direct.cu.j2, with tile sizes as parameters (WgradTiles).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -21,6 +22,7 @@ WGRAD_ARGS = ("n", "d", "h", "w", "od", "oh", "ow", "splits", "workspace")
 MAX_WGRAD_ACCUMULATORS = 64        # COT x KW floats per thread
 MAX_WGRAD_SHARED_BYTES = 48 * 1024  # static shared memory of one block
 MAX_WGRAD_THREADS = 512
+MAX_PREFETCH_REGISTERS = 24         # staged elements a thread holds in registers for the next work item
 
 
 def dgrad_spec(spec: ConvSpec) -> tuple[ConvSpec | None, str | None]:
@@ -53,6 +55,7 @@ class WgradTiles:
     rb: int   # input rows (ci, kd, kh) per block
     owc: int  # outputs along w per work item
     wt: int   # outputs along w per step of the inner loop
+    prefetch: bool = False  # load the next work item into registers while computing this one
 
     def block(self, spec: ConvSpec) -> int:
         """Threads per block: the workers, TC bias threads where there is a bias, in whole warps."""
@@ -72,14 +75,26 @@ class WgradTiles:
             return f"{self.block(spec)} threads per block exceeds {MAX_WGRAD_THREADS}"
         if self.shared_bytes(spec) > MAX_WGRAD_SHARED_BYTES:
             return f"{self.shared_bytes(spec)} bytes of shared memory exceeds {MAX_WGRAD_SHARED_BYTES}"
+        if self.prefetch and self.prefetch_registers(spec) > MAX_PREFETCH_REGISTERS:
+            return (f"prefetching holds {self.prefetch_registers(spec)} staged elements per thread, "
+                    f"over {MAX_PREFETCH_REGISTERS}")
         return None
 
+    def _row_width(self, spec: ConvSpec) -> int:
+        """Inputs along w one work item reads per row."""
+        return (self.owc - 1) * spec.stride[2] + (spec.kernel_size[2] - 1) * spec.dilation[2] + 1
+
     def shared_bytes(self, spec: ConvSpec) -> int:
-        xw = (self.owc - 1) * spec.stride[2] + (spec.kernel_size[2] - 1) * spec.dilation[2] + 1
-        return 4 * (self.cot * self.tc * self.owc + self.rb * (xw | 1))
+        return 4 * (self.cot * self.tc * self.owc + self.rb * (self._row_width(spec) | 1))
+
+    def prefetch_registers(self, spec: ConvSpec) -> int:
+        """Elements of one work item's staging each thread loads: grad_out's, then the rows'."""
+        block = self.block(spec)
+        return -(-self.cot * self.tc * self.owc // block) + -(-self.rb * self._row_width(spec) // block)
 
     def __str__(self) -> str:
-        return f"cot={self.cot} tc={self.tc} rb={self.rb} owc={self.owc} wt={self.wt}"
+        text = f"cot={self.cot} tc={self.tc} rb={self.rb} owc={self.owc} wt={self.wt}"
+        return text + (" prefetch" if self.prefetch else "")
 
 
 def wgrad_rows(spec: ConvSpec) -> int:
@@ -127,7 +142,11 @@ def wgrad_candidates(spec: ConvSpec, ow: int | None = None) -> list[WgradTiles]:
                     rb = (rb + 1) // 2
                 if (tiles := WgradTiles(cot, tc, rb, owc, 4)).problem(spec) is None:
                     found.add(tiles)
-    return sorted(found, key=lambda t: (-t.cot * t.tc, -t.owc, -t.rb))[:12]
+    best = sorted(found, key=lambda t: (-t.cot * t.tc, -t.owc, -t.rb))[:12]
+    # The same tiles software-pipelined, where a block of 256 threads or fewer leaves registers
+    # for it; not the fitted widths (slower on the H100 without prefetching, and 58 -> 60 spills with it).
+    prefetching = [dataclasses.replace(t, prefetch=True) for t in best if t.block(spec) <= 256 and t.owc in (64, 32)]
+    return best + [t for t in prefetching if t.problem(spec) is None][:6]
 
 
 def supports_wgrad(spec: ConvSpec) -> str | None:

@@ -1,5 +1,6 @@
 """The gradient renderers: the dgrad convolution is checked in float64 on the CPU (it is a
 plain forward convolution), the wgrad template's tiles and emitted source by inspection."""
+import dataclasses
 import re
 
 import pytest
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 
 from conv3d_codegen.backward import flipped_weight
 from conv3d_codegen.render_grad import (WgradTiles, default_wgrad_tiles, dgrad_spec, render_wgrad, supports_wgrad,
-                                        wgrad_rows)
+                                        wgrad_candidates, wgrad_rows)
 from conv3d_codegen.spec import ConvSpec
 
 DGRAD_SPECS = ["3x5x7 --cin 3 --cout 64", "3x3x3 --cin 4 --cout 8 --padding 1 --groups 2",
@@ -64,6 +65,20 @@ def test_wgrad_tiles_say_what_is_wrong():
     assert "accumulators" in WgradTiles(cot=16, tc=1, rb=45, owc=64, wt=4).problem(spec)
     assert "threads per block" in WgradTiles(cot=1, tc=64, rb=45, owc=64, wt=4).problem(spec)
     assert "wt=3 does not divide" in WgradTiles(cot=8, tc=8, rb=45, owc=64, wt=3).problem(spec)
+    # 64 x 64 grad_out and 45 rows of 70 inputs over 384 threads: 11 + 9 elements in registers
+    assert WgradTiles(cot=8, tc=8, rb=45, owc=64, wt=4, prefetch=True).prefetch_registers(spec) == 20
+    assert "prefetching holds 48" in WgradTiles(cot=8, tc=4, rb=14, owc=64, wt=4, prefetch=True).problem(spec)
+
+
+def test_prefetching_wgrad_is_a_candidate_of_its_own():
+    spec = ConvSpec.from_text("3x3x3 --cin 3 --cout 64")
+    found = wgrad_candidates(spec, 62)
+    prefetching = [t for t in found if t.prefetch]
+    assert prefetching and len(found) == len(set(found)) and len({str(t) for t in found}) == len(found)
+    assert all(dataclasses.replace(t, prefetch=False) in found for t in prefetching)
+    body = render_wgrad(spec, prefetching[0]).body
+    assert "fetch(item + splits)" in body and "__launch_bounds__(BLOCK, 1)" in body
+    assert "fetch(" not in render_wgrad(spec, dataclasses.replace(prefetching[0], prefetch=False)).body
 
 
 def test_wgrad_source_unrolls_the_taps_along_w_and_is_readable():
