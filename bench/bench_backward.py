@@ -24,7 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_forward import heading, measure_ceilings, peak_bytes, workload  # noqa: E402
 from conv3d_codegen.autotune import candidates, render_tiles  # noqa: E402
-from conv3d_codegen.backward import input_grad, torch_grads, weight_grad  # noqa: E402
+from conv3d_codegen.backward import _wgrad_record, input_grad, torch_grads, weight_grad  # noqa: E402
 from conv3d_codegen.build import Target  # noqa: E402
 from conv3d_codegen.dispatch import Dispatcher, using  # noqa: E402
 from conv3d_codegen.measure import median_ms, random_inputs, relative_error, tolerance  # noqa: E402
@@ -104,19 +104,30 @@ def bench_rows(dispatcher: Dispatcher, name: str, dtype: str, ceilings: dict) ->
                              ours_peak_mb=peak_bytes(ours) / 2**20, torch_peak_mb=peak_bytes(theirs) / 2**20,
                              rel_err=errs["dgrad"] if what == "dgrad" else max(errs["wgrad"], errs["bias"])
                              if what == "wgrad" else max(errs.values())))
+    rows[1]["pick"], rows[2]["pick"], rows[2]["timings"] = _picks(dispatcher, spec, xd, grad_out)
     torch.backends.cudnn.allow_tf32 = True
     return rows
+
+
+def _picks(dispatcher: Dispatcher, spec, x, grad_out) -> tuple[str, str, str]:
+    """What the tuners kept: dgrad's (the derived forward's) pick, wgrad's, and wgrad's timings."""
+    target = Target.for_device()
+    dspec = dgrad_spec(spec)[0]
+    choice = dspec and dispatcher.tuner.lookup(dspec, tuple(grad_out.shape), target, torch.cuda.get_device_name())
+    dgrad = choice.label if choice else ("torch (stride > 1)" if dspec is None else "untuned")
+    winner, timings = _wgrad_record(dispatcher, spec, x, target)
+    return dgrad, str(winner or "untuned"), timings or ""
 
 
 def markdown(rows: list[dict], ceilings: dict) -> str:
     lines = heading("Backward", ceilings) + [
              "| workload | dtype | pass | GFLOP | MB | floor ms | torch ms | ours ms | speedup | ours % floor "
-             "| rel err | peak MB ours / torch |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| pick | rel err | peak MB ours / torch |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['workload']} | {r['dtype']} | {r['what']} | {r['flops'] / 1e9:.1f} | {r['bytes'] / 1e6:.0f} "
                      f"| {r['floor_ms']:.2f} | {r['torch_ms']:.2f} | {r['ours_ms']:.2f} "
                      f"| {r['torch_ms'] / r['ours_ms']:.2f}x | {100 * r['floor_ms'] / r['ours_ms']:.0f}% "
-                     f"| {r['rel_err']:.1e} | {r['ours_peak_mb']:.0f} / {r['torch_peak_mb']:.0f} |")
+                     f"| {r.get('pick', '-')} | {r['rel_err']:.1e} | {r['ours_peak_mb']:.0f} / {r['torch_peak_mb']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -135,6 +146,7 @@ def main() -> None:
         for dtype in args.dtypes:
             rows += bench_rows(dispatcher, name, dtype, ceilings)
             print(markdown(rows[-3:], ceilings).splitlines()[-3:], flush=True)
+            print(f"wgrad tuning of {name} {dtype}: {rows[-1]['timings']}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "backward.json").write_text(json.dumps({"ceilings": ceilings, "rows": rows}, indent=2))
     text = markdown(rows, ceilings)
