@@ -1,11 +1,16 @@
 """Tensor-core template candidates on the seed workloads (and 'wide'), next to torch, in one process.
 
-    PYTHONPATH=. python3 bench/try_mma.py --out DIR [--workloads seed-a seed-b wide] [--dtypes bfloat16 tf32]
+    PYTHONPATH=. python3 bench/try_mma.py --out DIR [--workloads seed-a seed-b wide dgrad-a] [--dtypes bfloat16 tf32]
+        [--a-from global shared]
 
 Builds every mma_candidates() tile choice of every row at once (KernelLoader.load_many over a
 fresh cache in a temporary folder), checks each against float64 torch on the first two samples
 with a NaN-poisoned output, then times it (CUDA events, median, L2 flushed before each run)
 next to torch.nn.functional.conv3d on the same tensors (cuDNN's TF32 allowed for tf32 rows only).
+Candidates with A gathered from global memory and with A staged in shared memory (a_from=shared)
+are both timed; --a-from keeps one kind. 'dgrad-a' is the data gradient of seed-a as the
+forward convolution it runs as (grad_out 16x64x62x60x58 -> 3 channels, the flipped 3x5x7
+kernel, padding 2x4x6, no bias).
 The floor is the larger of FLOPs over the measured matrix-product rate of the dtype (8192^3,
 cuBLAS) and the fewest bytes over the measured copy bandwidth. ptxas registers and spills of
 each candidate come from compiling it alone for the device's arch. Writes DIR/try_mma.json and
@@ -34,7 +39,8 @@ from conv3d_codegen.kernel import KernelLoader, launch_args  # noqa: E402
 from conv3d_codegen.measure import median_ms, random_inputs, relative_error, tolerance  # noqa: E402
 from conv3d_codegen.render import wide_offsets  # noqa: E402
 from conv3d_codegen.render_mma import mma_candidates, render_mma  # noqa: E402
-from conv3d_codegen.workloads import WORKLOADS  # noqa: E402
+from conv3d_codegen.spec import ConvSpec  # noqa: E402
+from conv3d_codegen.workloads import WORKLOADS, Workload  # noqa: E402
 
 CHECKED_BATCH = 2
 
@@ -50,9 +56,22 @@ def ptxas_reports(sources, target: Target) -> list:
         return list(pool.map(one, sources))
 
 
+DGRAD_A = "dgrad-a"
+
+
+def work_of(name: str, dtype: str) -> Workload:
+    """bench_forward's workload, or seed-a's data gradient as the forward convolution it runs as."""
+    if name != DGRAD_A:
+        return workload(name, dtype)
+    seed = workload("seed-a", dtype).spec
+    spec = ConvSpec(in_channels=64, out_channels=3, kernel_size=(3, 5, 7), padding=(2, 4, 6), bias=False,
+                    dtype=seed.dtype, precision=seed.precision)
+    return Workload(DGRAD_A, spec, (16, 64, 62, 60, 58))
+
+
 def run_row(name: str, dtype: str, entries: list[dict], ceilings: dict) -> list[dict]:
     """Check and time every candidate of one workload x dtype, and torch on the same tensors."""
-    work = workload(name, dtype)
+    work = work_of(name, dtype)
     spec, shape = work.spec, work.input_shape
     conv = spec.functional_args()
     torch.backends.cudnn.allow_tf32 = dtype == "tf32"  # float32 rows compare TF32 with TF32
@@ -119,7 +138,10 @@ def markdown(rows: list[dict], ceilings: dict, header: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", nargs="+", default=["seed-a", "seed-b", "wide"], choices=list(WORKLOADS))
+    parser.add_argument("--workloads", nargs="+", default=["seed-a", "seed-b", "wide"],
+                        choices=list(WORKLOADS) + [DGRAD_A])
+    parser.add_argument("--a-from", nargs="+", default=["global", "shared"], choices=["global", "shared"],
+                        help="which kinds of candidate to time: A gathered from global memory, staged in shared")
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "tf32"], choices=["bfloat16", "float16", "tf32"])
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--no-ptxas", action="store_true", help="skip compiling each candidate alone for ptxas's report")
@@ -135,9 +157,9 @@ def main() -> None:
     plan = []  # (workload, dtype, tiles, source)
     for name in args.workloads:
         for dtype in args.dtypes:
-            work = workload(name, dtype)
+            work = work_of(name, dtype)
             wide = wide_offsets(work.spec, work.input_shape)
-            for tiles in mma_candidates(work.spec):
+            for tiles in [t for t in mma_candidates(work.spec) if t.a_from in args.a_from]:
                 plan.append((name, dtype, tiles, render_mma(work.spec, tiles, wide)))
     sources = [p[3] for p in plan]
 

@@ -15,12 +15,22 @@ it is chosen so that every lane's loads sit at compile-time offsets from one poi
   column order (`logical_k` in the template; static_asserts there check it against the
   gather order computed here).
 
+A second way to feed A (MmaTiles.a_from = "shared"): a tile is block_m / tile_w lines of tile_w
+positions along w (a line: one (od, oh) of a sample), and before its MMAs a block copies the
+input its tile reads into shared memory: per input row (ci, kd, kh) of the body and per line,
+the SEG consecutive elements along w that the line's taps touch, zeros outside the input. The
+lanes then read A from shared memory at compile-time offsets from one address per row of the
+MMA. Where a lane's 16-bit pair is two adjacent taps (span 8, dilation 1 along w), each staged
+line is kept twice, the second copy one element to the left, so every pair is one aligned
+32-bit load whatever the lane's parity ("copies").
+
 Tile sizes are MmaTiles; `mma_candidates` is the autotuning space.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from .render import DIRECT_ARGS, Source, _environment, templates_dir
 from .spec import ConvSpec
@@ -36,6 +46,13 @@ MAX_UNROLLED_STEPS = 64
 MAX_BODY_STEPS = 16
 # Per-row tap masks are one 32-bit word: kd, kh and the w taps of a segment each take a bit.
 MASK_WORD_BITS = 32
+# Shared A: input rows staged per group between branches, so ptxas keeps at most this many
+# loads in flight; fewer where K is walked in a loop (the accumulators are live while later
+# bodies are staged; 16 spilled a few bytes on 'wide').
+STAGE_GROUP_ROWS = 16
+STAGE_GROUP_ROWS_LOOP = 8
+# Tile choices the autotuner times per spec (each is built and timed once per spec and shape).
+MAX_CANDIDATES = 8
 # Shared memory: an H100 SM has 228 KB (1 KB of it reserved per block); a block may have at
 # most 163 KB on an A100, the smallest of the GPUs the template runs on (sm_80 and newer).
 SHARED_BYTES_PER_SM = 228 * 1024
@@ -108,6 +125,8 @@ class MmaTiles:
     warps_m: int        # warps along M; each covers block_m / warps_m rows, a multiple of 16
     warps_n: int        # warps along N; each covers block_n / warps_n channels, a multiple of 8
     blocks_per_sm: int = 2  # promised to ptxas (__launch_bounds__): caps registers per thread
+    a_from: Literal["global", "shared"] = "global"  # where lanes read A: gathered from global memory, or staged
+    tile_w: int = 0     # shared A: positions along w per tile line (block_m / tile_w lines); 0 for global
 
     @property
     def threads(self) -> int:
@@ -137,13 +156,25 @@ class MmaTiles:
             return f"block_n={self.block_n} exceeds the {spec.out_per_group} output channels per group"
         if self.blocks_per_sm < 1 or self.max_registers < 64:
             return f"{self.blocks_per_sm} blocks of {self.threads} threads leave fewer than 64 registers each"
+        if self.a_from == "global" and self.tile_w != 0:
+            return f"tile_w={self.tile_w} applies to a_from='shared' only (global A tiles are flat, tile_w=0)"
+        if self.a_from == "shared" and (self.tile_w not in (16, 32, 64, 128) or self.block_m % self.tile_w):
+            return f"tile_w={self.tile_w} is not one of 16, 32, 64, 128 dividing block_m={self.block_m}"
+        if self.a_from not in ("global", "shared"):
+            return f"a_from={self.a_from!r} is not 'global' or 'shared'"
         if isinstance(plan := _plan(spec, self), str):
             return plan
         return None
 
+    @property
+    def lines(self) -> int:
+        """Shared A: lines (od, oh) per tile."""
+        return self.block_m // self.tile_w if self.tile_w else 0
+
     def __str__(self) -> str:
+        shared = f" a_from=shared tile_w={self.tile_w}" if self.a_from == "shared" else ""
         return (f"block_m={self.block_m} block_n={self.block_n} warps_m={self.warps_m} "
-                f"warps_n={self.warps_n} blocks_per_sm={self.blocks_per_sm}")
+                f"warps_n={self.warps_n} blocks_per_sm={self.blocks_per_sm}{shared}")
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -151,8 +182,42 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 @dataclass(frozen=True)
+class Staging:
+    """Shared A: how a body's input is laid out in shared memory, in elements unless named bytes.
+    Element e of line l of staged row r (ci, kd, kh of the body) is x at w = ow0 * SW - PW + e;
+    it sits at r * row_pitch + l * seg_pitch + e, and with two copies also at
+    r * row_pitch + copy_offset + l * seg_pitch + e - 1."""
+
+    rows: int           # input rows (ci, kd, kh) per body
+    seg: int            # elements a line of tile_w positions reads along w, padding taps included
+    seg_pitch: int      # elements per staged line (even, so pairs stay 32-bit aligned)
+    copies: int         # 2: kept again one element to the left, so odd pairs are aligned loads
+    copy_offset: int    # where the second copy starts in a row; 32 mod 64 16-bit elements (16 banks over)
+    row_pitch: int
+    pairs: bool         # 16-bit pairs of adjacent taps, one 32-bit load each; else one load per element
+    bytes: int
+
+
+def _staging(spec: ConvSpec, layout: KLayout, tiles: MmaTiles, ci_per_body: int) -> Staging:
+    kd_, kh_, _ = spec.kernel_size
+    sw, dw = spec.stride[2], spec.dilation[2]
+    element = 2 if layout.sixteen_bit else 4
+    seg = (tiles.tile_w - 1) * sw + (layout.blocks * layout.span - 1) * dw + 1
+    seg_pitch = _round_up(seg, 2)
+    pairs = layout.sixteen_bit and layout.span == 8 and dw == 1
+    copies = 2 if pairs and sw % 2 else 1
+    line_block = tiles.lines * seg_pitch
+    copy_offset = _round_up(line_block - 32, 64) + 32 if copies == 2 else 0
+    row_pitch = _round_up(copy_offset + line_block, 2)
+    rows = ci_per_body * kd_ * kh_
+    return Staging(rows, seg, seg_pitch, copies, copy_offset, row_pitch, pairs,
+                   _round_up(rows * row_pitch * element, 16))
+
+
+@dataclass(frozen=True)
 class SharedPlan:
-    """How a block walks K, and its shared memory in bytes: weights, output stage, bias."""
+    """How a block walks K, and its shared memory in bytes: weights, output stage (which shares
+    its bytes with staged A, if any: the epilogue starts after the last MMA), bias."""
 
     bodies: int         # run-time iterations over K, each CI_PER_BODY input channels
     ci_per_body: int
@@ -162,25 +227,35 @@ class SharedPlan:
     epilogue_n: int     # output channels staged per epilogue pass
     c_pitch: int        # bytes per staged output row; 16 mod 64, so lanes' writes miss each other
     b_bytes: int
-    c_bytes: int
+    c_bytes: int        # the output stage and staged A, whichever is larger
     bias_bytes: int
+    staging: Staging | None = None  # shared A only
 
     @property
     def total(self) -> int:
         return self.b_bytes + self.c_bytes + self.bias_bytes
 
 
-def _bodies(spec: ConvSpec, layout: KLayout, max_steps: int) -> tuple[int, int] | None:
-    """(bodies, input channels per body) with whole K steps per body and at most max_steps,
-    the most channels that allow; None if no block of input channels fits."""
+def _body_options(spec: ConvSpec, layout: KLayout, max_steps: int) -> list[tuple[int, int]]:
+    """Every (bodies, input channels per body) with whole K steps per body and at most
+    max_steps, the most channels first."""
     per_channel = layout.segments // spec.in_per_group
     fits = [c for c in range(1, spec.in_per_group + 1) if spec.in_per_group % c == 0
             and c * per_channel % layout.segments_per_step == 0
             and c * per_channel // layout.segments_per_step <= max_steps]
-    return (spec.in_per_group // fits[-1], fits[-1]) if fits else None
+    return [(spec.in_per_group // c, c) for c in reversed(fits)]
+
+
+def _bodies(spec: ConvSpec, layout: KLayout, max_steps: int) -> tuple[int, int] | None:
+    """(bodies, input channels per body) with whole K steps per body and at most max_steps,
+    the most channels that allow; None if no block of input channels fits."""
+    options = _body_options(spec, layout, max_steps)
+    return options[0] if options else None
 
 
 def _plan(spec: ConvSpec, tiles: MmaTiles) -> SharedPlan | str:
+    if tiles.a_from == "shared":
+        return _shared_plan(spec, tiles)
     layout = k_layout(spec)
     element = 2 if layout.sixteen_bit else 4
     out_element = 2 if spec.dtype != "float32" else 4
@@ -214,8 +289,51 @@ def _plan(spec: ConvSpec, tiles: MmaTiles) -> SharedPlan | str:
             f"{budget} that {tiles.blocks_per_sm} blocks per SM leave")
 
 
+def _shared_plan(spec: ConvSpec, tiles: MmaTiles) -> SharedPlan | str:
+    """Shared A: weights resident if they fit next to the largest body of staged A that does,
+    else streamed; the body (input channels staged at once) as large as fits."""
+    layout = k_layout(spec)
+    element = 2 if layout.sixteen_bit else 4
+    out_element = 2 if spec.dtype != "float32" else 4
+    c_pitch = tiles.block_m * out_element + 16
+    budget = min(SHARED_BYTES_PER_BLOCK, SHARED_BYTES_PER_SM // tiles.blocks_per_sm - 1024)
+    bias_bytes = 4 * tiles.block_n
+    options = ([(1, spec.in_per_group)] if layout.steps <= MAX_UNROLLED_STEPS else []) \
+        + [o for o in _body_options(spec, layout, MAX_BODY_STEPS) if o[0] > 1]
+    if not options:
+        return (f"K = {layout.k} needs {layout.steps} MMA steps, more than the {MAX_UNROLLED_STEPS} unrolled "
+                f"at once, and no block of the {spec.in_per_group} input channels per group gives whole "
+                f"bodies of at most {MAX_BODY_STEPS}")
+    smallest = None
+    for resident in (True, False):
+        for bodies, ci_per_body in options:
+            if not resident and bodies == 1:
+                continue  # streamed weights need a body to stream ahead of
+            body_steps = layout.steps // bodies
+            if resident:
+                b_pitch = layout.columns * element + 16
+                b_bytes = tiles.block_n * b_pitch
+            else:
+                b_pitch = body_steps * layout.step * element + 16
+                b_bytes = 2 * tiles.block_n * b_pitch
+            staging = _staging(spec, layout, tiles, ci_per_body)
+            need = b_bytes + max(staging.bytes, 8 * c_pitch) + bias_bytes
+            smallest = need if smallest is None else min(smallest, need)
+            if need > budget:
+                continue
+            for epilogue_n in range(tiles.block_n, 0, -8):
+                stage = max(staging.bytes, epilogue_n * c_pitch)
+                if tiles.block_n % epilogue_n == 0 and b_bytes + stage + bias_bytes <= budget:
+                    return SharedPlan(bodies, ci_per_body, body_steps, resident, b_pitch, epilogue_n, c_pitch,
+                                      b_bytes, _round_up(stage, 16), bias_bytes, staging)
+    return (f"{smallest} bytes of shared memory per block (weights, staged A) exceed the "
+            f"{budget} that {tiles.blocks_per_sm} blocks per SM leave")
+
+
 def supports_mma(spec: ConvSpec) -> str | None:
     """None if the tensor-core template serves `spec`; otherwise the reason it does not."""
+    if spec.layout != "ncdhw":
+        return f"layout {spec.layout!r}: the tensor-core template indexes contiguous NCDHW tensors only"
     if spec.dtype == "float32" and spec.precision != "tf32":
         return ("float32 with precision='ieee' needs full float32 products; tensor cores multiply "
                 "in tf32 (precision='tf32') or in float16/bfloat16")
@@ -239,17 +357,28 @@ def default_mma_tiles(spec: ConvSpec) -> MmaTiles:
 
 def mma_candidates(spec: ConvSpec) -> list[MmaTiles]:
     """The autotuning space. All put a block's channels (up to 64) in every warp, so each A
-    element is gathered once; they differ in rows per warp (32, 48, 64: more rows read each
-    B fragment for more MMAs) and in warps per SM (registers per thread against latency
-    hiding)."""
+    element is read once per block; they differ in rows per warp (32 or 64: more rows read each
+    B fragment for more MMAs), in warps per SM (registers per thread against latency hiding),
+    and in where A comes from: gathered from global memory, or staged in shared memory in
+    tiles of lines 64 or 32 positions along w (the output's width decides which wastes less)."""
     block_n = min(64, _round_up(spec.out_per_group, 8))
     found = [default_mma_tiles(spec),
              MmaTiles(block_m=256, block_n=block_n, warps_m=8, warps_n=1, blocks_per_sm=2),
              MmaTiles(block_m=128, block_n=block_n, warps_m=4, warps_n=1, blocks_per_sm=4),
-             MmaTiles(block_m=256, block_n=block_n, warps_m=8, warps_n=1, blocks_per_sm=1),
-             MmaTiles(block_m=384, block_n=block_n, warps_m=8, warps_n=1, blocks_per_sm=1),
              MmaTiles(block_m=512, block_n=block_n, warps_m=8, warps_n=1, blocks_per_sm=1)]
-    return [t for t in dict.fromkeys(found) if t.problem(spec) is None]
+    # Shared A: 2 blocks of 256 positions or 4 of 128 an SM (128 registers); where that does not
+    # fit or the weights stream (their registers, the next body's, live next to the
+    # accumulators: 128 spilled on 'wide'), 1 block of 256 or 3 of 128 (168 registers).
+    staged = []
+    for tiles, fewer in ((MmaTiles(256, block_n, 8, 1, 2, "shared", 64), 1),
+                         (MmaTiles(128, block_n, 4, 1, 4, "shared", 64), 3)):
+        plan = _plan(spec, tiles)
+        staged.append(tiles if isinstance(plan, SharedPlan) and plan.resident
+                      else dataclasses.replace(tiles, blocks_per_sm=fewer))
+    staged += [dataclasses.replace(t, tile_w=32) for t in staged]
+    # 64 rows a warp: each B fragment (most of the shared-memory reads per MMA) serves 4 MMAs, not 2.
+    staged.append(MmaTiles(512, block_n, 8, 1, 1, "shared", 64))
+    return [t for t in dict.fromkeys(found + staged) if t.problem(spec) is None][:MAX_CANDIDATES]
 
 
 # ---- what the template unrolls ---------------------------------------------------------------
@@ -359,8 +488,20 @@ def render_mma(spec: ConvSpec, tiles: MmaTiles | None = None, wide: bool = False
     d_bits, h_bits, w_bits, bits = _mask_bits(spec, layout)
     steps = _steps(spec, layout, bits, shared.body_steps)
     name = f"conv3d_fwd_mma_{spec.tag}" + ("_i64" if wide else "")
+    kd_, kh_, _ = spec.kernel_size
+    dd, dh, _ = spec.dilation
+    staging = shared.staging
+    stage_rows = [(r, *divmod(r, kd_ * kh_)[:1], *divmod(r % (kd_ * kh_), kh_)) for r in range(staging.rows)] \
+        if staging else []
+
+    def offset_of(ci: int, kd: int, kh: int) -> str:
+        """A staged row's offset from its cell's pointer, in elements, as C++."""
+        return " + ".join(t for t in (_times(ci, "x_dhw"), _times(kd * dd, "x_hw"), _times(kh * dh, "x_w")) if t)
+
     body = _environment(templates_dir()).get_template(MMA_TEMPLATE).render(
-        spec=spec, tiles=tiles, layout=layout, shared=shared, steps=steps,
+        spec=spec, tiles=tiles, layout=layout, shared=shared, steps=steps, staging=staging,
+        stage_rows=stage_rows, stage_group=STAGE_GROUP_ROWS if shared.bodies == 1 else STAGE_GROUP_ROWS_LOOP, offset_of=offset_of,
+        pad_d=spec.pad_before[0] + spec.pad_after[0] > 0, pad_h=spec.pad_before[1] + spec.pad_after[1] > 0,
         d_bits=d_bits, h_bits=h_bits, w_bits=w_bits, checks=bool(bits),
         column_checks=_column_checks(spec, layout, steps),
         name=name, entry=f"{name}_launch", arg_names=DIRECT_ARGS, wide=wide)
@@ -374,6 +515,10 @@ def render_mma(spec: ConvSpec, tiles: MmaTiles | None = None, wide: bool = False
         "k loop": (f"unrolled, {layout.steps} steps" if shared.bodies == 1 else
                    f"{shared.bodies} bodies of {shared.ci_per_body} input channels, {shared.body_steps} steps each"),
         "weights": "resident in shared memory" if shared.resident else "streamed a body ahead through two buffers",
+        "a": ("gathered per element from global memory" if staging is None else
+              f"staged in shared memory: {tiles.lines} lines x {tiles.tile_w} positions, {staging.rows} rows a body, "
+              f"{staging.seg} elements a line, {staging.copies} "
+              f"{'copies' if staging.copies > 1 else 'copy'}, {'32-bit pairs' if staging.pairs else 'one load an element'}"),
         "shared": f"{shared.total} bytes per block; epilogue {shared.epilogue_n} channels per pass",
         "offsets": "64-bit" if wide else "32-bit",
     }

@@ -36,6 +36,7 @@ def _spec(text: str, dtype: str) -> ConvSpec:
 
 
 def _case(name: str, text: str, dtype: str, shape=None, batch: int = 2, **kw) -> Case:
+    """A case named name-dtype; shape defaults to ODD with `batch` samples."""
     spec = _spec(text, dtype)
     return Case(f"{name}-{dtype}", spec, shape or (batch, spec.in_channels, *ODD), **kw)
 
@@ -74,6 +75,47 @@ CASES += [
     _case("offsets64-loop", "3x3x3 --cin 64 --cout 64 --padding 1", "tf32", shape=(2, 64, 9, 10, 11), wide=True),
 ]
 
+
+def shared_a(spec: ConvSpec, tile_w: int = 64, first: bool = True) -> MmaTiles:
+    """A shared-A candidate of `spec` with lines of tile_w: the first (two blocks an SM where
+    it fits) or the last (fewer, larger blocks)."""
+    found = [t for t in mma_candidates(spec) if t.a_from == "shared" and t.tile_w == tile_w]
+    return found[0] if first else found[-1]
+
+
+# Shared A over the whole matrix above, then at its own edges: pairs of taps read from the
+# left-shifted copy (odd stride along w, w padded), pairs all even (stride 2), lines longer
+# than a tile (ow 94: two tiles along w, the second short), shorter (ow 7), outputs whose ow is
+# a multiple of 8 (16-byte stores), even (pairs) and odd (elements), lines past the sample's
+# end, K in a loop with weights streamed (3 blocks of 128 an SM), and dgrad's shape of problem
+# (64 -> 3 channels, the flipped 3x5x7 kernel, padding 2x4x6).
+SHARED_CASES = [Case(f"{c.name}-shared", c.spec, c.input_shape, shared_a(c.spec), c.wide) for c in CASES]
+SHARED_CASES += [
+    _case(name, text, dt, shape=shape, tiles=tiles)
+    for name, text, shape, dts, tile_w, first in [
+        ("pairs-stride3-pad", "3x5x7 --cin 3 --cout 16 --stride 1x1x3 --padding 1x2x3", (2, 3, 9, 11, 40),
+         DTYPES, 64, True),
+        ("pairs-stride2", "1x3x5 --cin 5 --cout 8 --stride 2", (2, 5, 7, 9, 37), ["bfloat16", "tf32"], 32, True),
+        ("pairs-kw9", "1x2x9 --cin 2 --cout 24 --padding 0x1x4", (3, 2, 5, 6, 29), ["float16", "tf32"], 32, False),
+        ("two-tiles-along-w", "3x5x7 --cin 3 --cout 64", (2, 3, 5, 8, 100), DTYPES, 64, True),
+        ("short-lines", "3x3x3 --cin 4 --cout 8 --padding 1", (2, 4, 6, 5, 7), DTYPES, 32, True),
+        ("ow-multiple-of-8", "3x3x3 --cin 4 --cout 16", (2, 4, 6, 7, 18), DTYPES, 32, True),
+        ("ow-even", "3x5x7 --cin 3 --cout 16", (2, 3, 5, 7, 16), DTYPES, 64, True),
+        ("ow-odd", "3x5x7 --cin 3 --cout 16", (2, 3, 5, 7, 17), DTYPES, 64, False),
+        ("loop-streamed-w32", "3x3x3 --cin 64 --cout 64 --padding 1", (2, 64, 9, 10, 11), DTYPES, 32, False),
+        ("loop-streamed-w64", "3x3x3 --cin 64 --cout 64 --padding 1", (2, 64, 5, 6, 70), ["bfloat16"], 64, True),
+        ("dgrad-shape", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", (2, 64, 6, 7, 9), ["bfloat16", "tf32"], 64, True),
+        ("groups-dilation", "3x3x5 --cin 8 --cout 16 --groups 2 --dilation 1x2x2 --padding 1x2x4",
+         (2, 8, 7, 9, 23), DTYPES, 32, True),
+    ]
+    for dt in dts
+    for tiles in [shared_a(_spec(text, dt), tile_w, first)]
+]
+SHARED_CASES += [
+    Case("offsets64-shared-bfloat16", _spec("3x5x7 --cin 3 --cout 64 --padding 1", "bfloat16"), (2, 3, *ODD),
+         shared_a(_spec("3x5x7 --cin 3 --cout 64 --padding 1", "bfloat16")), wide=True),
+]
+
 SEEDS = []
 for _name in ("seed-a", "seed-b"):
     for _dtype in DTYPES:
@@ -87,7 +129,7 @@ for _name in ("seed-a", "seed-b"):
 @pytest.fixture(scope="module")
 def kernels(dispatcher):
     """Every case's kernel, built at once (builds dominate); a failed build fails its case."""
-    sources = {case.name: render_mma(case.spec, case.tiles, case.wide) for case in CASES + SEEDS}
+    sources = {case.name: render_mma(case.spec, case.tiles, case.wide) for case in CASES + SHARED_CASES + SEEDS}
     built = dispatcher.loader.load_many(list(sources.values()), Target.for_device())
     return dict(zip(sources, built))
 
@@ -115,6 +157,12 @@ def test_mma_kernel_matches_torch(kernels, case: Case):
     run_and_check(kernels[case.name], case)
 
 
+@pytest.mark.parametrize("case", SHARED_CASES, ids=str)
+def test_shared_a_kernel_matches_torch(kernels, case: Case):
+    assert case.tiles is not None and case.tiles.a_from == "shared"
+    run_and_check(kernels[case.name], case)
+
+
 @pytest.mark.parametrize("case", SEEDS, ids=str)
 def test_every_seed_candidate_matches_torch(kernels, case: Case):
     run_and_check(kernels[case.name], case)
@@ -127,6 +175,14 @@ def test_a_poisoned_output_fails_the_comparison():
 
 def test_an_empty_batch_launches_nothing(kernels):
     case = next(c for c in CASES if c.name == "base-3x3x3-bfloat16")
+    x, weight, bias = random_inputs(case.spec, (0, *case.input_shape[1:]))
+    out = torch.empty((0, case.spec.out_channels, *case.spec.output_size(*x.shape[2:])), dtype=x.dtype, device="cuda")
+    kernels[case.name](x, weight, bias, out, launch_args(case.spec, x.shape))
+    torch.cuda.synchronize()
+
+
+def test_an_empty_batch_launches_nothing_with_shared_a(kernels):
+    case = next(c for c in SHARED_CASES if c.name == "base-3x3x3-bfloat16-shared")
     x, weight, bias = random_inputs(case.spec, (0, *case.input_shape[1:]))
     out = torch.empty((0, case.spec.out_channels, *case.spec.output_size(*x.shape[2:])), dtype=x.dtype, device="cuda")
     kernels[case.name](x, weight, bias, out, launch_args(case.spec, x.shape))

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conv3d_codegen.build import Target, compile_cubin, kernel_key, nvcc_path
-from conv3d_codegen.render_mma import (MmaTiles, _mask_bits, _plan, _steps, default_mma_tiles, k_layout,
-                                       mma_candidates, render_mma, supports_mma)
+from conv3d_codegen.render_mma import (MmaTiles, SharedPlan, _mask_bits, _plan, _steps, default_mma_tiles,
+                                       k_layout, mma_candidates, render_mma, supports_mma)
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
@@ -35,6 +35,12 @@ def tf32(spec: ConvSpec) -> ConvSpec:
 def test_supports_mma_gives_the_reason(text, reason):
     found = supports_mma(ConvSpec.from_text(text))
     assert found is None if reason is None else reason in found
+
+
+def test_supports_mma_refuses_layouts_other_than_ncdhw():
+    # model_copy does not validate: stands in for a layout value ConvSpec does not take yet
+    found = supports_mma(SEED_A.model_copy(update={"layout": "ndhwc"}))
+    assert found is not None and "'ndhwc'" in found and "NCDHW" in found
 
 
 def test_render_mma_refuses_what_it_does_not_serve():
@@ -83,8 +89,65 @@ def test_tiles_are_checked_against_the_spec():
 def test_candidates_are_a_small_valid_space_led_by_the_default():
     for spec in (SEED_A, SEED_B, tf32(SEED_A), tf32(SEED_B), WORKLOADS["wide"].spec.model_copy(update={"dtype": "bfloat16"})):
         found = mma_candidates(spec)
-        assert 3 <= len(found) <= 6 and found[0] == default_mma_tiles(spec)
+        assert 3 <= len(found) <= 8 and found[0] == default_mma_tiles(spec)
         assert all(t.problem(spec) is None for t in found) and len(set(found)) == len(found)
+        assert any(t.a_from == "global" for t in found) and any(t.a_from == "shared" for t in found)
+
+
+def shared(spec: ConvSpec) -> MmaTiles:
+    """The first shared-A candidate of `spec`."""
+    return next(t for t in mma_candidates(spec) if t.a_from == "shared")
+
+
+def test_shared_tiles_are_checked_and_named():
+    tiles = MmaTiles(256, 64, 8, 1, 2, "shared", 64)
+    assert tiles.problem(SEED_A) is None and tiles.lines == 4
+    assert str(tiles).endswith("blocks_per_sm=2 a_from=shared tile_w=64")
+    assert str(MmaTiles(256, 64, 8, 1, 2)) == "block_m=256 block_n=64 warps_m=8 warps_n=1 blocks_per_sm=2"
+    assert "tile_w=48" in MmaTiles(256, 64, 8, 1, 2, "shared", 48).problem(SEED_A)
+    assert "tile_w=128" in MmaTiles(64, 64, 4, 1, 2, "shared", 128).problem(SEED_A)
+    assert "applies to a_from='shared' only" in MmaTiles(256, 64, 8, 1, 2, "global", 64).problem(SEED_A)
+    # records of older versions (no a_from, tile_w) still load: the new fields have defaults
+    assert MmaTiles(**{"block_m": 256, "block_n": 64, "warps_m": 8, "warps_n": 1, "blocks_per_sm": 2}).a_from == "global"
+
+
+@pytest.mark.parametrize("text, seg, copies, pairs", [
+    ("3x5x7 --cin 3 --cout 64 --dtype bfloat16", 63 + 7 + 1, 2, True),       # pairs; odd positions read the copy
+    ("3x5x7 --cin 3 --cout 64 --stride 2 --dtype bfloat16", 126 + 7 + 1, 1, True),  # even stride: pairs all even
+    ("3x3x3 --cin 3 --cout 64 --dtype bfloat16", 63 + 3 + 1, 1, False),      # span 4: one load an element
+    ("3x5x7 --cin 3 --cout 64 --dilation 2 --dtype float16", 63 + 14 + 1, 1, False),  # taps 2 apart
+    ("3x5x7 --cin 3 --cout 64 --precision tf32", 63 + 7 + 1, 1, False),
+])
+def test_staging_layout(text, seg, copies, pairs):
+    spec = ConvSpec.from_text(text)
+    plan = _plan(spec, MmaTiles(256, 64, 8, 1, 1, "shared", 64))
+    staging = plan.staging
+    assert (staging.seg, staging.copies, staging.pairs) == (seg, copies, pairs)
+    assert staging.rows == plan.ci_per_body * spec.kernel_size[0] * spec.kernel_size[1]
+    assert staging.seg_pitch % 2 == 0 and staging.row_pitch % 2 == 0
+    if copies == 2:  # the copy sits 16 banks over, so lanes of both parities read without conflicts
+        assert staging.copy_offset % 64 == 32 and staging.copy_offset >= 4 * staging.seg_pitch
+    assert plan.c_bytes >= staging.bytes and plan.total <= 163 * 1024
+
+
+def test_shared_a_needs_no_global_gather():
+    body = render_mma(SEED_A, MmaTiles(256, 64, 8, 1, 2, "shared", 64)).body
+    assert "lds32<" in body and "(lds32<0>(sa) & keep);  // ci=0 kd=0 kh=0 kw=2t, +1" in body
+    assert "const elem_t* row[MT][2]" not in body and "operand(p + x_hw + 2 * x_w)" in body  # the stage's row
+    assert len(re.findall(r"if \(in_order\(n\)\) \{  // K step \d+", body)) == 23
+    tf = render_mma(tf32(SEED_B), shared(tf32(SEED_B))).body
+    assert "(lane_kw < 3 ? lds32<0>(sa) : 0u)" in tf  # taps past kw read the stage but count zero
+    assert render_mma(SEED_A, shared(SEED_A)).params["a"].startswith("staged in shared memory: 4 lines x 64")
+    assert render_mma(SEED_A).params["a"] == "gathered per element from global memory"
+
+
+def test_shared_a_where_k_is_walked_in_a_loop_keeps_its_registers():
+    wide = WORKLOADS["wide"].spec.model_copy(update={"dtype": "bfloat16"})
+    for tiles in mma_candidates(wide):
+        plan = _plan(wide, tiles)
+        assert isinstance(plan, SharedPlan) and plan.bodies == 16
+        if tiles.a_from == "shared" and not plan.resident:
+            assert tiles.max_registers >= 168
 
 
 @pytest.mark.parametrize("text, span, segments, steps, bodies", [
@@ -165,10 +228,14 @@ MATRIX = [
 ]
 
 
+SEEDS = (SEED_A, SEED_B, tf32(SEED_A), tf32(SEED_B))
+
+
 def _sources():
     both = [render_mma(ConvSpec.from_text(t)) for t in MATRIX] + [render_mma(SEED_A, wide=True)]
-    only_sm90 = [render_mma(spec, tiles) for spec in (SEED_A, SEED_B, tf32(SEED_A), tf32(SEED_B))
-                 for tiles in mma_candidates(spec)[1:]]
+    both += [render_mma(spec, shared(spec)) for spec in map(ConvSpec.from_text, MATRIX)]
+    both += [render_mma(SEED_A, shared(SEED_A), wide=True)]
+    only_sm90 = [render_mma(spec, tiles) for spec in SEEDS for tiles in mma_candidates(spec)[1:]]
     return [(s, SM90) for s in both + only_sm90] + [(s, SM80) for s in both]
 
 
@@ -184,8 +251,7 @@ def reports():
 
 @pytest.mark.slow
 def test_every_variant_compiles_for_sm90_and_sm80_without_spills(reports):
-    assert len(reports) == 2 * (len(MATRIX) + 1) + sum(len(mma_candidates(s)) - 1 for s in
-                                                       (SEED_A, SEED_B, tf32(SEED_A), tf32(SEED_B)))
+    assert len(reports) == 2 * 2 * (len(MATRIX) + 1) + sum(len(mma_candidates(s)) - 1 for s in SEEDS)
     for source, target, report in reports:
         where = (source.name, source.params["tiles"], target.arch, report)
         assert report.registers > 0, where
