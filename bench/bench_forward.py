@@ -1,17 +1,22 @@
 """Forward conv3d: generated kernels against torch eager, in the same process, on the same inputs.
 
-    python bench/bench_forward.py [--workloads seed-a seed-b ...] [--dtypes float32 tf32 bfloat16] [--out DIR]
+    python bench/bench_forward.py [--workloads seed-a seed-b ...] [--dtypes float32 tf32 bfloat16]
+                                  [--channels-last] [--out DIR]
 
 Per row: FLOPs and the fewest bytes the problem must move; the floor, the larger of FLOPs
 over the matching unit's rate and bytes over copy bandwidth, both ceilings measured here
 first; median ms of each (CUDA events, L2 flushed before each run); % of floor; peak GPU
 memory of one call. "ours" is the dispatcher's pick after autotuning (tile sizes, or torch
 where torch is faster); "default" is the untuned tile choice. Our output is checked against
-float64 torch before it is timed. Writes DIR/forward.json, DIR/forward.md, DIR/forward.png.
+float64 torch before it is timed. With --channels-last every row is run a second time with
+a channels_last_3d input, for ours (the NDHWC kernels) and for torch eager alike; those rows
+are marked "cl" in a layout column (without the option the table is as before). Writes
+DIR/forward.json, DIR/forward.md, DIR/forward.png.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import sys
@@ -56,9 +61,10 @@ def peak_bytes(fn) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
-def workload(name: str, dtype: str):
+def workload(name: str, dtype: str, layout: str = "ncdhw"):
     precision = "tf32" if dtype == "tf32" else "ieee"
-    return WORKLOADS[name].with_dtype("float32" if dtype == "tf32" else dtype, precision)
+    work = WORKLOADS[name].with_dtype("float32" if dtype == "tf32" else dtype, precision)
+    return dataclasses.replace(work, spec=work.spec.model_copy(update={"layout": layout}))
 
 
 def prebuild_candidates(dispatcher: Dispatcher, works) -> None:
@@ -67,11 +73,12 @@ def prebuild_candidates(dispatcher: Dispatcher, works) -> None:
                                 Target.for_device())
 
 
-def bench_row(dispatcher: Dispatcher, name: str, dtype: str, ceilings: dict) -> dict:
-    work = workload(name, dtype)
+def bench_row(dispatcher: Dispatcher, name: str, dtype: str, ceilings: dict, layout: str = "ncdhw") -> dict:
+    work = workload(name, dtype, layout)
     spec, conv, precision = work.spec, work.spec.functional_args(), work.spec.precision
     torch.backends.cudnn.allow_tf32 = dtype == "tf32"  # fp32 rows compare IEEE float32 with IEEE float32
     x, weight, bias = random_inputs(spec, work.input_shape)
+    x = x.contiguous(memory_format=spec.memory_format)  # channels_last_3d rows: for ours and torch alike
     conv3d = lambda *a, **k: run(dispatcher, *a, **k)  # noqa: E731
     with strict():
         out = conv3d(x, weight, bias, precision=precision, **conv)
@@ -85,7 +92,7 @@ def bench_row(dispatcher: Dispatcher, name: str, dtype: str, ceilings: dict) -> 
     ours = lambda: conv3d(x, weight, bias, precision=precision, **conv)  # noqa: E731
     theirs = lambda: F.conv3d(x, weight, bias, **conv)  # noqa: E731
     floor_ms = max(work.flops / ceilings[dtype], work.min_bytes / ceilings["bandwidth"]) * 1e3
-    row = dict(workload=name, dtype=dtype, flops=work.flops, bytes=work.min_bytes, floor_ms=floor_ms,
+    row = dict(workload=name, dtype=dtype, layout=layout, flops=work.flops, bytes=work.min_bytes, floor_ms=floor_ms,
                ours_ms=median_ms(ours), torch_ms=median_ms(theirs), rel_err=err, pick=choice.label,
                default_ms=choice.timings_ms.get(str(default_tiles(spec))), route=plan.route,
                ours_peak_mb=peak_bytes(ours) / 2**20, torch_peak_mb=peak_bytes(theirs) / 2**20)
@@ -104,13 +111,15 @@ def heading(title: str, ceilings: dict) -> list[str]:
 
 
 def markdown(rows: list[dict], ceilings: dict) -> str:
+    layouts = any(r.get("layout", "ncdhw") != "ncdhw" for r in rows)  # a layout column only where it differs
     lines = heading("Forward", ceilings) + [
-             "| workload | dtype | GFLOP | MB | floor ms | torch ms | ours ms | speedup | ours % floor "
-             "| pick | default tiles ms | rel err | peak MB ours / torch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| workload | dtype | " + ("layout | " if layouts else "") + "GFLOP | MB | floor ms | torch ms "
+             "| ours ms | speedup | ours % floor | pick | default tiles ms | rel err | peak MB ours / torch |",
+             "|---|---|" + ("---|" if layouts else "") + "---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         default = f"{r['default_ms']:.2f}" if r["default_ms"] else "-"
-        lines.append(f"| {r['workload']} | {r['dtype']} | {r['flops'] / 1e9:.1f} | {r['bytes'] / 1e6:.0f} "
+        layout = ("cl | " if r.get("layout") == "ndhwc" else "ncdhw | ") if layouts else ""
+        lines.append(f"| {r['workload']} | {r['dtype']} | {layout}{r['flops'] / 1e9:.1f} | {r['bytes'] / 1e6:.0f} "
                      f"| {r['floor_ms']:.2f} | {r['torch_ms']:.2f} | {r['ours_ms']:.2f} "
                      f"| {r['torch_ms'] / r['ours_ms']:.2f}x | {100 * r['floor_ms'] / r['ours_ms']:.0f}% "
                      f"| {r['pick']} | {default} | {r['rel_err']:.1e} "
@@ -123,7 +132,7 @@ def chart(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['workload']}\n{r['dtype']}" for r in rows]
+    labels = [f"{r['workload']}\n{r['dtype']}" + (" cl" if r.get("layout") == "ndhwc" else "") for r in rows]
     pos = range(len(rows))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
     ax.bar([p - 0.27 for p in pos], [r["torch_ms"] for r in rows], 0.27, label="torch eager")
@@ -141,12 +150,17 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
                         choices=["float32", "tf32", "float16", "bfloat16"])
+    parser.add_argument("--channels-last", action="store_true",
+                        help="also run every row with a channels_last_3d input (rows marked cl)")
     parser.add_argument("--out", type=Path, default=Path("."))
     args = parser.parse_args()
+    layouts = ["ncdhw", "ndhwc"] if args.channels_last else ["ncdhw"]
     ceilings = measure_ceilings()
     dispatcher = Dispatcher(autotune=True)
-    prebuild_candidates(dispatcher, [workload(n, dt) for n in args.workloads for dt in args.dtypes])
-    rows = [bench_row(dispatcher, name, dtype, ceilings) for name in args.workloads for dtype in args.dtypes]
+    prebuild_candidates(dispatcher, [workload(n, dt, lay) for n in args.workloads for dt in args.dtypes
+                                     for lay in layouts])
+    rows = [bench_row(dispatcher, name, dtype, ceilings, lay) for name in args.workloads for dtype in args.dtypes
+            for lay in layouts]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "forward.json").write_text(json.dumps({"ceilings": ceilings, "rows": rows}, indent=2))
     text = markdown(rows, ceilings)

@@ -22,6 +22,7 @@ from .cache import CacheUnusable
 from .kernel import KernelLoader, launch_args
 from .measure import median_ms, relative_error, tolerance
 from .render import Source, Tiles, default_tiles, fitting_cic, generator_hash, render_direct, wide_offsets
+from .render_depthwise import DepthwiseTiles, depthwise_candidates, render_depthwise, supports_depthwise
 from .render_mma import MmaTiles, mma_candidates, render_mma, supports_mma
 from .spec import ConvSpec
 
@@ -32,20 +33,25 @@ TORCH_MARGIN = 0.98  # a candidate must beat torch's time by 2% (more than the t
 TIMING = dict(warmup=5, reps=10, min_total_ms=25.0)
 
 
-AnyTiles = Tiles | MmaTiles
+AnyTiles = Tiles | MmaTiles | DepthwiseTiles
+TILE_KINDS = (Tiles, MmaTiles, DepthwiseTiles)  # a record names its winner's kind by its template
 
 
 def render_tiles(spec: ConvSpec, tiles: AnyTiles | None = None, wide: bool = False) -> Source:
-    """The forward source of `tiles`: the tensor-core template's, or the direct template's."""
+    """The forward source of `tiles`: the tensor-core, depthwise or direct template's."""
     if isinstance(tiles, MmaTiles):
         return render_mma(spec, tiles, wide)
+    if isinstance(tiles, DepthwiseTiles):
+        return render_depthwise(spec, tiles, wide)
     return render_direct(spec, tiles, wide)
 
 
 def candidates(spec: ConvSpec) -> list[AnyTiles]:
     """The search space: the direct template's tiles, then the tensor-core template's where it
-    applies (float16, bfloat16, and float32 with precision 'tf32')."""
-    return direct_candidates(spec) + (mma_candidates(spec) if supports_mma(spec) is None else [])
+    applies (float16, bfloat16, and float32 with precision 'tf32'), then the depthwise
+    template's where it applies (groups == in_channels)."""
+    return (direct_candidates(spec) + (mma_candidates(spec) if supports_mma(spec) is None else [])
+            + (depthwise_candidates(spec) if supports_depthwise(spec) is None else []))
 
 
 def direct_candidates(spec: ConvSpec) -> list[Tiles]:
@@ -92,7 +98,7 @@ class Tuner:
         record = self.loader.cache.read_record(*self.record_id(spec, shape, target, device_name))
         if record is None:
             return None
-        kind = MmaTiles if record.get("template") == MmaTiles.template else Tiles
+        kind = next((k for k in TILE_KINDS if k.template == record.get("template")), Tiles)
         winner = None if record["winner"] == TORCH else kind(**record["tiles"])
         return Choice(winner, record["timings_ms"], record["dropped"])
 
@@ -117,13 +123,13 @@ class Tuner:
                 kernels[t] = result
 
         with torch.no_grad():
-            x, weight = x.contiguous(), weight.contiguous()
+            x, weight = x.contiguous(memory_format=spec.memory_format), weight.contiguous()
             bias = bias.contiguous() if bias is not None else None
             ref = F.conv3d(x[:1].double(), weight.double(), None if bias is None else bias.double(),
                            **spec.functional_args())
             args = launch_args(spec, x.shape)
             out = torch.empty((x.shape[0], spec.out_channels, *spec.output_size(*x.shape[2:])),
-                              dtype=x.dtype, device=x.device)
+                              dtype=x.dtype, device=x.device, memory_format=spec.memory_format)
             for t, kernel in kernels.items():
                 out.fill_(float("nan"))
                 kernel(x, weight, bias, out, args)

@@ -43,9 +43,8 @@ from .autotune import AnyTiles, Choice, Tuner, candidates, render_tiles, timings
 from .build import KernelBuildError, Target
 from .cache import CacheUnusable, KernelCache
 from .kernel import Kernel, KernelLoader
-from .render import Source, default_tiles, render_direct, render_generic, supports, wide_offsets
-from .render_mma import MmaTiles
-from .spec import TORCH_DTYPES, ConvSpec
+from .render import Source, Tiles, default_tiles, render_direct, render_generic, supports, wide_offsets
+from .spec import TORCH_DTYPES, ConvSpec, layout_of
 
 log = logging.getLogger("conv3d_codegen")
 
@@ -154,8 +153,6 @@ def _torch_only(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return f"{x.dtype} has no generated kernel (float32, float16 and bfloat16 do)"
     if x.numel() == 0:
         return "the input is empty"
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return "channels_last_3d input: the NCDHW kernels would return another memory format than torch"
     return None
 
 
@@ -163,7 +160,7 @@ def source_for(spec: ConvSpec, input_shape: tuple[int, ...] | None = None,
                tiles: AnyTiles | None = None) -> tuple[Source, str | None]:
     """The source that serves `spec` (on inputs of `input_shape`, if given), and why it is not
     the specialized one (or None)."""
-    if isinstance(tiles, MmaTiles):  # chosen by autotuning, for this input shape
+    if tiles is not None and not isinstance(tiles, Tiles):  # chosen by autotuning, for this input shape
         return render_tiles(spec, tiles, input_shape is not None and wide_offsets(spec, input_shape)), None
     reason, wide = supports(spec), False
     if input_shape is not None:
@@ -171,7 +168,9 @@ def source_for(spec: ConvSpec, input_shape: tuple[int, ...] | None = None,
         ow, wt = spec.output_size(*input_shape[2:])[2], (tiles or default_tiles(spec)).wt
         if reason is None and ow < wt:
             reason = f"output width {ow} is below the {wt} outputs a thread computes"
-    return (render_direct(spec, tiles, wide), None) if reason is None else (render_generic(spec.dtype), reason)
+    if reason is None:
+        return render_direct(spec, tiles, wide), None
+    return render_generic(spec.dtype, spec.layout), reason
 
 
 class Dispatcher:
@@ -234,7 +233,7 @@ class Dispatcher:
             spec = ConvSpec(in_channels=weight.shape[1] * groups, out_channels=weight.shape[0],
                             kernel_size=tuple(weight.shape[2:]), stride=stride, padding=padding,
                             dilation=dilation, groups=groups, bias=bias is not None, dtype=x.dtype,
-                            precision=precision)
+                            precision=precision, layout=layout_of(x))
             invalid = None
         except (ValidationError, IndexError, TypeError) as err:
             spec = None
@@ -364,7 +363,8 @@ def explain(model: torch.nn.Module | None = None, dispatcher: Dispatcher | None 
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Conv3d):
             spec = getattr(module, "spec", None) or ConvSpec.from_module(module)
-            mine = [p.describe() for p in plans if p.spec == spec]
+            mine = [p.describe() for p in plans  # a channels_last_3d call's spec differs only in layout
+                    if p.spec is not None and p.spec.model_copy(update={"layout": spec.layout}) == spec]
             lines.append(f"{name or type(module).__name__}: " + ("\n  ".join(mine) or "not called yet"))
     return "\n".join(lines) or "the model has no Conv3d layer"
 

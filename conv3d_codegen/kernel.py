@@ -14,7 +14,7 @@ import torch
 
 from .build import KernelBuildError, Target, build_library, kernel_key, library_name
 from .cache import CacheUnusable, Entry, KernelCache, fallback_cache_dir
-from .render import Source
+from .render import OUTPUT_ALIGNMENT, Source
 from .spec import ConvSpec
 
 log = logging.getLogger("conv3d_codegen")
@@ -34,7 +34,15 @@ def launch_args(spec: ConvSpec, input_shape: torch.Size | tuple[int, ...]) -> di
 
 
 class Kernel:
-    """One built kernel. Call it with contiguous CUDA tensors and a preallocated output."""
+    """One built kernel. Call it with CUDA tensors and a preallocated output: the input `x`
+    and `out` dense in the kernel's memory format (`memory_format`: contiguous for 'ncdhw'
+    kernels, channels_last_3d for 'ndhwc' ones, whose output must also be 16-byte aligned for
+    vector stores), the other two contiguous.
+
+    An `x` or `out` of the other format still gives the right result, through copies: `x` is
+    converted, and the kernel writes a temporary that is copied into `out`. The op passes the
+    kernel's format, so only callers that do not (a tuner that makes every input contiguous)
+    pay for them."""
 
     def __init__(self, source: Source, name: str, entry: Entry):
         self.source, self.name, self.entry = source, name, entry
@@ -46,11 +54,28 @@ class Kernel:
         self._error_string = self._lib.conv3d_codegen_error_string
         self._error_string.argtypes, self._error_string.restype = [ctypes.c_int], ctypes.c_char_p
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return self.source.memory_format
+
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  out: torch.Tensor, args: dict[str, int]) -> torch.Tensor:
         for t in (x, weight, out) + ((bias,) if bias is not None else ()):
-            if not (t.is_cuda and t.is_contiguous()):
-                raise ValueError(f"{self.name}: tensors must be contiguous CUDA tensors")
+            if not t.is_cuda:
+                raise ValueError(f"{self.name}: tensors must be CUDA tensors, got one on {t.device}")
+        for t in (weight,) + ((bias,) if bias is not None else ()):
+            if not t.is_contiguous():
+                raise ValueError(f"{self.name}: the weight and bias tensors must be contiguous")
+        fmt = self.memory_format
+        x = x.contiguous(memory_format=fmt)
+        aligned = self.source.layout == "ncdhw" or out.data_ptr() % OUTPUT_ALIGNMENT == 0
+        if not (out.is_contiguous(memory_format=fmt) and aligned):
+            return out.copy_(self(x, weight, bias, torch.empty_like(out, memory_format=fmt), args))
+        self._launch_on(x, weight, bias, out, args)
+        return out
+
+    def _launch_on(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
+                   args: dict[str, int]) -> None:
         values = [args[a] for a in self.source.arg_names]
         with torch.cuda.device(x.device):
             code = self._launch(x.data_ptr(), weight.data_ptr(),
@@ -60,7 +85,6 @@ class Kernel:
         if code:
             raise RuntimeError(f"{self.name}: launch failed with CUDA error {code}: "
                                f"{self._error_string(code).decode()}")
-        return out
 
     def __repr__(self) -> str:
         return f"Kernel({self.name}, template={self.source.template})"

@@ -16,6 +16,11 @@ class Conv3d(torch.nn.Conv3d):
     Each forward picks, for its input, a kernel generated for this configuration (built
     once, then loaded from the disk cache), or falls back with a logged reason. `precision`
     (keyword only, float32 only): 'ieee' (default) or 'tf32'.
+
+    A channels_last_3d model (`model.to(memory_format=torch.channels_last_3d)`, inputs in that
+    format) runs the NDHWC kernels and returns what nn.Conv3d returns, channels_last_3d; the
+    kernels read the weight in torch's order, so a channels_last_3d weight is copied to a
+    contiguous one on each call (a small copy beside the activations).
     """
 
     def __init__(self, *args, precision: str = "ieee", **kwargs):

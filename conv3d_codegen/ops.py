@@ -12,17 +12,23 @@ padding_same stands for padding='same' (the odd extra zero goes after, as torch 
 `padding` is then unused. Its implementation asks the process's current dispatcher
 (dispatch.default_dispatcher(), set with dispatch.using()) for a plan, runs the generated
 kernel into an output torch allocates, or torch's F.conv3d in the requested precision. The
-output is always contiguous (NCDHW).
+output has the memory format F.conv3d would give it (torch's own choice: on CUDA,
+channels_last_3d where the input or the weight is channels_last_3d, else contiguous), and
+so has the fake implementation's. A channels_last_3d input runs the NDHWC kernels (spec
+layout 'ndhwc'); the weight is made contiguous for every kernel.
 
 Its autograd formula calls two more ops, `conv3d_input_grad` and `conv3d_weight_grad`
 (backward.input_grad and backward.weight_grad inside), each only when a gradient it makes
-is needed; they use the dispatcher current when backward runs. Under autocast (CUDA) the
+is needed; they use the dispatcher current when backward runs. The gradient kernels are
+NCDHW only: for a channels_last_3d call grad_out and the input are made contiguous for
+them, and the gradient of the input is returned in the forward output's memory format (as
+torch's convolution backward returns it). Under autocast (CUDA) the
 floating tensors are cast to the autocast dtype first, as nn.Conv3d's are. The generated
 kernels are deterministic, so torch.use_deterministic_algorithms(True) needs nothing more;
 where torch runs, it honours the setting itself. During CUDA graph capture the dispatcher
 builds and tunes nothing (see dispatch.py); kernels launch on torch's current stream.
 
-CPU and meta tensors, channels_last_3d input, dtypes other than float32/float16/bfloat16,
+CPU and meta tensors, dtypes other than float32/float16/bfloat16,
 empty tensors and arguments the op cannot express go to F.conv3d directly, which raises its
 own errors in its own words. Eagerly, such a call is still shown to the dispatcher, so its
 reason is logged once and strict mode refuses it; under torch.compile it is not (and uses
@@ -114,8 +120,8 @@ def _is_int(value) -> bool:
 
 def _op_takes(input, weight, bias) -> bool:
     """Whether the op serves these tensors: floating CUDA tensors of one device, 4 or 5
-    dimensions, nothing empty, NCDHW. Dtypes may differ: under autocast the op casts them,
-    otherwise torch raises inside it."""
+    dimensions, nothing empty, in any memory format (contiguous, channels_last_3d or strided).
+    Dtypes may differ: under autocast the op casts them, otherwise torch raises inside it."""
     if not (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor)
             and (bias is None or isinstance(bias, torch.Tensor))):
         return False
@@ -124,8 +130,7 @@ def _op_takes(input, weight, bias) -> bool:
     for t in (input, weight) if bias is None else (input, weight, bias):
         if t.device != input.device or t.dtype not in _OP_DTYPES or t.numel() == 0:
             return False
-    x = input.unsqueeze(0) if input.dim() == 4 else input
-    return x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last_3d)
+    return True
 
 
 def _torch_decided(x, weight, bias, args, precision) -> torch.Tensor | None:
@@ -164,29 +169,49 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 def _conv3d_op(input, weight, bias, stride, padding, dilation, groups, padding_same, precision):
     conv = _functional_args(stride, padding, dilation, groups, padding_same)
     precision = _precision_for(precision, input.dtype)
+    fmt = _output_format(input, weight, bias, stride, padding, dilation, groups, padding_same)
+    if fmt == torch.channels_last_3d:  # e.g. an NCDHW input with a channels_last_3d weight: run NDHWC
+        input = input.contiguous(memory_format=fmt)
     plan = default_dispatcher().plan(input, weight, bias, precision=precision, **conv)
     if plan.kernel is None:
         with cudnn_precision(precision, input.dtype):
-            return F.conv3d(input, weight, bias, **conv).contiguous()
-    spec, x, weight = plan.spec, input.contiguous(), weight.contiguous()
+            return F.conv3d(input, weight, bias, **conv)
+    spec, kernel = plan.spec, plan.kernel
+    x, weight = input.contiguous(memory_format=kernel.memory_format), weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
     out = torch.empty((x.shape[0], spec.out_channels, *spec.output_size(*x.shape[2:])), dtype=x.dtype,
-                      device=x.device)
-    return plan.kernel(x, weight, bias, out, launch_args(spec, x.shape))
+                      device=x.device, memory_format=kernel.memory_format)
+    # a copy only where the kernel's layout is not torch's format (one channel, size-1 dims)
+    return kernel(x, weight, bias, out, launch_args(spec, x.shape)).contiguous(memory_format=fmt)
 
 
 @_conv3d_op.register_fake
 def _(input, weight, bias, stride, padding, dilation, groups, padding_same, precision):
-    # torch's own shape rules and errors, on tensors without data
+    # torch's own shape rules, errors and memory format, on tensors without data
     conv = _functional_args(stride, padding, dilation, groups, padding_same)
-    return F.conv3d(input, weight, bias, **conv).contiguous()
+    return F.conv3d(input, weight, bias, **conv)
+
+
+def _output_format(input, weight, bias, stride, padding, dilation, groups, padding_same) -> torch.memory_format:
+    """The memory format F.conv3d gives its output for these tensors: torch's own choice of
+    backend and of that backend's format, as the fake implementation gets it."""
+    if padding_same:  # the symmetric part; torch pads an odd extra zero on the input first
+        padding = [dil * (k - 1) // 2 for k, dil in zip(weight.shape[2:], dilation)]
+    try:
+        backend = torch._C._select_conv_backend(input, weight, bias, list(stride), list(padding), list(dilation),
+                                                False, [0, 0, 0], groups)
+        return torch._C._conv_determine_backend_memory_format(input, weight, backend)
+    except (RuntimeError, TypeError, ValueError):  # arguments torch refuses: F.conv3d raises its own error
+        return torch.contiguous_format
 
 
 @torch.library.custom_op(
     "conv3d_codegen::conv3d_input_grad", mutates_args=(),
     schema="(Tensor grad_out, Tensor weight, SymInt[] input_shape, str spec) -> Tensor")
 def _input_grad_op(grad_out, weight, input_shape, spec):
-    """`spec`: the ConvSpec of the forward call, as canonical JSON."""
+    """`spec`: the ConvSpec of the forward call, as canonical JSON. The gradient kernels are
+    NCDHW: grad_out is made contiguous and the result is contiguous (the autograd formula
+    gives it the forward output's memory format)."""
     return backward.input_grad(default_dispatcher(), _spec(spec), grad_out.contiguous(), weight.contiguous(),
                                tuple(input_shape)).contiguous()
 
@@ -221,6 +246,8 @@ def _setup_context(ctx, inputs, output):
     ctx.spec = _spec_json(tuple(int(s) for s in weight.shape), bias is not None, input.dtype, tuple(stride),
                           tuple(padding), tuple(dilation), groups, padding_same, precision)
     ctx.input_shape = list(input.shape)
+    # torch returns the gradient of the input in the format it chose for the output
+    ctx.channels_last = not output.is_contiguous() and output.is_contiguous(memory_format=torch.channels_last_3d)
     ctx.save_for_backward(input if need_weight or need_bias else None, weight if need_input else None)
 
 
@@ -230,6 +257,8 @@ def _backward(ctx, grad_out):
     grad_input = grad_weight = grad_bias = None
     if need_input:
         grad_input = torch.ops.conv3d_codegen.conv3d_input_grad(grad_out, weight, ctx.input_shape, ctx.spec)
+        if ctx.channels_last:
+            grad_input = grad_input.contiguous(memory_format=torch.channels_last_3d)
     if need_weight or need_bias:
         grad_weight, grad_bias = torch.ops.conv3d_codegen.conv3d_weight_grad(grad_out, input, ctx.spec,
                                                                              need_weight, need_bias)

@@ -16,7 +16,7 @@ from typing import ClassVar
 import jinja2
 
 from . import __version__
-from .spec import DTYPE_TAGS, ConvSpec
+from .spec import DTYPE_TAGS, MEMORY_FORMATS, ConvSpec
 
 DIRECT_TEMPLATE = "conv3d_fwd_direct.cu.j2"
 GENERIC_TEMPLATE = "conv3d_fwd_generic.cu.j2"
@@ -119,10 +119,16 @@ class Source:
     arg_names: tuple[str, ...]   # run-time arguments of the C entry point, in order
     params: dict[str, str] = field(default_factory=dict)  # for the banner
     generator_version: str = __version__
+    layout: str = "ncdhw"        # how the kernel indexes input and output: 'ncdhw' or 'ndhwc'
 
     @property
     def entry(self) -> str:
         return f"{self.name}_launch"
+
+    @property
+    def memory_format(self):
+        """The torch memory format the kernel's input and output must be dense in."""
+        return MEMORY_FORMATS[self.layout]
 
     def text(self, key: str) -> str:
         """The full emitted source: banner (with the cache key) then body."""
@@ -152,20 +158,50 @@ def render_direct(spec: ConvSpec, tiles: Tiles | None = None, wide: bool = False
         raise ValueError(f"tiles {tiles} do not fit the spec: {problem}")
     name = f"conv3d_fwd_{spec.tag}" + ("_i64" if wide else "")
     before, after = spec.pad_before, spec.pad_after  # only w's padding changes the code
+    ndhwc = spec.layout == "ndhwc"
+    kd, kh, _ = spec.kernel_size
+    # The unrolled input rows (ci, kd, kh) in emission order: channels outermost in both
+    # layouts. (In NDHWC, channels innermost would read a position's channels back to back,
+    # but rows of equal (kd, kh) then share their bounds check, ptxas merges them and hoists
+    # every channel's loads at once: with 8 channels per chunk that spills.)
+    rows = [(ci, d, h) for ci in range(tiles.cic) for d in range(kd) for h in range(kh)]
     body = _environment(templates_dir()).get_template(DIRECT_TEMPLATE).render(
         spec=spec, tiles=tiles, name=name, entry=f"{name}_launch", arg_names=DIRECT_ARGS,
-        check_w=before[2] + after[2] > 0, wide=wide)
+        check_w=before[2] + after[2] > 0, wide=wide, ndhwc=ndhwc, rows=rows,
+        store_bytes=channel_store_bytes(spec, tiles) if ndhwc else 0)
     params = {"spec": spec.canonical_json(), "tiles": str(tiles), "offsets": "64-bit" if wide else "32-bit"}
+    if ndhwc:
+        params["layout"] = ("NDHWC (channels_last_3d) input and output, weight (co, ci, kd, kh, kw); "
+                            f"{channel_store_bytes(spec, tiles) or _ELEMENT_BYTES[spec.dtype]}-byte output stores")
     if spec.precision == "tf32":
         params["precision"] = "tf32 allowed; this template multiplies in full float32"
     return Source(name=name, template=DIRECT_TEMPLATE, body=body, identity=spec.canonical_json(),
-                  arg_names=DIRECT_ARGS, params=params)
+                  arg_names=DIRECT_ARGS, params=params, layout=spec.layout)
 
 
-def render_generic(dtype: str) -> Source:
-    name = f"conv3d_fwd_generic_{DTYPE_TAGS[dtype]}"
+_ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+# A kernel that stores vectors needs its output this aligned (Kernel checks it).
+OUTPUT_ALIGNMENT = 16
+
+
+def channel_store_bytes(spec: ConvSpec, tiles: Tiles) -> int:
+    """NDHWC: a thread's COT channels of one position are neighbours in memory, stored as
+    vectors of this many bytes (16, 8 or 4); 0: one element at a time (an odd COT in a 16-bit
+    dtype). Every store is aligned: channel offsets are multiples of COT."""
+    size = tiles.cot * _ELEMENT_BYTES[spec.dtype]
+    return next((b for b in (16, 8, 4) if size % b == 0), 0)
+
+
+def render_generic(dtype: str, layout: str = "ncdhw") -> Source:
+    """The generic template in `dtype`, indexing input and output in `layout` ('ncdhw' or
+    'ndhwc'; the weight is contiguous either way)."""
+    name = f"conv3d_fwd_generic_{DTYPE_TAGS[dtype]}" + ("_cl" if layout == "ndhwc" else "")
     body = _environment(templates_dir()).get_template(GENERIC_TEMPLATE).render(
-        dtype=dtype, name=name, entry=f"{name}_launch", arg_names=GENERIC_ARGS)
-    return Source(name=name, template=GENERIC_TEMPLATE, body=body,
-                  identity=json.dumps({"generic": dtype}), arg_names=GENERIC_ARGS,
-                  params={"dtype": dtype, "arguments": " ".join(GENERIC_ARGS)})
+        dtype=dtype, name=name, entry=f"{name}_launch", arg_names=GENERIC_ARGS, ndhwc=layout == "ndhwc")
+    identity = {"generic": dtype} | ({"layout": layout} if layout != "ncdhw" else {})
+    params = {"dtype": dtype, "arguments": " ".join(GENERIC_ARGS)}
+    if layout != "ncdhw":
+        params["layout"] = "NDHWC (channels_last_3d) input and output, weight (co, ci, kd, kh, kw)"
+    return Source(name=name, template=GENERIC_TEMPLATE, body=body, identity=json.dumps(identity),
+                  arg_names=GENERIC_ARGS, params=params, layout=layout)

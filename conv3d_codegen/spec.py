@@ -26,6 +26,22 @@ _DTYPE_ALIASES = {
 }
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
+# Memory layout of the input and output. The weight is always in torch's (co, ci, kd, kh, kw)
+# order, contiguous: a channels_last_3d weight is made contiguous by the caller.
+LAYOUTS = ("ncdhw", "ndhwc")
+MEMORY_FORMATS = {"ncdhw": torch.contiguous_format, "ndhwc": torch.channels_last_3d}
+_LAYOUT_ALIASES = {"ncdhw": "ncdhw", "contiguous": "ncdhw", "contiguous_format": "ncdhw",
+                   "ndhwc": "ndhwc", "channels_last": "ndhwc", "channels_last_3d": "ndhwc"}
+
+
+def layout_of(x: torch.Tensor) -> str:
+    """'ndhwc' for a 5-D tensor dense in channels_last_3d and not plain contiguous, else 'ncdhw'
+    (a tensor contiguous in both formats, e.g. one channel, is NCDHW; anything else strided is
+    made contiguous, so it is NCDHW too)."""
+    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return "ndhwc"
+    return "ncdhw"
+
 
 _INTS = re.compile(r"^-?\d+(?:[x,]-?\d+)*$")
 
@@ -58,7 +74,7 @@ class ConvSpec(BaseModel):
     groups: int = 1
     bias: bool = True
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    layout: Literal["ncdhw"] = "ncdhw"
+    layout: Literal["ncdhw", "ndhwc"] = "ncdhw"
     precision: Literal["ieee", "tf32"] = "ieee"
 
     # ---- normalization (before pydantic's type checks) -------------------------------
@@ -89,10 +105,14 @@ class ConvSpec(BaseModel):
     @field_validator("layout", mode="before")
     @classmethod
     def _layout_name(cls, value: Any) -> Any:
-        if value in ("ncdhw", "NCDHW", torch.contiguous_format):
+        if value is torch.contiguous_format:
             return "ncdhw"
-        raise ValueError(f"layout must be 'ncdhw' (contiguous NCDHW), got {value!r}; "
-                         "channels_last_3d is not supported yet")
+        if value is torch.channels_last_3d:
+            return "ndhwc"
+        if isinstance(value, str) and value.lower().removeprefix("torch.") in _LAYOUT_ALIASES:
+            return _LAYOUT_ALIASES[value.lower().removeprefix("torch.")]
+        raise ValueError(f"layout must be 'ncdhw' (torch.contiguous_format) or 'ndhwc' "
+                         f"(torch.channels_last_3d), got {value!r}")
 
     # ---- checks on the whole configuration ------------------------------------------
 
@@ -162,6 +182,11 @@ class ConvSpec(BaseModel):
     def torch_dtype(self) -> torch.dtype:
         return TORCH_DTYPES[self.dtype]
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The memory format of input and output: contiguous_format or channels_last_3d."""
+        return MEMORY_FORMATS[self.layout]
+
     def output_size(self, d: int, h: int, w: int) -> Triple:
         """Output (od, oh, ow) for an input of (d, h, w), as torch computes it."""
         return tuple(
@@ -185,13 +210,15 @@ class ConvSpec(BaseModel):
 
     @property
     def tag(self) -> str:
-        """Readable identity, e.g. k3x5x7_s1_p0_d1_g1_ci3_co64_f32 (tf32 for precision='tf32')."""
+        """Readable identity, e.g. k3x5x7_s1_p0_d1_g1_ci3_co64_f32 (tf32 for precision='tf32'),
+        ending in _cl for channels_last_3d ('ndhwc')."""
         def t(v):
             return str(v[0]) if len(set(v)) == 1 else "x".join(map(str, v))
         pad = "same" if self.padding == "same" else t(self.padding)
         dt = "tf32" if self.precision == "tf32" else DTYPE_TAGS[self.dtype]
         return (f"k{'x'.join(map(str, self.kernel_size))}_s{t(self.stride)}_p{pad}_d{t(self.dilation)}"
-                f"_g{self.groups}_ci{self.in_channels}_co{self.out_channels}_{dt}")
+                f"_g{self.groups}_ci{self.in_channels}_co{self.out_channels}_{dt}"
+                + ("_cl" if self.layout == "ndhwc" else ""))
 
     # ---- other ways in --------------------------------------------------------------
 
@@ -215,7 +242,8 @@ class ConvSpec(BaseModel):
             raise ValueError(f"bad spec {' '.join(tokens)!r}: {err}. Form: {_TEXT_USAGE}") from None
         return cls(in_channels=args.cin, out_channels=args.cout, kernel_size=args.kernel,
                    stride=args.stride, padding=args.padding, dilation=args.dilation,
-                   groups=args.groups, bias=args.bias, dtype=args.dtype, precision=args.precision)
+                   groups=args.groups, bias=args.bias, dtype=args.dtype, precision=args.precision,
+                   layout=args.layout)
 
     def to_text(self) -> str:
         def t(v):
@@ -228,6 +256,8 @@ class ConvSpec(BaseModel):
             text += " --no-bias"
         if self.precision != "ieee":
             text += f" --precision {self.precision}"
+        if self.layout != "ncdhw":
+            text += f" --layout {self.layout}"
         return text
 
 
@@ -241,7 +271,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 _TEXT_USAGE = ("KDxKHxKW --cin N --cout N [--stride S] [--padding P|same|valid] [--dilation D] "
-               "[--groups G] [--no-bias] [--dtype float32|float16|bfloat16] [--precision ieee|tf32]")
+               "[--groups G] [--no-bias] [--dtype float32|float16|bfloat16] [--precision ieee|tf32] "
+               "[--layout ncdhw|ndhwc]")
 _TEXT_PARSER = _Parser(prog="spec", add_help=False, allow_abbrev=False)
 _TEXT_PARSER.add_argument("kernel")
 _TEXT_PARSER.add_argument("--cin", type=int, required=True)
@@ -253,3 +284,4 @@ _TEXT_PARSER.add_argument("--groups", type=int, default=1)
 _TEXT_PARSER.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True)
 _TEXT_PARSER.add_argument("--dtype", default="float32")
 _TEXT_PARSER.add_argument("--precision", default="ieee")
+_TEXT_PARSER.add_argument("--layout", default="ncdhw")

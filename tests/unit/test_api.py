@@ -34,6 +34,21 @@ def test_cpu_tensors_go_to_torch_with_the_reason_logged_once(tmp_path, caplog):
     assert not list(tmp_path.iterdir())  # nothing was built
 
 
+def test_channels_last_cpu_tensors_still_go_to_torch_in_torchs_format(tmp_path):
+    dispatcher = Dispatcher(KernelCache(tmp_path))
+    x = torch.randn(2, 3, 5, 6, 7).to(memory_format=torch.channels_last_3d)
+    w, b = torch.randn(4, 3, 3, 3, 3), torch.randn(4)
+    out = conv3d_codegen.ops.run(dispatcher, x, w, b, padding=1)
+    ref = F.conv3d(x, w, b, padding=1)
+    assert torch.equal(out, ref) and out.stride() == ref.stride()
+    plan = dispatcher.plan(x, w, b, 1, 1, 1, 1)
+    assert plan.route == "torch" and plan.reason.startswith("input is on cpu")
+    assert plan.spec.layout == "ndhwc"  # the spec says what a CUDA call would have run
+    contiguous = dispatcher.plan(x.contiguous(), w, b, 1, 1, 1, 1)
+    assert contiguous.spec.layout == "ncdhw" and contiguous is not plan  # the plans are kept apart
+    assert not list(tmp_path.iterdir())
+
+
 def test_unbatched_input_works_as_in_torch():
     x, w = torch.randn(3, 5, 6, 7), torch.randn(4, 3, 3, 3, 3)
     assert torch.equal(conv3d(x, w, padding="same"), F.conv3d(x, w, padding="same"))

@@ -32,7 +32,7 @@ def test_key_joins_named_parts():
 
 
 @pytest.mark.parametrize("change", [dict(groups=3), dict(bias=False), dict(dtype="bfloat16"),
-                                   dict(precision="tf32"), dict(padding="same")])
+                                   dict(precision="tf32"), dict(padding="same"), dict(layout="ndhwc")])
 def test_changing_the_spec_changes_the_key(change):
     other = SEED_A.model_copy(update=change)
     assert kernel_key(render_direct(other), SM90) != kernel_key(render_direct(SEED_A), SM90)
@@ -80,6 +80,9 @@ MATRIX = [
     "2x4x3 --cin 4 --cout 4 --padding same --dilation 1x3x2",        # asymmetric 'same'
     "7x7x7 --cin 2 --cout 16 --padding 3",
 ]
+# The NDHWC (channels_last_3d) variants of the direct template: the matrix but for its two
+# slowest compiles (seed-a in bfloat16, 7x7x7), whose NDHWC row code is the same as others'.
+MATRIX_CL = [t + " --layout ndhwc" for t in MATRIX if t not in (MATRIX[1], MATRIX[-1])]
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +92,8 @@ def reports():
     sources = [render_direct(ConvSpec.from_text(t)) for t in MATRIX]
     sources += [render_direct(ConvSpec.from_text(MATRIX[3]), wide=True)]  # 64-bit offsets
     sources += [render_generic(dtype) for dtype in ("float32", "float16", "bfloat16")]
+    sources += [render_direct(ConvSpec.from_text(t)) for t in MATRIX_CL]
+    sources += [render_generic(dtype, "ndhwc") for dtype in ("float32", "float16", "bfloat16")]
     sources += [render_direct(dgrad_spec(SEED_A)[0])]  # the gradient of seed-a's input: 64 -> 3 channels
     sources += [render_wgrad(ConvSpec.from_text(t)) for t in MATRIX]
     sources += [render_wgrad(ConvSpec.from_text(MATRIX[3]), wide=True)]
@@ -100,7 +105,7 @@ def reports():
 
 @pytest.mark.slow
 def test_every_variant_compiles_to_sm90_without_spills(reports):
-    assert len(reports) >= 2 * len(MATRIX) + 6 + 16  # candidates equal to a matrix entry count once
+    assert len(reports) >= 2 * len(MATRIX) + 6 + 16 + len(MATRIX_CL) + 3  # candidates equal to a matrix entry count once
     for name, report in reports.items():
         assert report.registers > 0, name  # ptxas reported on the kernel
         assert report.spill_store_bytes == report.spill_load_bytes == report.stack_bytes == 0, (name, report)

@@ -37,16 +37,23 @@ FAKE_CALLS = [
 ]
 
 
+@pytest.mark.parametrize("formats", ["contiguous", "channels_last_input", "channels_last_weight"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("input_shape,weight_shape,kwargs", FAKE_CALLS)
-def test_fake_tensors_get_the_shape_dtype_and_layout_of_torch(input_shape, weight_shape, kwargs, dtype):
+def test_fake_tensors_get_the_shape_dtype_and_layout_of_torch(input_shape, weight_shape, kwargs, dtype, formats):
+    """Strides too: torch picks the output's memory format from the input's and the weight's
+    (on a CUDA build with cuDNN, channels_last_3d if either is), and the op's is torch's."""
     with FakeTensorMode():
         x = torch.empty(input_shape, device="cuda", dtype=dtype)
         w = torch.empty(weight_shape, device="cuda", dtype=dtype)
         b = torch.empty(weight_shape[0], device="cuda", dtype=dtype)
+        if formats == "channels_last_input" and x.dim() == 5:
+            x = x.to(memory_format=torch.channels_last_3d)
+        if formats == "channels_last_weight":
+            w = w.to(memory_format=torch.channels_last_3d)
         ours, theirs = conv3d(x, w, b, **kwargs), F.conv3d(x, w, b, **kwargs)
     assert (ours.shape, ours.dtype, ours.device) == (theirs.shape, theirs.dtype, theirs.device)
-    assert ours.is_contiguous()
+    assert ours.stride() == theirs.stride()
 
 
 def test_torch_compile_traces_the_cuda_path_into_one_graph_with_the_op():
@@ -110,6 +117,18 @@ def test_opcheck_of_the_forward_op_on_the_cpu(input_shape, weight_shape, bias, a
     x = torch.randn(input_shape, requires_grad=True)
     w = torch.randn(weight_shape, requires_grad=True)
     b = torch.randn(weight_shape[0], requires_grad=True) if bias else None
+    torch.library.opcheck(OPS.conv3d, (x, w, b, *args))
+
+
+@pytest.mark.parametrize("input_shape,weight_shape,bias,args", OPCHECK_CALLS)
+def test_opcheck_of_the_forward_op_on_channels_last_cpu_tensors(input_shape, weight_shape, bias, args):
+    x = torch.randn(input_shape).to(memory_format=torch.channels_last_3d).requires_grad_()
+    w = torch.randn(weight_shape, requires_grad=True)
+    b = torch.randn(weight_shape[0], requires_grad=True) if bias else None
+    out = OPS.conv3d(x, w, b, *args)
+    reference = F.conv3d(x, w, b, stride=args[0], padding="same" if args[4] else args[1], dilation=args[2],
+                         groups=args[3])
+    assert out.stride() == reference.stride()  # the op returns torch's memory format
     torch.library.opcheck(OPS.conv3d, (x, w, b, *args))
 
 

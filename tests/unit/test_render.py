@@ -120,3 +120,60 @@ def test_wide_offsets_start_at_two_to_the_30_elements_of_input_or_output():
     assert not wide_offsets(SEED_A, (16, 3, 64, 64, 64))
     assert wide_offsets(ConvSpec.from_text("3x3x3 --cin 4 --cout 8"), (1, 4, 512, 1024, 1024))  # the input
     assert wide_offsets(SEED_A, (64, 3, 128, 128, 128))  # the output: 64 channels of 126x124x122 each
+
+
+# ---- channels_last_3d (layout 'ndhwc') ---------------------------------------------------
+
+SEED_A_CL = SEED_A.model_copy(update={"layout": "ndhwc"})
+
+
+def test_seed_a_channels_last_matches_its_snapshot():
+    """The NDHWC body of 3x5x7, reviewed like the NCDHW one (CONV3D_UPDATE_SNAPSHOTS=1 accepts)."""
+    source = render_direct(SEED_A_CL)
+    path = SNAPSHOTS / f"{source.name}.cu"
+    if os.environ.get("CONV3D_UPDATE_SNAPSHOTS") == "1":
+        path.write_text(source.body)
+    assert source.body == path.read_text(), f"emitted source differs from {path}"
+
+
+def test_channels_last_keeps_every_tap_unrolled():
+    source = render_direct(SEED_A_CL)
+    assert source.name == "conv3d_fwd_k3x5x7_s1_p0_d1_g1_ci3_co64_f32_cl" and source.layout == "ndhwc"
+    body = source.body
+    lines = body.splitlines()
+    for i, line in enumerate(lines):
+        if re.search(r"\bfor \(", line):
+            compile_time = lines[i - 1].strip() == "#pragma unroll" and re.search(r"< (COT|WT|ROW|WORDS / PER_STORE|WORDS);", line)
+            assert compile_time or "i += BLOCK" in line, f"run-time loop on line {i + 1}: {line.strip()}"
+    rows = re.findall(r"// ci=(\d) kd=(\d) kh=(\d)$", body, flags=re.M)
+    assert len(rows) == 3 * 3 * 5
+    taps = re.findall(r"tap<(\d+)>\(acc, xr, ws \+ (\d+)\);", body)
+    assert sorted(int(ws) for _, ws in taps) == [8 * t for t in range(315)]  # each weight once
+    # a row's offset: channel + d and h strides of NDHWC; its inputs along w are CI apart
+    assert "load_row(xr, xc + 2 + 1 * hwc + 3 * wc, iw0, w);" in body
+    assert "xr[i] = load(p + i * CI);" in body
+    assert "reinterpret_cast<uint4*>(p)[k] = make_uint4(" in body  # 8 float channels: two 16-byte stores
+
+
+@pytest.mark.parametrize("text, store", [
+    ("3x3x3 --cin 3 --cout 64", "reinterpret_cast<uint4*>(p)[k]"),                   # cot=8: 32 bytes
+    ("3x3x3 --cin 3 --cout 64 --dtype bf16", "reinterpret_cast<uint4*>(p)[k]"),      # cot=8: 16 bytes
+    ("3x3x3 --cin 4 --cout 4 --dtype bf16", "reinterpret_cast<uint2*>(p)[k]"),       # cot=4: 8 bytes
+    ("3x3x3 --cin 6 --cout 6 --dtype fp16", "reinterpret_cast<unsigned*>(p)[k]"),    # cot=6: 12 bytes
+    ("3x3x3 --cin 3 --cout 3 --dtype bf16", "for (int c = 0; c < COT; ++c) store(p + c, v[c]);"),  # 6 bytes
+])
+def test_channels_last_output_stores_are_as_wide_as_the_channels_allow(text, store):
+    body = render_direct(ConvSpec.from_text(text + " --layout ndhwc")).body
+    assert store in body
+
+
+def test_channels_last_padding_along_w_reads_zeros_from_a_safe_address():
+    body = render_direct(ConvSpec.from_text("3x3x3 --cin 2 --cout 4 --padding 1 --layout ndhwc")).body
+    assert "const float v = load(in ? p + i * CI : p - iw0 * CI);" in body
+
+
+def test_channels_last_generic_kernel_is_its_own_build():
+    plain, cl = render_generic("float32"), render_generic("float32", "ndhwc")
+    assert cl.name == "conv3d_fwd_generic_f32_cl" and cl.layout == "ndhwc" and plain.layout == "ncdhw"
+    assert cl.identity != plain.identity and "load(xc + id * plane + ih * row + iw * g.ci)" in cl.body
+    assert "const long long coi = i - r * g.co;" in cl.body  # one thread per output, channels fastest

@@ -27,7 +27,9 @@ BASE = dict(in_channels=4, out_channels=8, kernel_size=3)
     (dict(padding="same", stride=2), "padding='same' is not supported for strided convolutions"),
     (dict(dtype=torch.float64), "dtype must be one of float32, float16, bfloat16, got float64"),
     (dict(dtype="bf16", precision="tf32"), "precision='tf32' applies to float32 only"),
-    (dict(layout="channels_last_3d"), "layout must be 'ncdhw'"),
+    (dict(layout="nhwc"), "layout must be 'ncdhw' (torch.contiguous_format) or 'ndhwc' "
+                          "(torch.channels_last_3d), got 'nhwc'"),
+    (dict(layout=torch.channels_last), "layout must be 'ncdhw'"),
     (dict(bias="maybe"), "Input should be a valid boolean"),
     (dict(colour="red"), "Extra inputs are not permitted"),
 ])
@@ -93,7 +95,7 @@ def test_digest_is_stable_across_processes():
 @pytest.mark.parametrize("change", [
     dict(in_channels=8), dict(out_channels=16), dict(kernel_size=(3, 3, 1)), dict(stride=2),
     dict(padding=1), dict(padding="same"), dict(dilation=2), dict(groups=2), dict(bias=False),
-    dict(dtype="float16"), dict(precision="tf32"),
+    dict(dtype="float16"), dict(precision="tf32"), dict(layout="ndhwc"),
 ])
 def test_changing_any_field_changes_the_digest_and_tag(change):
     base = ConvSpec(**BASE)
@@ -102,3 +104,34 @@ def test_changing_any_field_changes_the_digest_and_tag(change):
     assert changed.canonical_json() != base.canonical_json()
     if "bias" not in change:  # the tag is the readable name; bias shows in the digest only
         assert changed.tag != base.tag
+
+
+@pytest.mark.parametrize("value, layout", [
+    ("ncdhw", "ncdhw"), ("NCDHW", "ncdhw"), (torch.contiguous_format, "ncdhw"), ("contiguous_format", "ncdhw"),
+    ("ndhwc", "ndhwc"), ("NDHWC", "ndhwc"), (torch.channels_last_3d, "ndhwc"), ("channels_last_3d", "ndhwc"),
+])
+def test_layout_takes_its_names_and_torch_memory_formats(value, layout):
+    spec = ConvSpec(**BASE, layout=value)
+    assert spec.layout == layout
+    assert spec.memory_format == {"ncdhw": torch.contiguous_format, "ndhwc": torch.channels_last_3d}[layout]
+
+
+def test_channels_last_is_in_the_json_tag_and_text_form():
+    spec = ConvSpec.from_text("3x5x7 --cin 3 --cout 64 --layout ndhwc")
+    assert spec.layout == "ndhwc" and spec.tag == "k3x5x7_s1_p0_d1_g1_ci3_co64_f32_cl"
+    assert '"layout":"ndhwc"' in spec.canonical_json()
+    assert ConvSpec.model_validate_json(spec.canonical_json()) == spec
+    assert ConvSpec.from_text(spec.to_text()) == spec and spec.to_text().endswith("--layout ndhwc")
+    plain = spec.model_copy(update={"layout": "ncdhw"})
+    assert plain.tag == "k3x5x7_s1_p0_d1_g1_ci3_co64_f32" and "--layout" not in plain.to_text()
+
+
+def test_layout_of_a_tensor():
+    from conv3d_codegen.spec import layout_of
+    x = torch.randn(2, 3, 4, 5, 6)
+    assert layout_of(x) == "ncdhw"
+    assert layout_of(x.to(memory_format=torch.channels_last_3d)) == "ndhwc"
+    assert layout_of(x[..., ::2]) == "ncdhw"  # strided: made contiguous
+    one_channel = torch.randn(2, 1, 4, 5, 6).to(memory_format=torch.channels_last_3d)
+    assert one_channel.is_contiguous() and layout_of(one_channel) == "ncdhw"  # contiguous in both
+    assert layout_of(torch.randn(3, 4, 5, 6)) == "ncdhw"
