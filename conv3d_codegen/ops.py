@@ -65,7 +65,7 @@ def conv3d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     if args is not None and _op_takes(input, weight, bias):
         unbatched = input.dim() == 4
         x = input.unsqueeze(0) if unbatched else input
-        out = _torch_decided(x, weight, bias, args, precision)
+        out = _decided_without_op(x, weight, bias, args, precision)
         if out is None:
             out = torch.ops.conv3d_codegen.conv3d(x, weight, bias, *args, precision)
         return out.squeeze(0) if unbatched else out
@@ -133,14 +133,16 @@ def _op_takes(input, weight, bias) -> bool:
     return True
 
 
-def _torch_decided(x, weight, bias, args, precision) -> torch.Tensor | None:
-    """F.conv3d's result where the dispatcher has already decided on torch for this call and
-    the op would add nothing: eagerly, with autograd recording nothing, outside autocast, on
-    plain tensors with no dispatch mode active. Else None (the call goes to the op).
+def _decided_without_op(x, weight, bias, args, precision) -> torch.Tensor | None:
+    """The result of a call the dispatcher has already decided, run without the custom op
+    where the op would add nothing: eagerly, with autograd recording nothing, outside
+    autocast, on plain tensors with no dispatch mode active; torch's F.conv3d, or the
+    generated kernel for NCDHW tensors. Else None (the call goes to the op).
 
-    Entering the custom op costs tens of microseconds of Python a call (autograd wrapper,
-    redispatch, the dynamo-disabled impl), which a short convolution shows as GPU idle time;
-    a call autotuning gave to torch then runs slower than torch itself."""
+    Entering the custom op costs 60-300 us of Python a call on the H100's host (autograd
+    wrapper, redispatch, the dynamo-disabled impl); after the benchmark's L2 flush, or
+    behind any short kernel, the GPU idles that long: a pick autotuning timed faster than
+    torch then ran slower (pointwise fp32 0.74x, depthwise 1.8x instead of 5x)."""
     if (torch.compiler.is_compiling() or torch.is_autocast_enabled("cuda")
             or torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()):
         return None
@@ -151,10 +153,14 @@ def _torch_decided(x, weight, bias, args, precision) -> torch.Tensor | None:
     conv = _functional_args(*args)
     precision = _precision_for(precision, x.dtype)
     plan = default_dispatcher().decided(x, weight, bias, precision=precision, **conv)
-    if plan is None or plan.kernel is not None:
+    if plan is None:
         return None
-    with cudnn_precision(precision, x.dtype):
-        return F.conv3d(x, weight, bias, **conv)
+    if plan.kernel is None:
+        with cudnn_precision(precision, x.dtype):
+            return F.conv3d(x, weight, bias, **conv)
+    if x.is_contiguous() and weight.is_contiguous() and plan.kernel.memory_format == torch.contiguous_format:
+        return _launch(plan, x, weight, bias, torch.contiguous_format)  # NCDHW in, NCDHW out, as torch
+    return None
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -176,6 +182,11 @@ def _conv3d_op(input, weight, bias, stride, padding, dilation, groups, padding_s
     if plan.kernel is None:
         with cudnn_precision(precision, input.dtype):
             return F.conv3d(input, weight, bias, **conv)
+    return _launch(plan, input, weight, bias, fmt)
+
+
+def _launch(plan, input, weight, bias, fmt: torch.memory_format) -> torch.Tensor:
+    """Run the plan's generated kernel into a new output in memory format `fmt`."""
     spec, kernel = plan.spec, plan.kernel
     x, weight = input.contiguous(memory_format=kernel.memory_format), weight.contiguous()
     bias = bias.contiguous() if bias is not None else None

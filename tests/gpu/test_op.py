@@ -271,9 +271,16 @@ def test_a_call_decided_for_torch_skips_the_op_only_where_the_op_adds_nothing(tm
             call()  # mode 'off' is a fallback, which strict mode refuses: the lookup does not hide it
 
 
-def test_a_call_decided_for_a_generated_kernel_still_goes_through_the_op(dispatcher):
+def test_a_call_decided_for_a_generated_kernel_runs_it_without_the_op(dispatcher):
     case = pick("base-3x3x3", "float32")
-    x, weight, bias = random_inputs(case.spec, case.input_shape)
-    call = lambda: conv3d(x, weight, bias, padding=case.spec.padding)  # noqa: E731
-    call()
-    assert _ops_entered(call)[1] == 1
+    spec = case.spec
+    x, weight, bias = random_inputs(spec, case.input_shape)
+    call = lambda: conv3d(x, weight, bias, padding=spec.padding)  # noqa: E731
+    first = call()  # decides, inside the op
+    assert dispatcher.plan_for(spec, x, weight, bias).route == "generated"
+    out, entered = _ops_entered(call)
+    assert entered == 0 and torch.equal(out, first) and out.is_contiguous()
+    ref = F.conv3d(x.double(), weight.double(), bias.double(), padding=spec.padding)
+    assert relative_error(out, ref) <= IEEE
+    weight.requires_grad_(True)
+    assert _ops_entered(call)[1] == 1, "a gradient is needed: the op records it"
