@@ -19,7 +19,8 @@ from conv3d_codegen.render_depthwise import DepthwiseTiles, depthwise_candidates
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
-CHECKED_BATCH = 2  # the workload is compared on its first samples: float64 is slow
+from .test_forward_mma import CHECKED_BATCH, reference, run_and_check  # the same check for every template
+
 ODD = (17, 9, 33)  # d, h, w: no size a multiple of a tile; w = 33 takes the element-wise stores
 
 
@@ -80,24 +81,6 @@ def kernels(dispatcher):
     sources = {str(case): render_depthwise(case.spec, case.tiles, case.wide) for case in CASES + WORKLOAD}
     built = dispatcher.loader.load_many(list(sources.values()), Target.for_device())
     return dict(zip(sources, built))
-
-
-def reference(x, weight, bias, spec: ConvSpec) -> torch.Tensor:
-    x = x[:CHECKED_BATCH]
-    return F.conv3d(x.double(), weight.double(), None if bias is None else bias.double(), **spec.functional_args())
-
-
-def run_and_check(kernel, case: Case):
-    if isinstance(kernel, Exception):
-        raise kernel
-    spec = case.spec
-    x, weight, bias = random_inputs(spec, case.input_shape)
-    out = torch.full((x.shape[0], spec.out_channels, *spec.output_size(*x.shape[2:])), float("nan"),
-                     dtype=x.dtype, device=x.device)
-    kernel(x, weight, bias, out, launch_args(spec, x.shape))
-    torch.cuda.synchronize()
-    err = relative_error(out[:CHECKED_BATCH], reference(x, weight, bias, spec))
-    assert err <= tolerance(spec), f"relative error {err:.2e} over {tolerance(spec):.0e} (NaN: unwritten output)"
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
