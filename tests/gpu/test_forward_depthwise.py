@@ -56,7 +56,7 @@ CASES = (
     + _cases("k3x5x7", f"3x5x7 {DW}", ["bfloat16"])
     + _cases("k3x5x7-pad1x2x3", f"3x5x7 {DW} --padding 1x2x3", ["float32"])
     + _cases("k5-pad2", f"5x5x5 {DW} --padding 2", ["float32", "float16"])        # weights in shared memory
-    + _cases("k7-pad3", f"7x7x7 --cin 2 --cout 2 --groups 2 --padding 3", ["float32"])
+    + _cases("k7-pad3", "7x7x7 --cin 2 --cout 2 --groups 2 --padding 3", ["float32"])
     + _cases("dil2", f"3x3x3 {DW} --padding 2 --dilation 2", ["float32"])
     + _cases("dil1x2x3", f"3x3x3 {DW} --padding 1 --dilation 1x2x3", ["bfloat16"])
     + _cases("stride2", f"3x3x3 {DW} --padding 1 --stride 2", ["float32", "bfloat16"])
