@@ -5,12 +5,14 @@
 
 Per row: FLOPs and the fewest bytes the problem must move; the floor, the larger of FLOPs
 over the matching unit's rate and bytes over copy bandwidth, both ceilings measured here
-first; median ms of each (CUDA events, L2 flushed before each run); % of floor; peak GPU
-memory of one call. "ours" is the dispatcher's pick after autotuning (tile sizes, or torch
-where torch is faster); "default" is the untuned tile choice. Our output is checked against
-float64 torch before it is timed. With --channels-last every row is run a second time with
-a channels_last_3d input, for ours (the NDHWC kernels) and for torch eager alike; those rows
-are marked "cl" in a layout column (without the option the table is as before). Writes
+first; median ms of each (CUDA events, L2 flushed before each run, the GPU held until the
+host has queued the call, so the time is the GPU's); % of floor; peak GPU memory of one
+call; host time per call (us, Python and launches, measured apart). "ours" is the
+dispatcher's pick after autotuning (tile sizes, or torch where torch is faster); "default"
+is the untuned tile choice. Our output is checked against float64 torch before it is timed.
+With --channels-last every row is run a second time with a channels_last_3d input, for ours
+(the NDHWC kernels) and for torch eager alike; those rows are marked "cl" in a layout column
+(without the option the table is as before). Writes
 DIR/forward.json, DIR/forward.md, DIR/forward.png.
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ from conv3d_codegen import strict  # noqa: E402
 from conv3d_codegen.autotune import candidates, render_tiles  # noqa: E402
 from conv3d_codegen.build import Target  # noqa: E402
 from conv3d_codegen.dispatch import Dispatcher  # noqa: E402
-from conv3d_codegen.measure import median_ms, random_inputs, relative_error, tolerance  # noqa: E402
+from conv3d_codegen.measure import host_us, median_ms, random_inputs, relative_error, tolerance  # noqa: E402
 from conv3d_codegen.ops import run  # noqa: E402
 from conv3d_codegen.render import default_tiles  # noqa: E402
 from conv3d_codegen.workloads import WORKLOADS  # noqa: E402
@@ -95,7 +97,8 @@ def bench_row(dispatcher: Dispatcher, name: str, dtype: str, ceilings: dict, lay
     row = dict(workload=name, dtype=dtype, layout=layout, flops=work.flops, bytes=work.min_bytes, floor_ms=floor_ms,
                ours_ms=median_ms(ours), torch_ms=median_ms(theirs), rel_err=err, pick=choice.label,
                default_ms=choice.timings_ms.get(str(default_tiles(spec))), route=plan.route,
-               ours_peak_mb=peak_bytes(ours) / 2**20, torch_peak_mb=peak_bytes(theirs) / 2**20)
+               ours_peak_mb=peak_bytes(ours) / 2**20, torch_peak_mb=peak_bytes(theirs) / 2**20,
+               ours_host_us=host_us(ours), torch_host_us=host_us(theirs))
     torch.backends.cudnn.allow_tf32 = True
     return row
 
@@ -114,8 +117,9 @@ def markdown(rows: list[dict], ceilings: dict) -> str:
     layouts = any(r.get("layout", "ncdhw") != "ncdhw" for r in rows)  # a layout column only where it differs
     lines = heading("Forward", ceilings) + [
              "| workload | dtype | " + ("layout | " if layouts else "") + "GFLOP | MB | floor ms | torch ms "
-             "| ours ms | speedup | ours % floor | pick | default tiles ms | rel err | peak MB ours / torch |",
-             "|---|---|" + ("---|" if layouts else "") + "---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ours ms | speedup | ours % floor | pick | default tiles ms | rel err | peak MB ours / torch "
+             "| host us ours / torch |",
+             "|---|---|" + ("---|" if layouts else "") + "---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         default = f"{r['default_ms']:.2f}" if r["default_ms"] else "-"
         layout = ("cl | " if r.get("layout") == "ndhwc" else "ncdhw | ") if layouts else ""
@@ -123,7 +127,8 @@ def markdown(rows: list[dict], ceilings: dict) -> str:
                      f"| {r['floor_ms']:.2f} | {r['torch_ms']:.2f} | {r['ours_ms']:.2f} "
                      f"| {r['torch_ms'] / r['ours_ms']:.2f}x | {100 * r['floor_ms'] / r['ours_ms']:.0f}% "
                      f"| {r['pick']} | {default} | {r['rel_err']:.1e} "
-                     f"| {r['ours_peak_mb']:.0f} / {r['torch_peak_mb']:.0f} |")
+                     f"| {r['ours_peak_mb']:.0f} / {r['torch_peak_mb']:.0f} "
+                     f"| {r['ours_host_us']:.0f} / {r['torch_host_us']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
