@@ -253,81 +253,93 @@ def _bodies(spec: ConvSpec, layout: KLayout, max_steps: int) -> tuple[int, int] 
     return options[0] if options else None
 
 
+@dataclass(frozen=True)
+class _Budget:
+    """What both ways of feeding A start from: element sizes, the output stage's pitch, the
+    shared memory one block may have, the bias's bytes."""
+
+    layout: KLayout
+    element: int        # bytes of an A or B element
+    c_pitch: int        # bytes per staged output row; 16 mod 64, so lanes' writes miss each other
+    budget: int
+    bias_bytes: int
+
+    def weights(self, tiles: MmaTiles, resident: bool, body_steps: int) -> tuple[int, int]:
+        """(bytes per weight row, bytes of weights): all of K once, or a body in each of two buffers."""
+        if resident:
+            b_pitch = self.layout.columns * self.element + 16
+            return b_pitch, tiles.block_n * b_pitch
+        b_pitch = body_steps * self.layout.step * self.element + 16
+        return b_pitch, 2 * tiles.block_n * b_pitch
+
+
+def _budget(spec: ConvSpec, tiles: MmaTiles) -> _Budget:
+    layout = k_layout(spec)
+    out_element = 2 if spec.dtype != "float32" else 4
+    return _Budget(layout, 2 if layout.sixteen_bit else 4, tiles.block_m * out_element + 16,
+                   min(SHARED_BYTES_PER_BLOCK, SHARED_BYTES_PER_SM // tiles.blocks_per_sm - 1024),
+                   4 * tiles.block_n)
+
+
+def _too_many_steps(spec: ConvSpec, layout: KLayout, held: str = "") -> str:
+    return (f"K = {layout.k} needs {layout.steps} MMA steps, more than the {MAX_UNROLLED_STEPS} unrolled "
+            f"{held}at once, and no block of the {spec.in_per_group} input channels per group gives whole "
+            f"bodies of at most {MAX_BODY_STEPS}")
+
+
 def _plan(spec: ConvSpec, tiles: MmaTiles) -> SharedPlan | str:
     if tiles.a_from == "shared":
         return _shared_plan(spec, tiles)
-    layout = k_layout(spec)
-    element = 2 if layout.sixteen_bit else 4
-    out_element = 2 if spec.dtype != "float32" else 4
-    c_pitch = tiles.block_m * out_element + 16
-    budget = min(SHARED_BYTES_PER_BLOCK, SHARED_BYTES_PER_SM // tiles.blocks_per_sm - 1024)
-    bias_bytes = 4 * tiles.block_n
+    b = _budget(spec, tiles)
+    layout = b.layout
     # Weights stay in shared memory for the whole kernel if they fit next to an output stage
     # of 8 channels; otherwise a body's worth streams through each of two buffers.
-    weight_bytes = tiles.block_n * (layout.columns * element + 16)
-    resident = weight_bytes + 8 * c_pitch + bias_bytes <= budget
+    resident = b.weights(tiles, True, layout.steps)[1] + 8 * b.c_pitch + b.bias_bytes <= b.budget
     if resident and layout.steps <= MAX_UNROLLED_STEPS:
         bodies, ci_per_body = 1, spec.in_per_group
     elif (found := _bodies(spec, layout, MAX_BODY_STEPS)) is not None:
         bodies, ci_per_body = found
     else:
-        return (f"K = {layout.k} needs {layout.steps} MMA steps, more than the {MAX_UNROLLED_STEPS} unrolled "
-                f"{'' if resident else 'or held in shared memory '}at once, and no block of the "
-                f"{spec.in_per_group} input channels per group gives whole bodies of at most {MAX_BODY_STEPS}")
+        return _too_many_steps(spec, layout, "" if resident else "or held in shared memory ")
     body_steps = layout.steps // bodies
-    if resident:
-        b_pitch, b_bytes = layout.columns * element + 16, weight_bytes
-    else:
-        b_pitch = body_steps * layout.step * element + 16
-        b_bytes = 2 * tiles.block_n * b_pitch
+    b_pitch, b_bytes = b.weights(tiles, resident, body_steps)
     # The largest epilogue pass (a multiple of 8 channels dividing block_n) that fits.
     for epilogue_n in range(tiles.block_n, 0, -8):
-        if tiles.block_n % epilogue_n == 0 and b_bytes + epilogue_n * c_pitch + bias_bytes <= budget:
-            return SharedPlan(bodies, ci_per_body, body_steps, resident, b_pitch, epilogue_n, c_pitch,
-                              b_bytes, epilogue_n * c_pitch, bias_bytes)
-    return (f"{b_bytes + 8 * c_pitch + bias_bytes} bytes of shared memory per block exceed the "
-            f"{budget} that {tiles.blocks_per_sm} blocks per SM leave")
+        if tiles.block_n % epilogue_n == 0 and b_bytes + epilogue_n * b.c_pitch + b.bias_bytes <= b.budget:
+            return SharedPlan(bodies, ci_per_body, body_steps, resident, b_pitch, epilogue_n, b.c_pitch,
+                              b_bytes, epilogue_n * b.c_pitch, b.bias_bytes)
+    return (f"{b_bytes + 8 * b.c_pitch + b.bias_bytes} bytes of shared memory per block exceed the "
+            f"{b.budget} that {tiles.blocks_per_sm} blocks per SM leave")
 
 
 def _shared_plan(spec: ConvSpec, tiles: MmaTiles) -> SharedPlan | str:
     """Shared A: weights resident if they fit next to the largest body of staged A that does,
     else streamed; the body (input channels staged at once) as large as fits."""
-    layout = k_layout(spec)
-    element = 2 if layout.sixteen_bit else 4
-    out_element = 2 if spec.dtype != "float32" else 4
-    c_pitch = tiles.block_m * out_element + 16
-    budget = min(SHARED_BYTES_PER_BLOCK, SHARED_BYTES_PER_SM // tiles.blocks_per_sm - 1024)
-    bias_bytes = 4 * tiles.block_n
+    b = _budget(spec, tiles)
+    layout = b.layout
     options = ([(1, spec.in_per_group)] if layout.steps <= MAX_UNROLLED_STEPS else []) \
         + [o for o in _body_options(spec, layout, MAX_BODY_STEPS) if o[0] > 1]
     if not options:
-        return (f"K = {layout.k} needs {layout.steps} MMA steps, more than the {MAX_UNROLLED_STEPS} unrolled "
-                f"at once, and no block of the {spec.in_per_group} input channels per group gives whole "
-                f"bodies of at most {MAX_BODY_STEPS}")
+        return _too_many_steps(spec, layout)
     smallest = None
     for resident in (True, False):
         for bodies, ci_per_body in options:
             if not resident and bodies == 1:
                 continue  # streamed weights need a body to stream ahead of
             body_steps = layout.steps // bodies
-            if resident:
-                b_pitch = layout.columns * element + 16
-                b_bytes = tiles.block_n * b_pitch
-            else:
-                b_pitch = body_steps * layout.step * element + 16
-                b_bytes = 2 * tiles.block_n * b_pitch
+            b_pitch, b_bytes = b.weights(tiles, resident, body_steps)
             staging = _staging(spec, layout, tiles, ci_per_body)
-            need = b_bytes + max(staging.bytes, 8 * c_pitch) + bias_bytes
+            need = b_bytes + max(staging.bytes, 8 * b.c_pitch) + b.bias_bytes
             smallest = need if smallest is None else min(smallest, need)
-            if need > budget:
+            if need > b.budget:
                 continue
             for epilogue_n in range(tiles.block_n, 0, -8):
-                stage = max(staging.bytes, epilogue_n * c_pitch)
-                if tiles.block_n % epilogue_n == 0 and b_bytes + stage + bias_bytes <= budget:
-                    return SharedPlan(bodies, ci_per_body, body_steps, resident, b_pitch, epilogue_n, c_pitch,
-                                      b_bytes, _round_up(stage, 16), bias_bytes, staging)
+                stage = max(staging.bytes, epilogue_n * b.c_pitch)
+                if tiles.block_n % epilogue_n == 0 and b_bytes + stage + b.bias_bytes <= b.budget:
+                    return SharedPlan(bodies, ci_per_body, body_steps, resident, b_pitch, epilogue_n, b.c_pitch,
+                                      b_bytes, _round_up(stage, 16), b.bias_bytes, staging)
     return (f"{smallest} bytes of shared memory per block (weights, staged A) exceed the "
-            f"{budget} that {tiles.blocks_per_sm} blocks per SM leave")
+            f"{b.budget} that {tiles.blocks_per_sm} blocks per SM leave")
 
 
 def supports_mma(spec: ConvSpec) -> str | None:
