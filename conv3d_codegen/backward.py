@@ -4,7 +4,9 @@
 
 - dgrad at stride 1 is the forward convolution `render_grad.dgrad_spec` describes, of
   grad_out with the flipped weight; it goes through the dispatcher like any forward call
-  (the same kernels, autotuning, modes and strict mode).
+  (the same kernels, autotuning, modes and strict mode). At stride > 1 (and with uneven
+  padding) dgrad_phases splits it by output phase into stride-1 convolutions, each taking
+  only the taps that reach its phase; autotuning times the split against torch's dgrad.
 - wgrad (with the bias) runs the wgrad template: every block sums its share of the output
   positions into a workspace, a second kernel adds the shares in a fixed order. The result
   is the same on every run, so torch.use_deterministic_algorithms(True) needs nothing more.
@@ -48,8 +50,10 @@ def flipped_weight(spec: ConvSpec, weight: torch.Tensor) -> torch.Tensor:
 
 def input_grad(dispatcher: Dispatcher, spec: ConvSpec, grad_out: torch.Tensor, weight: torch.Tensor,
                input_shape: tuple[int, ...]) -> torch.Tensor:
-    """Gradient of the input (shape `input_shape`, contiguous) given grad_out and the weight."""
-    dspec, reason = dgrad_spec(spec)
+    """Gradient of the input (shape `input_shape`, contiguous) given grad_out and the weight:
+    one stride-1 convolution where dgrad_spec gives one, else split by output phase
+    (dgrad_phases: stride > 1, uneven padding, padding past the kernel's reach)."""
+    dspec, _ = dgrad_spec(spec)
     if dspec is not None:
         grad_out, w = grad_out.contiguous(), flipped_weight(spec, weight)
         plan = dispatcher.plan_for(dspec, grad_out, w, None)
@@ -58,9 +62,8 @@ def input_grad(dispatcher: Dispatcher, spec: ConvSpec, grad_out: torch.Tensor, w
             return plan.kernel(grad_out, w, None, out, launch_args(dspec, grad_out.shape))
         with cudnn_precision(spec.precision, grad_out.dtype):  # what autotuning measured, if it chose torch
             return F.conv3d(grad_out, w, None, **dspec.functional_args()).contiguous()
-    _fallback(dispatcher, ("dgrad", spec), f"dgrad of {spec.tag}: {reason}")
-    x = grad_out.new_empty(input_shape)  # convolution_backward reads only its shape here
-    return torch_grads(spec, grad_out, x, weight, (True, False, False))[0].contiguous()
+    from .dgrad_phases import phase_input_grad  # here: dgrad_phases builds on this module
+    return phase_input_grad(dispatcher, spec, grad_out, weight, input_shape)
 
 
 # ---- grad of the weight and the bias -----------------------------------------------------

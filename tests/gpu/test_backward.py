@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conv3d_codegen import conv3d, strict
 from conv3d_codegen.backward import input_grad, weight_grad
 from conv3d_codegen.build import Target
+from conv3d_codegen.dgrad_phases import phase_sources
 from conv3d_codegen.dispatch import source_for
 from conv3d_codegen.kernel import launch_args
 from conv3d_codegen.measure import random_inputs, relative_error, tolerance
@@ -71,6 +72,8 @@ def built(dispatcher):
         if dspec is not None:
             out_shape = (c.input_shape[0], c.spec.out_channels, *c.spec.output_size(*c.input_shape[2:]))
             sources.append(source_for(dspec, out_shape)[0])
+        else:  # split by output phase
+            sources += phase_sources(c.spec, c.input_shape)
     results = dispatcher.loader.load_many(sources, target)
     failures = {s.name: r for s, r in zip(sources, results) if isinstance(r, Exception)}
     assert not failures, failures
@@ -83,8 +86,7 @@ def test_generated_gradients_match_torch(built, case: Case):
     x, weight, bias = random_inputs(spec, case.input_shape)
     grad_out = grad_output(spec, x)
     want_x, want_w, want_b = reference_grads(spec, x, weight, bias, grad_out)
-    generated_dgrad = dgrad_spec(spec)[0] is not None
-    with poisoned_allocations(), strict(generated_dgrad):
+    with poisoned_allocations(), strict():  # stride > 1: the phase split, generated too
         grad_x = input_grad(built, spec, grad_out, weight, tuple(x.shape))
     with poisoned_allocations(), strict():
         grad_w, grad_b = weight_grad(built, spec, grad_out, x, need_weight=True, need_bias=True)
@@ -184,12 +186,12 @@ def test_jacobian_of_the_op_matches_float64_torch(dispatcher, text, shape):
     Jacobian that autograd gets from our ops (one backward pass per output element, the
     generated dgrad and wgrad kernels in float32) against the float64 one of F.conv3d, to the
     float32 bar. Finite differences in float32 would be noise, and there is no float64 kernel.
-    stride > 1 runs torch's dgrad (the phase split is not written), so strict mode is off there."""
+    The stride-2 case runs dgrad split by output phase."""
     spec = ConvSpec.from_text(text)
     x, weight, bias = random_inputs(spec, shape)
     ours_in = [t.clone().requires_grad_() for t in (x, weight, bias) if t is not None]
     ref_in = [t.double().requires_grad_() for t in (x, weight, bias) if t is not None]
-    with strict(spec.stride == (1, 1, 1)):
+    with strict():
         out = conv3d(*ours_in[:2], ours_in[2] if spec.bias else None, **spec.functional_args())
         ref = F.conv3d(*ref_in[:2], ref_in[2] if spec.bias else None, **spec.functional_args())
         rows, ref_rows = [], []
