@@ -33,7 +33,8 @@ from .kernel import Kernel, launch_args
 from .measure import median_ms, relative_error, tolerance
 from .render import wide_offsets
 from .render_grad import (WgradTiles, default_wgrad_tiles, dgrad_spec, render_wgrad, supports_wgrad,
-                          wgrad_candidates, wgrad_rows)
+                          wgrad_candidates)
+from .render_wgrad_mma import WgradMmaTiles, render_wgrad_mma, supports_wgrad_mma, wgrad_mma_candidates
 from .spec import ConvSpec
 
 log = logging.getLogger("conv3d_codegen")
@@ -72,7 +73,7 @@ def input_grad(dispatcher: Dispatcher, spec: ConvSpec, grad_out: torch.Tensor, w
 class WgradPlan:
     kernel: Kernel | None   # None: torch
     reason: str | None      # why torch
-    tiles: WgradTiles | None = None
+    tiles: WgradTiles | WgradMmaTiles | None = None
     pending: object = None  # async mode: the background build
     tuned: bool = False     # torch chosen by timing: not a fallback
     provisional: bool = False  # made during CUDA graph capture: decided again after it
@@ -107,14 +108,29 @@ def _run_wgrad(plan: WgradPlan, spec: ConvSpec, grad_out: torch.Tensor, x: torch
     return grad_w, grad_b
 
 
-def wgrad_splits(spec: ConvSpec, tiles: WgradTiles, x: torch.Tensor, out_size) -> int:
-    """Blocks along the reduction: enough for two blocks per multiprocessor. It depends only
-    on the shapes and the GPU, so the order of the final sum (and the result) is fixed."""
+def wgrad_splits(spec: ConvSpec, tiles: WgradTiles | WgradMmaTiles, x: torch.Tensor, out_size) -> int:
+    """Blocks along the reduction: enough for the tiles' blocks per multiprocessor (two for the
+    direct template's). It depends only on the shapes and the GPU, so the order of the final
+    sum (and the result) is fixed."""
     od, oh, ow = out_size
     items = x.shape[0] * od * oh * -(-ow // tiles.owc)
-    column = spec.out_channels // (tiles.cot * tiles.tc) * -(-wgrad_rows(spec) // tiles.rb)
+    column = tiles.split_blocks(spec)
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-    return max(1, min(items, -(-2 * sms // column)))
+    return max(1, min(items, -(-tiles.blocks_per_sm * sms // column)))
+
+
+def wgrad_tile_candidates(spec: ConvSpec, ow: int | None) -> list[WgradTiles | WgradMmaTiles]:
+    """The wgrad autotuning space: the direct template's tiles, then the tensor-core
+    template's where it applies (float16, bfloat16, float32 with precision 'tf32')."""
+    mma = wgrad_mma_candidates(spec, ow) if supports_wgrad_mma(spec) is None else []
+    return wgrad_candidates(spec, ow) + mma
+
+
+def render_wgrad_tiles(spec: ConvSpec, tiles: WgradTiles | WgradMmaTiles, wide: bool):
+    """The wgrad source of `tiles`: the tensor-core or the direct template's."""
+    if isinstance(tiles, WgradMmaTiles):
+        return render_wgrad_mma(spec, tiles, wide)
+    return render_wgrad(spec, tiles, wide)
 
 
 def _wgrad_plan(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_out: torch.Tensor) -> WgradPlan:
@@ -147,7 +163,7 @@ def _decide_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_
     try:
         tiles, timings = _wgrad_record(dispatcher, spec, x, target)
         if tiles is None and dispatcher.autotune and dispatcher.mode != "prebuilt" and not in_capture:
-            sources = [render_wgrad(spec, t, wide) for t in wgrad_candidates(spec, grad_out.shape[-1])]
+            sources = [render_wgrad_tiles(spec, t, wide) for t in wgrad_tile_candidates(spec, grad_out.shape[-1])]
             if dispatcher.mode == "async" and any(dispatcher.loader.find(s, target) is None for s in sources):
                 return WgradPlan(None, f"building {len(sources)} wgrad autotuning candidates in the background",
                                  pending=_in_background(lambda: dispatcher.loader.load_many(sources, target)))
@@ -155,7 +171,7 @@ def _decide_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_
         if tiles == TORCH:
             return WgradPlan(None, f"autotuned: no candidate beat torch by 2% ({timings})", tuned=True)
         tiles = tiles or default_wgrad_tiles(spec)
-        source = render_wgrad(spec, tiles, wide)
+        source = render_wgrad_tiles(spec, tiles, wide)
         kernel = dispatcher.loader.find(source, target)
         if kernel is None and (dispatcher.mode == "prebuilt" or in_capture):
             return WgradPlan(None, f"{source.name} is not in the cache {dispatcher.cache.root} "
@@ -183,7 +199,8 @@ def _wgrad_record(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, targe
     record = dispatcher.cache.read_record(*_record_id(spec, x, target))
     if record is None:
         return None, None
-    return (TORCH if record["winner"] == TORCH else WgradTiles(**record["tiles"])), timings_text(record["timings_ms"])
+    kind = next((k for k in (WgradTiles, WgradMmaTiles) if k.template == record.get("template")), WgradTiles)
+    return (TORCH if record["winner"] == TORCH else kind(**record["tiles"])), timings_text(record["timings_ms"])
 
 
 def _tune_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_out: torch.Tensor, target: Target):
@@ -192,8 +209,8 @@ def _tune_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_ou
     started = time.perf_counter()
     x, grad_out = x.contiguous(), grad_out.contiguous()
     wide = wide_offsets(spec, tuple(x.shape))
-    tiles = wgrad_candidates(spec, grad_out.shape[-1])
-    built = dispatcher.loader.load_many([render_wgrad(spec, t, wide) for t in tiles], target)
+    tiles = wgrad_tile_candidates(spec, grad_out.shape[-1])
+    built = dispatcher.loader.load_many([render_wgrad_tiles(spec, t, wide) for t in tiles], target)
     weight = x.new_empty(spec.weight_shape)
     with torch.no_grad():
         _, want_w, want_b = torch_grads(spec, grad_out[:1].double(), x[:1].double(), weight.double(),

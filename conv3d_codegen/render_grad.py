@@ -49,6 +49,7 @@ class WgradTiles:
     """Tile sizes of the wgrad template."""
 
     template: ClassVar[str] = WGRAD_TEMPLATE
+    blocks_per_sm: ClassVar[int] = 2  # what the splits of the reduction fill (backward.wgrad_splits)
 
     cot: int  # output channels per thread
     tc: int   # threads along output channels per block
@@ -56,6 +57,10 @@ class WgradTiles:
     owc: int  # outputs along w per work item
     wt: int   # outputs along w per step of the inner loop
     prefetch: bool = False  # load the next work item into registers while computing this one
+
+    def split_blocks(self, spec: ConvSpec) -> int:
+        """Blocks one split of the reduction takes: channel tiles x row blocks."""
+        return spec.out_channels // (self.cot * self.tc) * -(-wgrad_rows(spec) // self.rb)
 
     def block(self, spec: ConvSpec) -> int:
         """Threads per block: the workers, TC bias threads where there is a bias, in whole warps."""
