@@ -24,6 +24,7 @@ from .measure import median_ms, relative_error, tolerance
 from .render import Source, Tiles, default_tiles, fitting_cic, generator_hash, render_direct, wide_offsets
 from .render_depthwise import DepthwiseTiles, depthwise_candidates, render_depthwise, supports_depthwise
 from .render_mma import MmaTiles, mma_candidates, render_mma, supports_mma
+from .render_mma_staged import MmaStagedTiles, mma_staged_candidates, render_mma_staged, supports_mma_staged
 from .spec import ConvSpec
 
 log = logging.getLogger("conv3d_codegen")
@@ -33,14 +34,16 @@ TORCH_MARGIN = 0.98  # a candidate must beat torch's time by 2% (more than the t
 TIMING = dict(warmup=5, reps=10, min_total_ms=25.0)
 
 
-AnyTiles = Tiles | MmaTiles | DepthwiseTiles
-TILE_KINDS = (Tiles, MmaTiles, DepthwiseTiles)  # a record names its winner's kind by its template
+AnyTiles = Tiles | MmaTiles | DepthwiseTiles | MmaStagedTiles
+TILE_KINDS = (Tiles, MmaTiles, DepthwiseTiles, MmaStagedTiles)  # a record names its winner's kind by its template
 
 
 def render_tiles(spec: ConvSpec, tiles: AnyTiles | None = None, wide: bool = False) -> Source:
-    """The forward source of `tiles`: the tensor-core, depthwise or direct template's."""
+    """The forward source of `tiles`: the tensor-core, staged tensor-core, depthwise or direct template's."""
     if isinstance(tiles, MmaTiles):
         return render_mma(spec, tiles, wide)
+    if isinstance(tiles, MmaStagedTiles):
+        return render_mma_staged(spec, tiles, wide)
     if isinstance(tiles, DepthwiseTiles):
         return render_depthwise(spec, tiles, wide)
     return render_direct(spec, tiles, wide)
@@ -49,9 +52,11 @@ def render_tiles(spec: ConvSpec, tiles: AnyTiles | None = None, wide: bool = Fal
 def candidates(spec: ConvSpec) -> list[AnyTiles]:
     """The search space: the direct template's tiles, then the tensor-core template's where it
     applies (float16, bfloat16, and float32 with precision 'tf32'), then the depthwise
-    template's where it applies (groups == in_channels)."""
+    template's where it applies (groups == in_channels), then the staged tensor-core
+    template's (float16, bfloat16, 16 or more input channels per group)."""
     return (direct_candidates(spec) + (mma_candidates(spec) if supports_mma(spec) is None else [])
-            + (depthwise_candidates(spec) if supports_depthwise(spec) is None else []))
+            + (depthwise_candidates(spec) if supports_depthwise(spec) is None else [])
+            + (mma_staged_candidates(spec) if supports_mma_staged(spec) is None else []))
 
 
 def direct_candidates(spec: ConvSpec) -> list[Tiles]:

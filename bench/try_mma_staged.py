@@ -1,0 +1,133 @@
+"""Staged tensor-core template candidates on the seed workloads' input gradients and 'wide', next to
+torch and the other tensor-core template's default, in one process.
+
+    PYTHONPATH=. python3 bench/try_mma_staged.py --out DIR [--workloads dgrad-a dgrad-b wide] [--dtypes bfloat16]
+
+'dgrad-a' and 'dgrad-b' are the input gradients of seed-a and seed-b as the forward convolutions
+backward.input_grad runs them as (grad_out 16x64x62x60x58 -> 3 channels, the flipped 3x5x7 kernel,
+padding 2x4x6; 16x64x62x62x62 -> 3, 3x3x3, padding 2; no bias). Builds every
+mma_staged_candidates() tile choice of every row (and the EXTRA ones that fit, marked "(extra)")
+and the default of conv3d_fwd_mma.cu.j2 at once
+(KernelLoader.load_many over a fresh cache in a temporary folder), checks each against float64
+torch on the first two samples with a NaN-poisoned output, then times it (CUDA events, median,
+L2 flushed before each run) next to torch.nn.functional.conv3d on the same tensors. Checking,
+timing and the table are try_mma.py's. Writes DIR/try_mma_staged.json and DIR/try_mma_staged.md,
+and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import try_mma  # noqa: E402
+from bench_forward import measure_ceilings  # noqa: E402
+from try_mma import markdown, ptxas_reports, run_row  # noqa: E402
+from conv3d_codegen.build import Target  # noqa: E402
+from conv3d_codegen.cache import KernelCache  # noqa: E402
+from conv3d_codegen.kernel import KernelLoader  # noqa: E402
+from conv3d_codegen.render import wide_offsets  # noqa: E402
+from conv3d_codegen.render_grad import dgrad_spec  # noqa: E402
+from conv3d_codegen.render_mma import default_mma_tiles, render_mma, supports_mma  # noqa: E402
+from conv3d_codegen.render_mma_staged import MmaStagedTiles, mma_staged_candidates, render_mma_staged  # noqa: E402
+from conv3d_codegen.workloads import WORKLOADS, Workload  # noqa: E402
+
+DGRADS = {"dgrad-a": "seed-a", "dgrad-b": "seed-b"}
+# Tile choices timed beside the candidates (where they fit the spec), to learn what the cost
+# model misjudges: deeper pipelines, larger stages, smaller and fatter tiles.
+DGRAD_EXTRA = [MmaStagedTiles(th=8, tw=64, mt=4, block_co=3, ck=16, buffers=3, blocks_per_sm=1),
+               MmaStagedTiles(th=8, tw=64, mt=4, block_co=3, ck=32, buffers=2, blocks_per_sm=1),
+               MmaStagedTiles(th=4, tw=64, mt=2, block_co=3, ck=16, buffers=2, blocks_per_sm=2)]
+EXTRA = {"dgrad-a": DGRAD_EXTRA, "dgrad-b": DGRAD_EXTRA,
+         "wide": [MmaStagedTiles(th=4, tw=32, mt=2, block_co=16, ck=32, buffers=2, blocks_per_sm=2),
+                  MmaStagedTiles(th=8, tw=32, mt=4, block_co=16, ck=32, buffers=2, blocks_per_sm=1),
+                  MmaStagedTiles(th=16, tw=32, mt=4, block_co=16, ck=16, buffers=3, blocks_per_sm=1),
+                  MmaStagedTiles(th=16, tw=32, mt=8, block_co=8, ck=16, buffers=2, blocks_per_sm=1)]}
+
+
+def work_of(name: str, dtype: str) -> Workload:
+    """A seed's input gradient as the forward convolution it runs as (on grad_out's shape), or a
+    workload of bench_forward's."""
+    if name not in DGRADS:
+        return try_mma.workload(name, dtype)
+    seed = WORKLOADS[DGRADS[name]]
+    spec = dgrad_spec(try_mma.workload(seed.name, dtype).spec)[0]
+    n, _, d, h, w = seed.input_shape
+    return Workload(name, spec, (n, spec.in_channels, *seed.spec.output_size(d, h, w)))
+
+
+try_mma.work_of = work_of  # run_row looks the rows up through it
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", nargs="+", default=["dgrad-a", "dgrad-b", "wide"],
+                        choices=list(DGRADS) + list(WORKLOADS))
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16"], choices=["bfloat16", "float16"])
+    parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--no-ptxas", action="store_true", help="skip compiling each candidate alone for ptxas's report")
+    parser.add_argument("--cache", type=Path, help="kernel cache to build into (default: a fresh temporary one)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    target = Target.for_device()
+    props = torch.cuda.get_device_properties(0)
+    header = (f"## Staged tensor-core template candidates: {props.name} ({target.arch}), torch {torch.__version__}, "
+              f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, nvcc {target.cuda_version}")
+    print(header, flush=True)
+
+    plan = []  # (workload, dtype, label, source)
+    for name in args.workloads:
+        for dtype in args.dtypes:
+            work = work_of(name, dtype)
+            wide = wide_offsets(work.spec, work.input_shape)
+            found = mma_staged_candidates(work.spec)
+            plan += [(name, dtype, str(t), render_mma_staged(work.spec, t, wide)) for t in found]
+            plan += [(name, dtype, f"(extra) {t}", render_mma_staged(work.spec, t, wide)) for t in EXTRA.get(name, [])
+                     if t not in found and t.problem(work.spec) is None]
+            if supports_mma(work.spec) is None:
+                tiles = default_mma_tiles(work.spec)
+                plan.append((name, dtype, f"mma default: {tiles}", render_mma(work.spec, tiles, wide)))
+    sources = [p[3] for p in plan]
+
+    loader = KernelLoader(KernelCache(args.cache or Path(tempfile.mkdtemp(prefix="conv3d-try-mma-staged-"))))
+    started = time.perf_counter()
+    kernels = loader.load_many(sources, target)
+    print(f"built {len(sources)} kernels in {time.perf_counter() - started:.1f} s", flush=True)
+    for (name, dtype, label, _), kernel in zip(plan, kernels):
+        if isinstance(kernel, Exception):
+            print(f"BUILD FAILED {name} {dtype} {label}:\n{kernel}", flush=True)
+
+    reports = [None] * len(sources) if args.no_ptxas else ptxas_reports(sources, target)
+    entries = {}
+    for (name, dtype, label, source), kernel, report in zip(plan, kernels, reports):
+        ok = report is not None and not isinstance(report, Exception)
+        smem = int(source.params["shared"].split()[0])
+        entries.setdefault((name, dtype), []).append(dict(
+            tiles=label, kernel=kernel, regs=report.registers if ok else "-",
+            spills=report.spill_store_bytes + report.spill_load_bytes if ok else "-", smem=smem))
+        if ok:
+            print(f"ptxas {name} {dtype} {label}: {report.registers} registers, {report.spill_store_bytes} B spill "
+                  f"stores, {report.spill_load_bytes} B spill loads, {smem} B smem, {report.seconds:.1f} s", flush=True)
+
+    ceilings = measure_ceilings()
+    rows = []
+    for (name, dtype), found in entries.items():
+        rows += run_row(name, dtype, found, ceilings)
+        torch.cuda.empty_cache()
+        print(f"timed {name} {dtype}", flush=True)
+
+    text = markdown(rows, ceilings, header)
+    (args.out / "try_mma_staged.md").write_text(text)
+    (args.out / "try_mma_staged.json").write_text(json.dumps({"ceilings": ceilings, "rows": rows}, indent=2, default=str))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
