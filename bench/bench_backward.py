@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_forward import heading, measure_ceilings, peak_bytes, workload  # noqa: E402
 from conv3d_codegen.autotune import candidates, render_tiles  # noqa: E402
 from conv3d_codegen.backward import _wgrad_record, input_grad, torch_grads, weight_grad  # noqa: E402
+from conv3d_codegen import dgrad_phases  # noqa: E402
 from conv3d_codegen.build import Target  # noqa: E402
 from conv3d_codegen.dispatch import Dispatcher, using  # noqa: E402
 from conv3d_codegen.measure import median_ms, random_inputs, relative_error, tolerance  # noqa: E402
@@ -114,7 +115,11 @@ def _picks(dispatcher: Dispatcher, spec, x, grad_out) -> tuple[str, str, str]:
     target = Target.for_device()
     dspec = dgrad_spec(spec)[0]
     choice = dspec and dispatcher.tuner.lookup(dspec, tuple(grad_out.shape), target, torch.cuda.get_device_name())
-    dgrad = choice.label if choice else ("torch (stride > 1)" if dspec is None else "untuned")
+    if dspec is None:  # split by output phase: the contest with torch keeps its winner
+        record = dispatcher.cache.read_record(*dgrad_phases._record_id(spec, tuple(x.shape), x.device, target))
+        dgrad = record["winner"] if record else "untuned"
+    else:
+        dgrad = choice.label if choice else "untuned"
     winner, timings = _wgrad_record(dispatcher, spec, x, target)
     return dgrad, str(winner or "untuned"), timings or ""
 
