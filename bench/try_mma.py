@@ -124,16 +124,22 @@ def markdown(rows: list[dict], ceilings: dict, header: str) -> str:
         lines.append(f"| {r['workload']} | {r['dtype']} | {r['tiles']} | {r['regs']} | {r['spills']} "
                      f"| {r['smem'] / 1024:.0f} | {ms} | {r['torch_ms']:.3f} | {speed} | {floor} | {r['floor_ms']:.3f} "
                      f"| {r['err']:.1e} | {r['torch_err']:.1e} | {r['note']} |")
+    return "\n".join(lines + best_per_row(rows, "tiles")) + "\n"
+
+
+def best_per_row(rows: list[dict], label: str) -> list[str]:
+    """The fastest verified candidate of each workload and dtype, as markdown lines; `label`
+    is the key of a row's candidate name."""
     best = {}
     for r in rows:
         key = (r["workload"], r["dtype"])
         if math.isfinite(r["ms"]) and (key not in best or r["ms"] < best[key]["ms"]):
             best[key] = r
-    lines += ["", "Best per row:", ""]
+    lines = ["", "Best per row:", ""]
     for (name, dtype), r in best.items():
         lines.append(f"- {name} {dtype}: {r['ms']:.3f} ms ({r['torch_ms'] / r['ms']:.2f}x torch's {r['torch_ms']:.3f}, "
-                     f"{100 * r['floor_ms'] / r['ms']:.0f}% of floor) with {r['tiles']}")
-    return "\n".join(lines) + "\n"
+                     f"{100 * r['floor_ms'] / r['ms']:.0f}% of floor) with {r[label]}")
+    return lines
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ from conv3d_codegen.render import wide_offsets  # noqa: E402
 from conv3d_codegen.render_grad import default_wgrad_tiles, render_wgrad  # noqa: E402
 from conv3d_codegen.render_wgrad_mma import render_wgrad_mma, wgrad_mma_candidates  # noqa: E402
 from conv3d_codegen.workloads import WORKLOADS, Workload  # noqa: E402
+from try_mma import best_per_row  # noqa: E402
 
 CHECKED_BATCH = 2
 TIMING = dict(warmup=5, reps=20)
@@ -126,16 +127,7 @@ def markdown(rows: list[dict], limits: dict, header: str) -> str:
                      f"| {r['workload']} | {r['dtype']} | {r['candidate']} | {r.get('splits', '-')} | - "
                      f"| {r['torch_ms']:.3f} | - | - | - | {r['floor_ms']:.3f} | {r['err']:.1e} | {r['torch_err']:.1e} "
                      f"| {r['note']} |")
-    best = {}
-    for r in rows:
-        key = (r["workload"], r["dtype"])
-        if math.isfinite(r["ms"]) and (key not in best or r["ms"] < best[key]["ms"]):
-            best[key] = r
-    lines += ["", "Best per row:", ""]
-    for (name, dtype), r in best.items():
-        lines.append(f"- {name} {dtype}: {r['ms']:.3f} ms ({r['torch_ms'] / r['ms']:.2f}x torch's {r['torch_ms']:.3f}, "
-                     f"{100 * r['floor_ms'] / r['ms']:.0f}% of floor) with {r['candidate']}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + best_per_row(rows, "candidate")) + "\n"
 
 
 def main() -> None:

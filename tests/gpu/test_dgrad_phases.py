@@ -2,7 +2,6 @@
 (and stride 1 with uneven padding) against float64 torch at the dtype's tolerance, with every
 allocation poisoned (NaN shows an element no phase wrote); strict mode; the timing contest
 with torch and its kept record; CUDA graph capture; mode 'off'."""
-import contextlib
 import time
 
 import pytest
@@ -19,6 +18,8 @@ from conv3d_codegen.dispatch import Dispatcher, source_for
 from conv3d_codegen.measure import random_inputs, relative_error, tolerance
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
+
+from .test_backward import poisoned_allocations
 
 STRIDED = WORKLOADS["strided"]  # 5x3x3, 32 -> 64, stride 2, padding 1, on 8 x 32 x 32 x 64 x 64
 CASES = [
@@ -50,17 +51,6 @@ def phase_kernels(dispatcher):
     assert not failures, failures
     print(f"\nphase kernels: {len(sources)} in {time.perf_counter() - started:.1f} s")
     return dispatcher
-
-
-@contextlib.contextmanager
-def poisoned_allocations():
-    """Every tensor torch allocates inside is filled with NaN (as deterministic algorithms do)."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
 
 
 def reference_input_grad(spec: ConvSpec, x, weight, bias, grad_out) -> torch.Tensor:
