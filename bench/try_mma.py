@@ -148,7 +148,7 @@ def main() -> None:
                         choices=list(WORKLOADS) + [DGRAD_A])
     parser.add_argument("--a-from", nargs="+", default=["global", "shared"], choices=["global", "shared"],
                         help="which kinds of candidate to time: A gathered from global memory, staged in shared")
-    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "tf32"], choices=["bfloat16", "float16", "tf32"])
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "tf32"], choices=["bfloat16", "float16", "tf32", "float32"])
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--no-ptxas", action="store_true", help="skip compiling each candidate alone for ptxas's report")
     args = parser.parse_args()

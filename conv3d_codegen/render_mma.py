@@ -342,13 +342,24 @@ def _shared_plan(spec: ConvSpec, tiles: MmaTiles) -> SharedPlan | str:
             f"{b.budget} that {tiles.blocks_per_sm} blocks per SM leave")
 
 
+# 3xTF32 keeps float32's bar (1e-5) on short sums only: its error grew with K on the H100
+# (1.8e-6 at K = 315, seed-a; 1.1e-5 at K = 1728, 'wide'), so longer K stays on CUDA cores.
+MAX_SPLIT_K = 512
+
+
+def splits_tf32(spec: ConvSpec) -> bool:
+    """float32 with precision 'ieee' runs as 3xTF32: each operand split into a tf32 part and the
+    tf32 rounding of the rest, three MMAs per product (float32's accuracy on tensor cores)."""
+    return spec.dtype == "float32" and spec.precision == "ieee"
+
+
 def supports_mma(spec: ConvSpec) -> str | None:
     """None if the tensor-core template serves `spec`; otherwise the reason it does not."""
     if spec.layout != "ncdhw":
         return f"layout {spec.layout!r}: the tensor-core template indexes contiguous NCDHW tensors only"
-    if spec.dtype == "float32" and spec.precision != "tf32":
-        return ("float32 with precision='ieee' needs full float32 products; tensor cores multiply "
-                "in tf32 (precision='tf32') or in float16/bfloat16")
+    if splits_tf32(spec) and (k := spec.in_per_group * spec.kernel_volume) > MAX_SPLIT_K:
+        return (f"float32 with precision='ieee' runs as 3xTF32 for K = input channels per group x taps "
+                f"up to {MAX_SPLIT_K} (float32 accuracy); here K = {k}")
     layout = k_layout(spec)
     if len(_mask_bits(spec, layout)[3]) > MASK_WORD_BITS:
         return f"kernel {'x'.join(map(str, spec.kernel_size))} needs more than {MASK_WORD_BITS} tap-mask bits per row"
@@ -362,7 +373,7 @@ def default_mma_tiles(spec: ConvSpec) -> MmaTiles:
     block_n = min(64, _round_up(spec.out_per_group, 8))
     tiles = MmaTiles(block_m=256, block_n=block_n, warps_m=8, warps_n=1, blocks_per_sm=2)
     plan = _plan(spec, tiles)
-    if isinstance(plan, str) or plan.bodies > 1:
+    if isinstance(plan, str) or plan.bodies > 1 or splits_tf32(spec):
         tiles = MmaTiles(block_m=256, block_n=block_n, warps_m=8, warps_n=1, blocks_per_sm=1)
     return tiles
 
@@ -374,6 +385,11 @@ def mma_candidates(spec: ConvSpec) -> list[MmaTiles]:
     and in where A comes from: gathered from global memory, or staged in shared memory in
     tiles of lines 64 or 32 positions along w (the output's width decides which wastes less)."""
     block_n = min(64, _round_up(spec.out_per_group, 8))
+    if splits_tf32(spec):  # 8 warps an SM: the split parts need ~170-250 registers next to the accumulators
+        found = [MmaTiles(256, block_n, 8, 1, 1), MmaTiles(128, block_n, 4, 1, 2),
+                 MmaTiles(256, block_n, 8, 1, 1, "shared", 64), MmaTiles(256, block_n, 8, 1, 1, "shared", 32),
+                 MmaTiles(512, block_n, 8, 1, 1, "shared", 64), MmaTiles(128, block_n, 4, 1, 2, "shared", 64)]
+        return [t for t in found if t.problem(spec) is None]
     found = [default_mma_tiles(spec),
              MmaTiles(block_m=256, block_n=block_n, warps_m=8, warps_n=1, blocks_per_sm=2),
              MmaTiles(block_m=128, block_n=block_n, warps_m=4, warps_n=1, blocks_per_sm=4),
@@ -517,7 +533,8 @@ def render_mma(spec: ConvSpec, tiles: MmaTiles | None = None, wide: bool = False
         d_bits=d_bits, h_bits=h_bits, w_bits=w_bits, checks=bool(bits),
         column_checks=_column_checks(spec, layout, steps),
         name=name, entry=f"{name}_launch", arg_names=DIRECT_ARGS, wide=wide)
-    mma = "m16n8k16 " + spec.dtype if layout.sixteen_bit else "m16n8k8 tf32"
+    mma = ("m16n8k16 " + spec.dtype if layout.sixteen_bit else "m16n8k8 tf32" if spec.precision == "tf32"
+           else "m16n8k8 3xTF32 (float32 split into tf32 parts, three MMAs)")
     params = {
         "spec": spec.canonical_json(),
         "tiles": str(tiles),

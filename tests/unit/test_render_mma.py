@@ -24,8 +24,13 @@ def tf32(spec: ConvSpec) -> ConvSpec:
     return spec.model_copy(update={"dtype": "float32", "precision": "tf32"})
 
 
+def ieee(spec: ConvSpec) -> ConvSpec:
+    return spec.model_copy(update={"dtype": "float32", "precision": "ieee"})
+
+
 @pytest.mark.parametrize("text, reason", [
-    ("3x5x7 --cin 3 --cout 64", "precision='ieee' needs full float32 products"),
+    ("3x5x7 --cin 3 --cout 64", None),                                               # float32: 3xTF32
+    ("3x3x3 --cin 64 --cout 64 --padding 1", "up to 512 (float32 accuracy); here K = 1728"),
     ("9x9x9 --cin 1 --cout 8 --dtype bfloat16", "no block of the 1 input channels per group"),
     ("3x5x7 --cin 3 --cout 64 --dtype bfloat16", None),
     ("3x5x7 --cin 3 --cout 64 --precision tf32", None),
@@ -45,7 +50,7 @@ def test_supports_mma_refuses_layouts_other_than_ncdhw():
 
 def test_render_mma_refuses_what_it_does_not_serve():
     with pytest.raises(ValueError, match="tensor-core template does not serve this spec: float32"):
-        render_mma(ConvSpec.from_text("3x3x3 --cin 3 --cout 8"))
+        render_mma(ConvSpec.from_text("3x3x3 --cin 64 --cout 8"))  # 3xTF32 up to K = 512
 
 
 def test_names_are_readable_and_params_name_the_tiles():
@@ -199,6 +204,14 @@ def test_the_emitted_source_names_its_taps_and_includes_no_torch():
     assert "static_assert(weights_follow_the_gather_order()" in body
     assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in body
     assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in render_mma(tf32(SEED_A)).body
+    assert "split_tf32" not in render_mma(tf32(SEED_A)).body
+
+
+def test_float32_ieee_splits_each_operand_into_two_tf32_parts_and_runs_three_mmas():
+    source = render_mma(ieee(SEED_A))
+    assert "3xTF32" in source.params["mma"]
+    assert source.body.count("split_tf32(") >= 4 and "__float_as_uint(__ldg(p))" in source.body
+    assert all(t.blocks_per_sm * t.threads <= 256 for t in mma_candidates(ieee(SEED_A)))  # 8 warps an SM: registers
     assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in render_mma(
         SEED_A.model_copy(update={"dtype": "float16"})).body
 
@@ -228,7 +241,7 @@ MATRIX = [
 ]
 
 
-SEEDS = (SEED_A, SEED_B, tf32(SEED_A), tf32(SEED_B))
+SEEDS = (SEED_A, SEED_B, tf32(SEED_A), tf32(SEED_B), ieee(SEED_A), ieee(SEED_B))
 
 
 def _sources():
