@@ -15,7 +15,6 @@ prints the table. (Checking, timing and the table are try_mma.py's.)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,8 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_forward import measure_ceilings, workload  # noqa: E402
-from try_mma import markdown, ptxas_reports, run_row  # noqa: E402
+from bench_forward import workload  # noqa: E402
+from try_mma import ptxas_reports, time_and_write  # noqa: E402
 from conv3d_codegen.autotune import direct_candidates, render_tiles  # noqa: E402
 from conv3d_codegen.build import Target  # noqa: E402
 from conv3d_codegen.cache import KernelCache  # noqa: E402
@@ -81,17 +80,7 @@ def main() -> None:
                   f"stores, {report.spill_load_bytes} B spill loads, {report.shared_bytes} B smem, "
                   f"{report.seconds:.1f} s", flush=True)
 
-    ceilings = measure_ceilings()
-    rows = []
-    for (name, dtype), found in entries.items():
-        rows += run_row(name, dtype, found, ceilings)
-        torch.cuda.empty_cache()
-        print(f"timed {name} {dtype}", flush=True)
-
-    text = markdown(rows, ceilings, header)
-    (args.out / "try_depthwise.md").write_text(text)
-    (args.out / "try_depthwise.json").write_text(json.dumps({"ceilings": ceilings, "rows": rows}, indent=2, default=str))
-    print(text)
+    time_and_write(entries, header, args.out, "try_depthwise")
 
 
 if __name__ == "__main__":

@@ -142,6 +142,21 @@ def best_per_row(rows: list[dict], label: str) -> list[str]:
     return lines
 
 
+def time_and_write(entries: dict, header: str, out: Path, stem: str) -> None:
+    """Check and time every built entry of every (workload, dtype) row next to torch, then write
+    OUT/STEM.md and OUT/STEM.json and print the table."""
+    ceilings = measure_ceilings()
+    rows = []
+    for (name, dtype), found in entries.items():
+        rows += run_row(name, dtype, found, ceilings)
+        torch.cuda.empty_cache()  # the row's tensors are gone; give their memory back before the next
+        print(f"timed {name} {dtype}", flush=True)
+    text = markdown(rows, ceilings, header)
+    (out / f"{stem}.md").write_text(text)
+    (out / f"{stem}.json").write_text(json.dumps({"ceilings": ceilings, "rows": rows}, indent=2, default=str))
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", nargs="+", default=["seed-a", "seed-b", "wide"],
@@ -189,17 +204,7 @@ def main() -> None:
             print(f"ptxas {name} {dtype} {tiles}: {report.registers} registers, {report.spill_store_bytes} B spill "
                   f"stores, {report.spill_load_bytes} B spill loads, {report.seconds:.1f} s", flush=True)
 
-    ceilings = measure_ceilings()
-    rows = []
-    for (name, dtype), found in entries.items():
-        rows += run_row(name, dtype, found, ceilings)
-        torch.cuda.empty_cache()  # the row's tensors are gone; give their memory back before the next
-        print(f"timed {name} {dtype}", flush=True)
-
-    text = markdown(rows, ceilings, header)
-    (args.out / "try_mma.md").write_text(text)
-    (args.out / "try_mma.json").write_text(json.dumps({"ceilings": ceilings, "rows": rows}, indent=2, default=str))
-    print(text)
+    time_and_write(entries, header, args.out, "try_mma")
 
 
 if __name__ == "__main__":

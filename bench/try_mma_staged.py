@@ -17,7 +17,6 @@ and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,8 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import try_mma  # noqa: E402
-from bench_forward import measure_ceilings  # noqa: E402
-from try_mma import markdown, ptxas_reports, run_row  # noqa: E402
+from try_mma import ptxas_reports, time_and_write  # noqa: E402
 from conv3d_codegen.build import Target  # noqa: E402
 from conv3d_codegen.cache import KernelCache  # noqa: E402
 from conv3d_codegen.kernel import KernelLoader  # noqa: E402
@@ -116,17 +114,7 @@ def main() -> None:
             print(f"ptxas {name} {dtype} {label}: {report.registers} registers, {report.spill_store_bytes} B spill "
                   f"stores, {report.spill_load_bytes} B spill loads, {smem} B smem, {report.seconds:.1f} s", flush=True)
 
-    ceilings = measure_ceilings()
-    rows = []
-    for (name, dtype), found in entries.items():
-        rows += run_row(name, dtype, found, ceilings)
-        torch.cuda.empty_cache()
-        print(f"timed {name} {dtype}", flush=True)
-
-    text = markdown(rows, ceilings, header)
-    (args.out / "try_mma_staged.md").write_text(text)
-    (args.out / "try_mma_staged.json").write_text(json.dumps({"ceilings": ceilings, "rows": rows}, indent=2, default=str))
-    print(text)
+    time_and_write(entries, header, args.out, "try_mma_staged")
 
 
 if __name__ == "__main__":
