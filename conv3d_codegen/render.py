@@ -172,14 +172,12 @@ def render_direct(spec: ConvSpec, tiles: Tiles | None = None, wide: bool = False
     params = {"spec": spec.canonical_json(), "tiles": str(tiles), "offsets": "64-bit" if wide else "32-bit"}
     if ndhwc:
         params["layout"] = ("NDHWC (channels_last_3d) input and output, weight (co, ci, kd, kh, kw); "
-                            f"{channel_store_bytes(spec, tiles) or _ELEMENT_BYTES[spec.dtype]}-byte output stores")
+                            f"{channel_store_bytes(spec, tiles) or spec.torch_dtype.itemsize}-byte output stores")
     if spec.precision == "tf32":
         params["precision"] = "tf32 allowed; this template multiplies in full float32"
     return Source(name=name, template=DIRECT_TEMPLATE, body=body, identity=spec.canonical_json(),
                   arg_names=DIRECT_ARGS, params=params, layout=spec.layout)
 
-
-_ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 # A kernel that stores vectors needs its output this aligned (Kernel checks it).
 OUTPUT_ALIGNMENT = 16
@@ -189,7 +187,7 @@ def channel_store_bytes(spec: ConvSpec, tiles: Tiles) -> int:
     """NDHWC: a thread's COT channels of one position are neighbours in memory, stored as
     vectors of this many bytes (16, 8 or 4); 0: one element at a time (an odd COT in a 16-bit
     dtype). Every store is aligned: channel offsets are multiples of COT."""
-    size = tiles.cot * _ELEMENT_BYTES[spec.dtype]
+    size = tiles.cot * spec.torch_dtype.itemsize
     return next((b for b in (16, 8, 4) if size % b == 0), 0)
 
 

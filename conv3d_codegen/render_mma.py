@@ -275,8 +275,7 @@ class _Budget:
 
 def _budget(spec: ConvSpec, tiles: MmaTiles) -> _Budget:
     layout = k_layout(spec)
-    out_element = 2 if spec.dtype != "float32" else 4
-    return _Budget(layout, 2 if layout.sixteen_bit else 4, tiles.block_m * out_element + 16,
+    return _Budget(layout, 2 if layout.sixteen_bit else 4, tiles.block_m * spec.torch_dtype.itemsize + 16,
                    min(SHARED_BYTES_PER_BLOCK, SHARED_BYTES_PER_SM // tiles.blocks_per_sm - 1024),
                    4 * tiles.block_n)
 

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from .spec import ConvSpec
 
 
@@ -32,7 +30,7 @@ class Workload:
     @property
     def min_bytes(self) -> int:
         """Each input, weight and output element moved through memory once."""
-        size = torch.empty((), dtype=self.spec.torch_dtype).element_size()
+        size = self.spec.torch_dtype.itemsize
         elements = (_count(self.input_shape) + _count(self.spec.weight_shape) + _count(self.output_shape)
                     + (self.spec.out_channels if self.spec.bias else 0))
         return elements * size
