@@ -2,10 +2,8 @@
 torch's float64 F.conv3d, the assembled gradient against torch.autograd's in float64; every
 tap used once, every input position written once; the strided workload's phases; and the
 kernels of those phases compiled by nvcc (no GPU)."""
-import dataclasses
 import itertools
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -13,13 +11,14 @@ import torch.nn.functional as F
 
 from conv3d_codegen import strict
 from conv3d_codegen.backward import flipped_weight, input_grad
-from conv3d_codegen.build import Target, compile_cubin, nvcc_path
 from conv3d_codegen.cache import KernelCache
 from conv3d_codegen.dgrad_phases import assemble, phase_axes, phases, run_phases
 from conv3d_codegen.dispatch import Dispatcher, FallbackError, Plan, source_for
 from conv3d_codegen.render_grad import dgrad_spec
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
+
+from .cubins import SM80, SM90, compile_all
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 
@@ -203,26 +202,17 @@ def test_on_the_cpu_torch_computes_it_and_strict_mode_refuses(tmp_path):
         input_grad(dispatcher, spec, grad_out, weight, tuple(want.shape))
 
 
-SM90 = Target(arch="sm_90", torch_version="2.11.0", cuda_version="13.0.88")
-SM80 = dataclasses.replace(SM90, arch="sm_80")
-
-
 @pytest.mark.slow
 def test_the_strided_workloads_phase_kernels_compile_without_spills():
     """What the dispatcher builds for the strided workload's phases without autotuning: each
     in float32 for sm_90, the largest also in bfloat16 for sm_80."""
-    if nvcc_path() is None:
-        pytest.skip("nvcc not found: set CUDA_HOME or put nvcc on PATH")
     work = WORKLOADS["strided"]
     n, _, d, h, w = work.input_shape
     gy_shape = (n, work.spec.out_channels, *work.spec.output_size(d, h, w))
     found = phases(work.spec, (d, h, w))
-    jobs = [(source_for(p.spec, gy_shape), SM90) for p in found]
     largest = max(found, key=lambda p: p.spec.kernel_volume).spec.model_copy(update={"dtype": "bfloat16"})
-    jobs.append((source_for(largest, gy_shape), SM80))
-    assert all(reason is None for (_, reason), _ in jobs)  # the direct template, not the generic one
-    with ThreadPoolExecutor(2) as pool:
-        reports = list(pool.map(lambda job: compile_cubin(job[0][0], job[1]), jobs))
-    for ((source, _), target), report in zip(jobs, reports):
+    chosen = [(source_for(p.spec, gy_shape), SM90) for p in found] + [(source_for(largest, gy_shape), SM80)]
+    assert all(reason is None for (_, reason), _ in chosen)  # the direct template, not the generic one
+    for source, target, report in compile_all([(source, target) for (source, _), target in chosen]):
         assert report.registers > 0, (source.name, target.arch)
         assert report.spill_store_bytes == report.spill_load_bytes == report.stack_bytes == 0, (source.name, report)

@@ -4,12 +4,11 @@ no torch headers)."""
 import dataclasses
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from conv3d_codegen.autotune import Tuner, candidates, render_tiles
-from conv3d_codegen.build import Target, compile_cubin, kernel_key, nvcc_path
+from conv3d_codegen.build import kernel_key
 from conv3d_codegen.cache import KernelCache
 from conv3d_codegen.kernel import KernelLoader
 from conv3d_codegen.render_depthwise import (DepthwiseTiles, default_depthwise_tiles, depthwise_candidates,
@@ -17,8 +16,8 @@ from conv3d_codegen.render_depthwise import (DepthwiseTiles, default_depthwise_t
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
-SM90 = Target(arch="sm_90", torch_version="2.11.0", cuda_version="13.0.88")
-SM80 = dataclasses.replace(SM90, arch="sm_80")
+from .cubins import SM80, SM90, compile_all
+
 DEPTHWISE = WORKLOADS["depthwise"].spec
 DEPTHWISE_BF16 = DEPTHWISE.model_copy(update={"dtype": "bfloat16"})
 
@@ -164,12 +163,7 @@ def _sources():
 
 @pytest.fixture(scope="module")
 def reports():
-    if nvcc_path() is None:
-        pytest.skip("nvcc not found: set CUDA_HOME or put nvcc on PATH")
-    jobs = _sources()
-    with ThreadPoolExecutor(2) as pool:
-        found = list(pool.map(lambda job: compile_cubin(*job), jobs))
-    return [(source, target, report) for (source, target), report in zip(jobs, found)]
+    return compile_all(_sources())
 
 
 @pytest.mark.slow

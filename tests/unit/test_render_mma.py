@@ -1,21 +1,19 @@
 """The tensor-core template: guards, names, the K order, and nvcc compiling every variant alone
 for sm_90 and sm_80 without spills (no GPU, no torch headers)."""
-import dataclasses
 import json
 import re
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conv3d_codegen.build import Target, compile_cubin, kernel_key, nvcc_path
+from conv3d_codegen.build import kernel_key
 from conv3d_codegen.render_mma import (MmaTiles, SharedPlan, _mask_bits, _plan, _steps, default_mma_tiles,
                                        k_layout, mma_candidates, render_mma, supports_mma)
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
-SM90 = Target(arch="sm_90", torch_version="2.11.0", cuda_version="13.0.88")
-SM80 = dataclasses.replace(SM90, arch="sm_80")
+from .cubins import SM80, SM90, compile_all
+
 SEED_A = WORKLOADS["seed-a"].spec.model_copy(update={"dtype": "bfloat16"})
 SEED_B = WORKLOADS["seed-b"].spec.model_copy(update={"dtype": "bfloat16"})
 
@@ -254,12 +252,7 @@ def _sources():
 
 @pytest.fixture(scope="module")
 def reports():
-    if nvcc_path() is None:
-        pytest.skip("nvcc not found: set CUDA_HOME or put nvcc on PATH")
-    jobs = _sources()
-    with ThreadPoolExecutor(2) as pool:
-        found = list(pool.map(lambda job: compile_cubin(*job), jobs))
-    return [(source, target, report) for (source, target), report in zip(jobs, found)]
+    return compile_all(_sources())
 
 
 @pytest.mark.slow

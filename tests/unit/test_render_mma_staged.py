@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conv3d_codegen.autotune import TILE_KINDS, Tuner, candidates, render_tiles
-from conv3d_codegen.build import Target, compile_cubin, kernel_key, nvcc_path
+from conv3d_codegen.build import kernel_key
 from conv3d_codegen.cache import KernelCache
 from conv3d_codegen.dispatch import source_for
 from conv3d_codegen.kernel import KernelLoader, launch_args
@@ -23,9 +23,7 @@ from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
 from . import cuda_emulation
-
-SM90 = Target(arch="sm_90", torch_version="2.11.0", cuda_version="13.0.88")
-SM80 = dataclasses.replace(SM90, arch="sm_80")
+from .cubins import SM80, SM90, compile_all
 
 
 def _dtype(spec: ConvSpec, dtype: str) -> ConvSpec:
@@ -182,12 +180,7 @@ def _cubin_jobs():
 
 @pytest.fixture(scope="module")
 def reports():
-    if nvcc_path() is None:
-        pytest.skip("nvcc not found: set CUDA_HOME or put nvcc on PATH")
-    jobs = _cubin_jobs()
-    with ThreadPoolExecutor(2) as pool:
-        found = list(pool.map(lambda job: compile_cubin(*job), jobs))
-    return [(source, target, report) for (source, target), report in zip(jobs, found)]
+    return compile_all(_cubin_jobs())
 
 
 @pytest.mark.slow

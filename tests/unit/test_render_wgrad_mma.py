@@ -2,21 +2,20 @@
 wgrad tuner, and nvcc compiling every seed candidate alone for sm_90 and sm_80 without spills
 (no GPU, no torch headers)."""
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from conv3d_codegen import backward
 from conv3d_codegen.autotune import TORCH
-from conv3d_codegen.build import Target, compile_cubin, kernel_key, nvcc_path
+from conv3d_codegen.build import kernel_key
 from conv3d_codegen.render_grad import WGRAD_ARGS, WgradTiles, wgrad_candidates
 from conv3d_codegen.render_wgrad_mma import (MAX_CANDIDATES, WgradMmaTiles, _plan, default_wgrad_mma_tiles,
                                              render_wgrad_mma, supports_wgrad_mma, wgrad_mma_candidates)
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
-SM90 = Target(arch="sm_90", torch_version="2.11.0", cuda_version="13.0.88")
-SM80 = dataclasses.replace(SM90, arch="sm_80")
+from .cubins import SM80, SM90, compile_all
+
 SEED_A = WORKLOADS["seed-a"].spec.model_copy(update={"dtype": "bfloat16"})
 SEED_B = WORKLOADS["seed-b"].spec.model_copy(update={"dtype": "bfloat16"})
 OW = {"seed-a": 58, "seed-b": 62}  # the seeds' output widths: the tuner's candidates fit them
@@ -189,12 +188,7 @@ def _jobs():
 
 @pytest.fixture(scope="module")
 def reports():
-    if nvcc_path() is None:
-        pytest.skip("nvcc not found: set CUDA_HOME or put nvcc on PATH")
-    jobs = _jobs()
-    with ThreadPoolExecutor(2) as pool:
-        found = list(pool.map(lambda job: compile_cubin(*job), jobs))
-    return [(source, target, report) for (source, target), report in zip(jobs, found)]
+    return compile_all(_jobs())
 
 
 @pytest.mark.slow
