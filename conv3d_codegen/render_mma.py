@@ -230,6 +230,7 @@ class SharedPlan:
     c_bytes: int        # the output stage and staged A, whichever is larger
     bias_bytes: int
     staging: Staging | None = None  # shared A only
+    b_parts: int = 1    # 3xTF32: 2 where the weights are split once, both parts resident; 1: split per K step
 
     @property
     def total(self) -> int:
@@ -256,28 +257,34 @@ def _bodies(spec: ConvSpec, layout: KLayout, max_steps: int) -> tuple[int, int] 
 @dataclass(frozen=True)
 class _Budget:
     """What both ways of feeding A start from: element sizes, the output stage's pitch, the
-    shared memory one block may have, the bias's bytes."""
+    shared memory one block may have, the bias's bytes, and how many copies of the weights."""
 
     layout: KLayout
     element: int        # bytes of an A or B element
     c_pitch: int        # bytes per staged output row; 16 mod 64, so lanes' writes miss each other
     budget: int
     bias_bytes: int
+    b_parts: int        # 2: 3xTF32 weights split once, big and small parts in shared memory; else 1
 
     def weights(self, tiles: MmaTiles, resident: bool, body_steps: int) -> tuple[int, int]:
-        """(bytes per weight row, bytes of weights): all of K once, or a body in each of two buffers."""
+        """(bytes per weight row, bytes of weights): all of K once, or a body in each of two buffers;
+        with split weights, the small parts as many bytes again."""
         if resident:
             b_pitch = self.layout.columns * self.element + 16
-            return b_pitch, tiles.block_n * b_pitch
+            return b_pitch, self.b_parts * tiles.block_n * b_pitch
         b_pitch = body_steps * self.layout.step * self.element + 16
-        return b_pitch, 2 * tiles.block_n * b_pitch
+        return b_pitch, self.b_parts * 2 * tiles.block_n * b_pitch
 
 
-def _budget(spec: ConvSpec, tiles: MmaTiles) -> _Budget:
+def _budgets(spec: ConvSpec, tiles: MmaTiles) -> list[_Budget]:
+    """The budgets to plan with, in order of preference. 3xTF32 first tries its weights split
+    once, both parts resident (the split then costs nothing per K step); where they do not fit,
+    the weights are split again per K step, as the MMAs read them (one copy in shared memory)."""
     layout = k_layout(spec)
-    return _Budget(layout, 2 if layout.sixteen_bit else 4, tiles.block_m * spec.torch_dtype.itemsize + 16,
-                   min(SHARED_BYTES_PER_BLOCK, SHARED_BYTES_PER_SM // tiles.blocks_per_sm - 1024),
-                   4 * tiles.block_n)
+    one = _Budget(layout, 2 if layout.sixteen_bit else 4, tiles.block_m * spec.torch_dtype.itemsize + 16,
+                  min(SHARED_BYTES_PER_BLOCK, SHARED_BYTES_PER_SM // tiles.blocks_per_sm - 1024),
+                  4 * tiles.block_n, 1)
+    return [dataclasses.replace(one, b_parts=2), one] if splits_tf32(spec) else [one]
 
 
 def _too_many_steps(spec: ConvSpec, layout: KLayout, held: str = "") -> str:
@@ -287,13 +294,23 @@ def _too_many_steps(spec: ConvSpec, layout: KLayout, held: str = "") -> str:
 
 
 def _plan(spec: ConvSpec, tiles: MmaTiles) -> SharedPlan | str:
-    if tiles.a_from == "shared":
-        return _shared_plan(spec, tiles)
-    b = _budget(spec, tiles)
+    *split, b = _budgets(spec, tiles)
+    found = None
+    if split:  # split weights only where both parts stay resident
+        found = _shared_plan(spec, tiles, split[0], resident_only=True) if tiles.a_from == "shared" \
+            else _global_plan(spec, tiles, split[0], resident_only=True)
+    if isinstance(found, SharedPlan):
+        return found
+    return _shared_plan(spec, tiles, b) if tiles.a_from == "shared" else _global_plan(spec, tiles, b)
+
+
+def _global_plan(spec: ConvSpec, tiles: MmaTiles, b: _Budget, resident_only: bool = False) -> SharedPlan | str:
     layout = b.layout
     # Weights stay in shared memory for the whole kernel if they fit next to an output stage
     # of 8 channels; otherwise a body's worth streams through each of two buffers.
     resident = b.weights(tiles, True, layout.steps)[1] + 8 * b.c_pitch + b.bias_bytes <= b.budget
+    if resident_only and not resident:
+        return "the weights do not fit in shared memory whole"
     if resident and layout.steps <= MAX_UNROLLED_STEPS:
         bodies, ci_per_body = 1, spec.in_per_group
     elif (found := _bodies(spec, layout, MAX_BODY_STEPS)) is not None:
@@ -306,22 +323,21 @@ def _plan(spec: ConvSpec, tiles: MmaTiles) -> SharedPlan | str:
     for epilogue_n in range(tiles.block_n, 0, -8):
         if tiles.block_n % epilogue_n == 0 and b_bytes + epilogue_n * b.c_pitch + b.bias_bytes <= b.budget:
             return SharedPlan(bodies, ci_per_body, body_steps, resident, b_pitch, epilogue_n, b.c_pitch,
-                              b_bytes, epilogue_n * b.c_pitch, b.bias_bytes)
+                              b_bytes, epilogue_n * b.c_pitch, b.bias_bytes, b_parts=b.b_parts)
     return (f"{b_bytes + 8 * b.c_pitch + b.bias_bytes} bytes of shared memory per block exceed the "
             f"{b.budget} that {tiles.blocks_per_sm} blocks per SM leave")
 
 
-def _shared_plan(spec: ConvSpec, tiles: MmaTiles) -> SharedPlan | str:
+def _shared_plan(spec: ConvSpec, tiles: MmaTiles, b: _Budget, resident_only: bool = False) -> SharedPlan | str:
     """Shared A: weights resident if they fit next to the largest body of staged A that does,
     else streamed; the body (input channels staged at once) as large as fits."""
-    b = _budget(spec, tiles)
     layout = b.layout
     options = ([(1, spec.in_per_group)] if layout.steps <= MAX_UNROLLED_STEPS else []) \
         + [o for o in _body_options(spec, layout, MAX_BODY_STEPS) if o[0] > 1]
     if not options:
         return _too_many_steps(spec, layout)
     smallest = None
-    for resident in (True, False):
+    for resident in (True,) if resident_only else (True, False):
         for bodies, ci_per_body in options:
             if not resident and bodies == 1:
                 continue  # streamed weights need a body to stream ahead of
@@ -336,7 +352,7 @@ def _shared_plan(spec: ConvSpec, tiles: MmaTiles) -> SharedPlan | str:
                 stage = max(staging.bytes, epilogue_n * b.c_pitch)
                 if tiles.block_n % epilogue_n == 0 and b_bytes + stage + b.bias_bytes <= b.budget:
                     return SharedPlan(bodies, ci_per_body, body_steps, resident, b_pitch, epilogue_n, b.c_pitch,
-                                      b_bytes, _round_up(stage, 16), b.bias_bytes, staging)
+                                      b_bytes, _round_up(stage, 16), b.bias_bytes, staging, b.b_parts)
     return (f"{smallest} bytes of shared memory per block (weights, staged A) exceed the "
             f"{b.budget} that {tiles.blocks_per_sm} blocks per SM leave")
 
@@ -384,11 +400,15 @@ def mma_candidates(spec: ConvSpec) -> list[MmaTiles]:
     and in where A comes from: gathered from global memory, or staged in shared memory in
     tiles of lines 64 or 32 positions along w (the output's width decides which wastes less)."""
     block_n = min(64, _round_up(spec.out_per_group, 8))
-    if splits_tf32(spec):  # 8 warps an SM: the split parts need ~170-250 registers next to the accumulators
+    if splits_tf32(spec):
+        # 8 or 12 warps an SM: the split parts need ~150-250 registers next to the accumulators
+        # (12 where the weights are split once, in shared memory: 164 registers on seed-b).
         found = [MmaTiles(256, block_n, 8, 1, 1), MmaTiles(128, block_n, 4, 1, 2),
                  MmaTiles(256, block_n, 8, 1, 1, "shared", 64), MmaTiles(256, block_n, 8, 1, 1, "shared", 32),
-                 MmaTiles(512, block_n, 8, 1, 1, "shared", 64), MmaTiles(128, block_n, 4, 1, 2, "shared", 64)]
-        return [t for t in found if t.problem(spec) is None]
+                 MmaTiles(512, block_n, 8, 1, 1, "shared", 64), MmaTiles(128, block_n, 4, 1, 2, "shared", 64),
+                 MmaTiles(128, block_n, 4, 1, 3), MmaTiles(128, block_n, 4, 1, 3, "shared", 64)]
+        return [t for t in found if t.problem(spec) is None
+                and (t.blocks_per_sm < 3 or _plan(spec, t).b_parts == 2)]  # 12 warps: split once only
     found = [default_mma_tiles(spec),
              MmaTiles(block_m=256, block_n=block_n, warps_m=8, warps_n=1, blocks_per_sm=2),
              MmaTiles(block_m=128, block_n=block_n, warps_m=4, warps_n=1, blocks_per_sm=4),
