@@ -127,7 +127,6 @@ class MmaTiles:
     blocks_per_sm: int = 2  # promised to ptxas (__launch_bounds__): caps registers per thread
     a_from: Literal["global", "shared"] = "global"  # where lanes read A: gathered from global memory, or staged
     tile_w: int = 0     # shared A: positions along w per tile line (block_m / tile_w lines); 0 for global
-    lookahead: int = 1  # K steps of A gathered ahead of the MMAs that read them: 1 or 2
 
     @property
     def threads(self) -> int:
@@ -163,8 +162,6 @@ class MmaTiles:
             return f"tile_w={self.tile_w} is not one of 16, 32, 64, 128 dividing block_m={self.block_m}"
         if self.a_from not in ("global", "shared"):
             return f"a_from={self.a_from!r} is not 'global' or 'shared'"
-        if self.lookahead not in (1, 2):
-            return f"lookahead={self.lookahead} is not 1 or 2 K steps"
         if isinstance(plan := _plan(spec, self), str):
             return plan
         return None
@@ -176,9 +173,8 @@ class MmaTiles:
 
     def __str__(self) -> str:
         shared = f" a_from=shared tile_w={self.tile_w}" if self.a_from == "shared" else ""
-        ahead = f" lookahead={self.lookahead}" if self.lookahead != 1 else ""
         return (f"block_m={self.block_m} block_n={self.block_n} warps_m={self.warps_m} "
-                f"warps_n={self.warps_n} blocks_per_sm={self.blocks_per_sm}{shared}{ahead}")
+                f"warps_n={self.warps_n} blocks_per_sm={self.blocks_per_sm}{shared}")
 
 
 def _round_up(value: int, multiple: int) -> int:
