@@ -107,6 +107,14 @@ class Tuner:
         winner = None if record["winner"] == TORCH else kind(**record["tiles"])
         return Choice(winner, record["timings_ms"], record["dropped"])
 
+    @staticmethod
+    def candidate_problem(spec: ConvSpec, tiles: AnyTiles, ow: int) -> str | None:
+        """Why tune() drops `tiles` before building them, for outputs `ow` wide (None: it builds
+        them): the tiles' own problem, or fewer outputs along w than a thread computes."""
+        if problem := tiles.problem(spec):
+            return problem
+        return f"output width {ow} < wt" if ow < getattr(tiles, "wt", 1) else None
+
     def tune(self, spec: ConvSpec, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
              target: Target, torch_call: Callable[[], torch.Tensor], tiles: list[AnyTiles] | None = None) -> Choice:
         """Time every candidate (default: candidates(spec)) and torch on these tensors."""
@@ -115,7 +123,7 @@ class Tuner:
         timings, dropped, kernels = {}, {}, {}
         ow = spec.output_size(*x.shape[2:])[2]
         for t in list(tiles):
-            if (problem := t.problem(spec)) or (ow < getattr(t, "wt", 1) and (problem := f"output width {ow} < wt")):
+            if problem := self.candidate_problem(spec, t, ow):
                 dropped[str(t)] = f"tiles: {problem}"
                 tiles.remove(t)
 

@@ -20,6 +20,7 @@ import logging
 import math
 import time
 import weakref
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,8 @@ import torch.nn.functional as F
 
 from .build import KernelBuildError, Target
 from .cache import CacheUnusable
-from .dispatch import Dispatcher, FallbackError, _in_background, capturing, cudnn_precision, strict_enabled
+from .dispatch import (Dispatcher, FallbackError, PlanMemos, Revisable, _in_background, capturing, cudnn_precision,
+                       strict_enabled)
 from .autotune import TIMING, TORCH, Tuner, keep, settle, timings_text
 from .kernel import Kernel, launch_args
 from .measure import median_ms, relative_error, tolerance
@@ -70,16 +72,16 @@ def input_grad(dispatcher: Dispatcher, spec: ConvSpec, grad_out: torch.Tensor, w
 # ---- grad of the weight and the bias -----------------------------------------------------
 
 @dataclass(frozen=True)
-class WgradPlan:
+class WgradPlan(Revisable):
     kernel: Kernel | None   # None: torch
     reason: str | None      # why torch
     tiles: WgradTiles | WgradMmaTiles | None = None
-    pending: object = None  # async mode: the background build
+    pending: Future | None = None  # async mode: the background build
     tuned: bool = False     # torch chosen by timing: not a fallback
     provisional: bool = False  # made during CUDA graph capture: decided again after it
 
 
-_wgrad_plans: weakref.WeakKeyDictionary[Dispatcher, dict] = weakref.WeakKeyDictionary()
+_wgrad_plans: PlanMemos[WgradPlan] = PlanMemos()  # per dispatcher, by device, dtype, input shape and spec
 
 
 def weight_grad(dispatcher: Dispatcher, spec: ConvSpec, grad_out: torch.Tensor, x: torch.Tensor,
@@ -134,16 +136,16 @@ def render_wgrad_tiles(spec: ConvSpec, tiles: WgradTiles | WgradMmaTiles, wide: 
 
 
 def _wgrad_plan(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_out: torch.Tensor) -> WgradPlan:
-    plans = _wgrad_plans.setdefault(dispatcher, {})
-    key = (x.device, x.dtype, tuple(x.shape), spec)
-    plan, in_capture = plans.get(key), capturing(x)
-    stale = plan is not None and (plan.provisional or (plan.pending is not None and plan.pending.done()))
-    if plan is None or (stale and not in_capture):  # during capture, a plan made before stands
-        plan = _decide_wgrad(dispatcher, spec, x, grad_out, plan, in_capture)
-        plans[key] = plan
+    in_capture = capturing(x)
+
+    def logged(before: WgradPlan | None, plan: WgradPlan) -> None:
         if plan.kernel is None:
             log.log(logging.INFO if plan.pending or plan.tuned else logging.WARNING, "conv3d wgrad %s -> torch: %s",
                     spec.tag, plan.reason)
+
+    plan = _wgrad_plans.of(dispatcher).plan(
+        (x.device, x.dtype, tuple(x.shape), spec),
+        lambda before: _decide_wgrad(dispatcher, spec, x, grad_out, before, in_capture), in_capture, logged)
     if plan.kernel is None and plan.pending is None and not plan.tuned and strict_enabled():
         raise FallbackError(f"strict mode: wgrad of {spec.tag} would run on torch: {plan.reason}")
     return plan

@@ -38,7 +38,6 @@ import itertools
 import logging
 import math
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -46,13 +45,13 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from .autotune import TIMING, TORCH, Tuner, candidates, keep, render_tiles, settle, timings_text
+from .autotune import TIMING, TORCH, Tuner, keep, settle, timings_text
 from .backward import _fallback, flipped_weight, torch_grads
 from .build import Target, kernel_key
-from .dispatch import Dispatcher, capturing, cudnn_precision, source_for
+from .dispatch import Dispatcher, PlanMemos, capturing, cudnn_precision, source_for
 from .kernel import launch_args
 from .measure import median_ms, relative_error, tolerance
-from .render import Source, supports, wide_offsets
+from .render import Source
 from .spec import ConvSpec, Triple
 
 log = logging.getLogger("conv3d_codegen")
@@ -248,8 +247,14 @@ class PhasesPlan:
     pending: bool = False       # phase kernels are building in the background: decided again
     provisional: bool = False   # made during CUDA graph capture without timing: decided again after it
 
+    @property
+    def stale(self) -> bool:
+        """Decided again on every call while the phase kernels build (the phase convolutions'
+        plans hold the builds and say when they are done), and after capture if provisional."""
+        return self.pending or self.provisional
 
-_plans: weakref.WeakKeyDictionary[Dispatcher, dict] = weakref.WeakKeyDictionary()
+
+_plans: PlanMemos[PhasesPlan] = PlanMemos()  # per dispatcher, by device, dtype, input shape and spec
 
 
 def phase_input_grad(dispatcher: Dispatcher, spec: ConvSpec, grad_out: torch.Tensor, weight: torch.Tensor,
@@ -272,17 +277,16 @@ def torch_dgrad(spec: ConvSpec, grad_out: torch.Tensor, weight: torch.Tensor,
 
 def phases_plan(dispatcher: Dispatcher, spec: ConvSpec, grad_out: torch.Tensor, weight: torch.Tensor,
                 input_shape: tuple[int, ...]) -> PhasesPlan:
-    plans = _plans.setdefault(dispatcher, {})
-    key = (grad_out.device, grad_out.dtype, tuple(input_shape), spec)
-    before, in_capture = plans.get(key), capturing(grad_out)
-    plan = before
-    if plan is None or ((plan.pending or plan.provisional) and not in_capture):  # in capture, one made before stands
-        plan = _decide(dispatcher, spec, grad_out, weight, tuple(input_shape), in_capture)
-        plans[key] = plan
+    in_capture = capturing(grad_out)
+
+    def logged(before: PhasesPlan | None, plan: PhasesPlan) -> None:
         # (a fallback is logged once where it runs; a wait for builds once, not on every call)
         if plan.torch and (plan.tuned or (plan.pending and not (before and before.pending))):
             log.info("conv3d dgrad %s -> torch: %s", spec.tag, plan.reason)
-    return plan
+
+    return _plans.of(dispatcher).plan(
+        (grad_out.device, grad_out.dtype, tuple(input_shape), spec),
+        lambda before: _decide(dispatcher, spec, grad_out, weight, tuple(input_shape), in_capture), in_capture, logged)
 
 
 def _decide(dispatcher: Dispatcher, spec: ConvSpec, grad_out: torch.Tensor, weight: torch.Tensor,
@@ -319,23 +323,13 @@ def _prebuild(dispatcher: Dispatcher, found: tuple[Phase, ...], grad_out: torch.
     other. Only a head start: whatever fails here fails again, with its reason, in the plan."""
     if dispatcher.mode != "jit":
         return
-    device_name = torch.cuda.get_device_name(grad_out.device)
     sources = {}
     for phase in found:
         if phase.spec is None:
             continue
-        spec, shape = phase.spec, phase.grad_out_shape(tuple(grad_out.shape))
         try:  # what Dispatcher._kernel_plan will load: the tuned winner, the candidates, or the default
-            tunable = supports(spec) is None
-            choice = dispatcher.tuner.lookup(spec, shape, target, device_name) if tunable else None
-            if choice is not None:
-                found_sources = [] if choice.winner is None else [source_for(spec, shape, choice.winner)[0]]
-            elif tunable and dispatcher.autotune:
-                ow, wide = spec.output_size(*shape[2:])[2], wide_offsets(spec, shape)
-                found_sources = [render_tiles(spec, t, wide) for t in candidates(spec)
-                                 if t.problem(spec) is None and ow >= getattr(t, "wt", 1)]
-            else:
-                found_sources = [source_for(spec, shape)[0]]
+            found_sources = dispatcher.kernel_sources(phase.spec, phase.grad_out_shape(tuple(grad_out.shape)),
+                                                      target, grad_out.device).sources
         except ValueError as err:  # a candidate the template refuses: the tuner drops it with its reason
             log.info("conv3d dgrad phases: not prebuilt (%s)", err)
             continue

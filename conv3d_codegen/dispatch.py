@@ -18,6 +18,8 @@ autotuning is not a fallback.
 While the current CUDA stream is capturing a graph, nothing is built, tuned, synchronized
 or started in the background: a plan made before is used as it is, and a new one takes a
 kernel only if the cache already holds it, else torch (and is decided again after capture).
+PlanMemo keeps plans by call key with that rule; the gradients' plans (backward.py,
+dgrad_phases.py) are kept the same way, one PlanMemo per dispatcher (PlanMemos).
 
 conv3d(), Conv3d and their backward use the process's current dispatcher:
 default_dispatcher(), replaced by set_default_dispatcher() or, for a block, `using()`.
@@ -30,10 +32,11 @@ import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Literal
+from typing import Generic, Literal, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -95,8 +98,77 @@ def cudnn_precision(precision: str, dtype: torch.dtype = torch.float32) -> Itera
         cudnn.allow_tf32 = not wanted
 
 
+# ---- the memo of plans ------------------------------------------------------------------
+
+class Memoized(Protocol):
+    """What PlanMemo asks of a plan."""
+
+    @property
+    def stale(self) -> bool:
+        """Whether the plan is to be decided again on the next call outside capture."""
+
+
+P = TypeVar("P", bound=Memoized)
+
+
+class Revisable:
+    """`stale` for a plan that holds `pending` (the background build it waits for, or None)
+    and `provisional` (made during capture, which held a build or autotuning back)."""
+
+    pending: Future | None
+    provisional: bool
+
+    @property
+    def stale(self) -> bool:
+        return self.provisional or (self.pending is not None and self.pending.done())
+
+
+class PlanMemo(Generic[P]):
+    """One owner's plans by call key: each decided once and reused until it is stale
+    (`plan.stale`), then decided again, but never during CUDA graph capture: there a plan
+    made before stands (a key never seen is still decided; that decision builds nothing).
+
+    No lock, as with a dict: two threads may decide one key at once; the last one is kept."""
+
+    def __init__(self) -> None:
+        self._plans: dict[Hashable, P] = {}
+
+    def plan(self, key: Hashable, decide: Callable[[P | None], P], in_capture: bool,
+             changed: Callable[[P | None, P], None] | None = None) -> P:
+        """The plan for `key`: the one kept, or decide(the stale one before, or None), kept and
+        passed to changed(before, plan) to be logged, once per decision."""
+        plan = self._plans.get(key)
+        if plan is None or (plan.stale and not in_capture):
+            before, plan = plan, decide(plan)
+            self._plans[key] = plan
+            if changed is not None:
+                changed(before, plan)
+        return plan
+
+    def peek(self, key: Hashable) -> P | None:
+        """The plan kept for `key`, stale or not, deciding nothing (for the hot path)."""
+        return self._plans.get(key)
+
+    def plans(self) -> list[P]:
+        return list(self._plans.values())
+
+
+class PlanMemos(Generic[P]):
+    """A PlanMemo per owner (a Dispatcher), dropped with it: for plans that other modules keep
+    beside the dispatcher's own (the gradients')."""
+
+    def __init__(self) -> None:
+        self._memos: weakref.WeakKeyDictionary[object, PlanMemo[P]] = weakref.WeakKeyDictionary()
+
+    def of(self, owner: object) -> PlanMemo[P]:
+        memo = self._memos.get(owner)
+        return memo if memo is not None else self._memos.setdefault(owner, PlanMemo())
+
+
+# ---- plans ------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
-class Plan:
+class Plan(Revisable):
     route: Route
     reason: str | None = None       # why not the generated kernel
     spec: ConvSpec | None = None
@@ -116,6 +188,17 @@ class Plan:
         ran = f"{self.route} kernel {self.kernel.name}" if self.kernel else self.route
         why = self.reason or "the specialized kernel"
         return f"{what} on {self.call}: {ran}{' (autotuned)' if self.tuned else ''}; {why}"
+
+
+@dataclass(frozen=True)
+class KernelSources:
+    """What a kernel plan for one spec and input shape loads: see Dispatcher.kernel_sources."""
+    sources: list[Source]         # the autotuning candidates if `tune`, else the kernel that serves;
+                                  # none where autotuning chose torch
+    choice: Choice | None = None  # the kept autotuning record, if any
+    tune: bool = False            # no record, autotuning on: the candidates are built, then timed
+    untuned: bool = False         # no record, autotuning on, but capturing: the default kernel meanwhile
+    reason: str | None = None     # why the kernel that serves is not the specialized one
 
 
 def _in_background(work: Callable[[], object]) -> Future:
@@ -185,7 +268,7 @@ class Dispatcher:
         self.loader = KernelLoader(cache or KernelCache())
         self.tuner = Tuner(self.loader)
         self.autotune, self.mode = autotune, mode
-        self._plans: dict[tuple, Plan] = {}
+        self._plans: PlanMemo[Plan] = PlanMemo()
 
     @property
     def cache(self) -> KernelCache:
@@ -193,22 +276,25 @@ class Dispatcher:
 
     def plans(self) -> list[Plan]:
         """Every decision made so far, for explain()."""
-        return list(self._plans.values())
+        return self._plans.plans()
 
     def plan(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
              stride, padding, dilation, groups, precision: str = "ieee") -> Plan:
-        key = _key(x, weight, bias, stride, padding, dilation, groups, precision)
-        plan, in_capture = self._plans.get(key), capturing(x)
-        stale = plan is not None and (plan.provisional or (plan.pending is not None and plan.pending.done()))
-        if plan is None or (stale and not in_capture):  # during capture, a plan made before stands
-            plan = self._decide(x, weight, bias, stride, padding, dilation, groups, precision, plan, in_capture)
-            plan = dataclasses.replace(plan, call=f"input {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')} "
+        in_capture = capturing(x)
+
+        def decide(before: Plan | None) -> Plan:
+            plan = self._decide(x, weight, bias, stride, padding, dilation, groups, precision, before, in_capture)
+            return dataclasses.replace(plan, call=f"input {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')} "
                                                   f"{x.device}")
-            self._plans[key] = plan
+
+        def logged(before: Plan | None, plan: Plan) -> None:
             if plan.route != "generated":
                 level = logging.WARNING if plan.fallback and x.is_cuda and not plan.pending else logging.INFO
                 log.log(level, "conv3d %s -> %s: %s", plan.spec.tag if plan.spec else tuple(x.shape),
                         plan.route, plan.reason)
+
+        plan = self._plans.plan(_key(x, weight, bias, stride, padding, dilation, groups, precision), decide,
+                                in_capture, logged)
         if plan.fallback and strict_enabled():
             raise FallbackError(f"strict mode: conv3d would run on {plan.route}: {plan.reason}")
         return plan
@@ -218,7 +304,7 @@ class Dispatcher:
         """The plan plan() would return for this call without deciding, building or logging
         anything: None unless one was made before and stands (not provisional, no build
         pending, not a fallback that strict mode must refuse). A lookup, for the hot path."""
-        plan = self._plans.get(_key(x, weight, bias, stride, padding, dilation, groups, precision))
+        plan = self._plans.peek(_key(x, weight, bias, stride, padding, dilation, groups, precision))
         if plan is None or plan.provisional or plan.pending is not None or (plan.fallback and strict_enabled()):
             return None
         return plan
@@ -259,20 +345,37 @@ class Dispatcher:
         except CacheUnusable as err:
             return Plan("torch", f"no usable kernel cache: {err}", spec)
 
-    def _kernel_plan(self, spec: ConvSpec, x, weight, bias, precision, in_capture: bool = False) -> Plan:
-        target, shape = Target.for_device(x.device), tuple(x.shape)
+    def kernel_sources(self, spec: ConvSpec, shape: tuple[int, ...], target: Target, device: torch.device,
+                       in_capture: bool = False) -> KernelSources:
+        """The sources a kernel plan for `spec` on inputs of `shape` loads: without an autotuning
+        record and with autotuning on (not in mode 'prebuilt'), every candidate the tuner will
+        build, unless capturing holds tuning back; else the kept winner's kernel or, without a
+        record, the default one (the generic kernel where the specialized one does not apply);
+        none where autotuning chose torch. dgrad_phases builds them for many phases at once."""
         tunable = supports(spec) is None
-        choice = self.tuner.lookup(spec, shape, target, torch.cuda.get_device_name(x.device)) if tunable else None
+        choice = self.tuner.lookup(spec, shape, target, torch.cuda.get_device_name(device)) if tunable else None
         untuned = choice is None and tunable and self.autotune and self.mode != "prebuilt"
         if untuned and not in_capture:
-            sources = [render_tiles(spec, t, wide_offsets(spec, shape)) for t in candidates(spec)]
+            ow, wide = spec.output_size(*shape[2:])[2], wide_offsets(spec, shape)
+            return KernelSources([render_tiles(spec, t, wide) for t in candidates(spec)
+                                  if Tuner.candidate_problem(spec, t, ow) is None], tune=True)
+        if choice is not None and choice.winner is None:
+            return KernelSources([], choice)
+        source, reason = source_for(spec, shape, choice.winner if choice else None)
+        return KernelSources([source], choice, untuned=untuned, reason=reason)
+
+    def _kernel_plan(self, spec: ConvSpec, x, weight, bias, precision, in_capture: bool = False) -> Plan:
+        target, shape = Target.for_device(x.device), tuple(x.shape)
+        loads = self.kernel_sources(spec, shape, target, x.device, in_capture)
+        choice, sources = loads.choice, loads.sources
+        if loads.tune:
             if self.mode == "async" and any(self.loader.find(s, target) is None for s in sources):
                 return Plan("torch", f"building {len(sources)} autotuning candidates in the background",
                             spec, pending=_in_background(lambda: self.loader.load_many(sources, target)))
-            choice, untuned = self._tune(spec, x, weight, bias, target, precision), False
+            choice = self._tune(spec, x, weight, bias, target, precision)
         if choice is not None and choice.winner is None:
             return Plan("torch", f"autotuned: no candidate beat torch by 2% ({timings_text(choice.timings_ms)})", spec, tuned=True)
-        source, reason = source_for(spec, shape, choice.winner if choice else None)
+        source, reason = source_for(spec, shape, choice.winner) if loads.tune else (sources[0], loads.reason)
         kernel = self.loader.find(source, target)
         if kernel is None and self.mode == "prebuilt":
             return Plan("torch", f"mode 'prebuilt': {source.name} is not in the cache {self.cache.root}", spec)
@@ -284,7 +387,7 @@ class Dispatcher:
                         pending=_in_background(lambda: self.loader.load(source, target)))
         kernel = kernel or self.loader.load(source, target)
         return Plan("generic" if reason else "generated", reason, spec, kernel, tuned=choice is not None,
-                    provisional=untuned)
+                    provisional=loads.untuned)
 
     def _tune(self, spec, x, weight, bias, target, precision) -> Choice:
         def torch_call():

@@ -220,8 +220,8 @@ def test_conv3d_backward_runs_a_kept_tensor_core_winner(kernels, cache_root, dty
         out = conv(x)
         grad_out = torch.randn_like(out)
         out.backward(grad_out)
-    plans = backward._wgrad_plans[dispatcher]
-    assert any(p.tiles == tiles and p.kernel is not None for p in plans.values()), plans
+    plans = backward._wgrad_plans.of(dispatcher).plans()
+    assert any(p.tiles == tiles and p.kernel is not None for p in plans), plans
     x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, conv.weight, conv.bias))
     torch.nn.functional.conv3d(x64, w64, b64, padding=(1, 2, 3)).backward(grad_out.double())
     for name, got, want in [("weight", conv.weight.grad, w64.grad), ("bias", conv.bias.grad, b64.grad),
