@@ -256,7 +256,10 @@ def torch_grads(spec: ConvSpec, grad_out: torch.Tensor, x: torch.Tensor, weight:
     with cudnn_precision(spec.precision, x.dtype):
         before, after = spec.pad_before, spec.pad_after
         if before != after:  # 'same' with an odd total: the extra zero goes after, as torch pads it
-            x = F.pad(x, (0, after[2] - before[2], 0, after[1] - before[1], 0, after[0] - before[0]))
+            padded = (*x.shape[:2], *(size + a - b for size, a, b in zip(x.shape[2:], after, before)))
+            # without the weight's gradient, only the padded input's shape is read
+            x = F.pad(x, (0, after[2] - before[2], 0, after[1] - before[1], 0, after[0] - before[0])) \
+                if needs[1] else x.new_empty(1).expand(padded)
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
             grad_out, x, weight, [spec.out_channels] if spec.bias else None, list(spec.stride),
             list(before), list(spec.dilation), False, [0, 0, 0], spec.groups,

@@ -271,7 +271,9 @@ def phase_input_grad(dispatcher: Dispatcher, spec: ConvSpec, grad_out: torch.Ten
 
 def torch_dgrad(spec: ConvSpec, grad_out: torch.Tensor, weight: torch.Tensor,
                 input_shape: tuple[int, ...]) -> torch.Tensor:
-    x = grad_out.new_empty(input_shape)  # convolution_backward reads only its shape here
+    # convolution_backward reads only the input's shape here: one element expanded to it (as
+    # torch.nn.grad.conv3d_input does), not an input-sized allocation.
+    x = grad_out.new_empty(1).expand(input_shape)
     return torch_grads(spec, grad_out, x, weight, (True, False, False))[0].contiguous()
 
 
