@@ -1,6 +1,7 @@
 """Rendering the staged tensor-core template, templates/conv3d_fwd_mma_staged.cu.j2: an implicit
-GEMM for convolutions with many input channels (16 or more per group, a multiple of 16), NCDHW,
-bfloat16 or float16 on mma.sync m16n8k16 (sm_80 and newer), float32 accumulation.
+GEMM for convolutions with many input channels, NCDHW, on mma.sync (sm_80 and newer), float32
+accumulation: bfloat16 or float16 on m16n8k16 (a multiple of 16 input channels per group), and
+float32 with precision 'tf32' on m16n8k8 .tf32 (a multiple of 8); the K step is the MMA's k.
 
 The other tensor-core template (render_mma.py) puts the taps on K and gathers A per element from
 global memory: right for 3 input channels, gather-bound for many. Here a block stages the input
@@ -13,7 +14,8 @@ The GEMM ("kw folded into N"):
       tile's TW outputs read, rounded up to a multiple of 8).
   N = (output channel, kw) pairs: BCO channels of the block x KW taps, padded to a multiple of 8.
   K = input channels, looped per (kd, kh) tap: a chunk of CK channels of one input depth plane
-      per stage (kd and the chunk in a run-time loop), kh and the K steps of 16 unrolled.
+      per stage (kd and the chunk in a run-time loop), kh and the K steps (16 channels, 8 for
+      tf32) unrolled.
 
   acc[(orow, j)][(co, kw)] = sum over kd, kh, ci of x[ci][id(kd)][orow * SH + kh * DH][j] * w[co][ci][kd][kh][kw]
 
@@ -37,16 +39,24 @@ on N the 8 positions of each half of an A fragment are 8 consecutive staged colu
 the positions would shift by kw and lose that alignment; that is what [position][channel] and a
 transpose on the way in would have been for.)
 
+tf32 (float32 with precision 'tf32'): the same GEMM and layouts with 4-byte elements (sizes below
+in elements: halves for 16-bit, floats for tf32) and K steps of 8 channels. A is staged as float32
+by cp.async of one element (no column pairs: E = 0); a lane reads its A fragment with two 32-bit
+ld.shared per half, (channel t, position g) and (channel t + 4, position g), and rounds each to
+tf32 (cvt.rna) before the MMA. B is rounded to tf32 when staged and read by the same ldmatrix as
+16-bit B: on 32-bit data, matrix row n, 32-bit column t is exactly m16n8k8's b0 = (k t, n g).
+
 Layouts in shared memory (bytes; everything 16-byte aligned):
 
-  B  [kd][kh][n][ci], n = co * KW + kw, rows of CIG + 8 halves (an odd number of 16-byte units,
-     so the 8 rows an ldmatrix reads fall in distinct banks). All of the block's weights, loaded
-     once per block (the grid is persistent).
-  A  BUFFERS stage buffers, each [ci of the chunk][staged row][staged column], CH_PITCH halves per
+  B  [kd][kh][n][ci], n = co * KW + kw, rows of CIG + 8 halves (CIG + 4 floats): an odd number of
+     16-byte units, so the 8 rows an ldmatrix reads fall in distinct banks. All of the block's
+     weights, loaded once per block (the grid is persistent).
+  A  BUFFERS stage buffers, each [ci of the chunk][staged row][staged column], CH_PITCH elements per
      channel (CH_PITCH = 8 mod 32: the 8 channel rows an ldmatrix.trans reads fall in distinct
-     banks). Staged column 0 is input column ow0 * SW - PW - E, E = PW mod 2, so that a pair of
-     columns is one aligned 4-byte word: the stage is copied with cp.async of 4 bytes (zero-fill
-     outside the input), where w is even; otherwise with 2-byte loads and 4-byte stores.
+     banks; for tf32, the 4 x 8 floats a 32-bit load of the warp reads). Staged column 0 is input
+     column ow0 * SW - PW - E, E = PW mod 2 for 16-bit elements, so that a pair of columns is one
+     aligned 4-byte word: the stage is copied with cp.async of 4 bytes (zero-fill outside the
+     input), where w is even; otherwise with 2-byte loads and 4-byte stores.
   C  the epilogue's partial sums, float, [n][m], aliasing the stage buffer just consumed; in
      passes of EC output channels where all of them do not fit.
 
@@ -88,6 +98,11 @@ MAX_CANDIDATES = 6
 # sm_90: 92 registers in all for mt=4 with 3 n8 tiles (seed-a's dgrad), 145 for mt=4 with 6
 # ('wide'), against estimates of 94 and 148.
 OTHER_REGISTERS = 20
+# tf32 needs more: ptxas (sm_90) loads the B fragments of later kh taps ahead, more of them the more
+# n8 tiles and taps there are: 76 and 112 registers for dgrad-a's mt=2 and mt=4 (3 n8 tiles, 5 taps;
+# 62 and 94 estimated without this term), 78 for dgrad-b's mt=4 (2, 3; 76), 120 and 163 for
+# wide's mt=2 and mt=4 (6, 3; 92 and 148). The term: TF32_REGISTERS + n8 tiles x (kh - 1).
+TF32_REGISTERS = 8
 
 
 @dataclass(frozen=True)
@@ -100,14 +115,16 @@ class MmaStagedTiles:
     tw: int                 # output columns (along w) per tile, even
     mt: int                 # m16 tiles per warp: 2 * mt output rows of one run of 8 columns
     block_co: int           # output channels per block (N = block_co * kw columns, padded to 8)
-    ck: int                 # input channels per stage: 16, 32 or 64
+    ck: int                 # input channels per stage: 16, 32 or 64 (tf32: also 8)
     buffers: int = 2        # stage buffers in the cp.async pipeline (stages in flight + 1)
     blocks_per_sm: int = 1  # promised to ptxas (__launch_bounds__): caps registers per thread
 
     def problem(self, spec: ConvSpec) -> str | None:
         """Why these tiles cannot serve `spec`, or None."""
-        if self.ck not in (16, 32, 64) or spec.in_per_group % self.ck:
-            return f"ck={self.ck} is not 16, 32 or 64 dividing the {spec.in_per_group} input channels per group"
+        allowed = ck_options(spec)
+        if self.ck not in allowed or spec.in_per_group % self.ck:
+            return (f"ck={self.ck} is not {', '.join(map(str, allowed[:-1]))} or {allowed[-1]} dividing the "
+                    f"{spec.in_per_group} input channels per group")
         if self.tw < 2 or self.tw % 2:
             return f"tw={self.tw} is not a positive even number"
         if self.mt < 1 or self.th < 2 or self.th % (2 * self.mt):
@@ -153,6 +170,22 @@ class MmaStagedTiles:
                 f"buffers={self.buffers} blocks_per_sm={self.blocks_per_sm}")
 
 
+def is_tf32(spec: ConvSpec) -> bool:
+    """float32 with precision 'tf32', multiplied on m16n8k8 (the other specs served are 16-bit, on
+    m16n8k16)."""
+    return spec.dtype == "float32" and spec.precision == "tf32"
+
+
+def k_step(spec: ConvSpec) -> int:
+    """Input channels per MMA: m16n8k8 for tf32, m16n8k16 for 16-bit types."""
+    return 8 if is_tf32(spec) else 16
+
+
+def ck_options(spec: ConvSpec) -> tuple[int, ...]:
+    """Input channels per stage the template unrolls: whole K steps, at most 64."""
+    return (8, 16, 32, 64) if is_tf32(spec) else (16, 32, 64)
+
+
 def shared_budget(blocks_per_sm: int) -> int:
     return min(SHARED_BYTES_PER_BLOCK, SHARED_BYTES_PER_SM // blocks_per_sm - 1024)
 
@@ -166,12 +199,14 @@ class Geometry:
     """What the template unrolls and allocates for one spec and tile choice (sizes in elements
     unless named bytes)."""
 
-    e: int              # staged columns before the one the tile's first output reads first (PW mod 2)
+    es: int             # bytes per element of x, weight and the staged A and B: 2, or 4 for tf32
+    k_step: int         # input channels per MMA: 16, or 8 for tf32
+    e: int              # staged columns before the one the tile's first output reads first (PW mod 2; 0 for tf32)
     rw: int             # staged columns the tile's outputs read
     rwp: int            # staged columns per row and M columns of a tile row: rw rounded up to 8
     runs: int           # rwp / 8: runs of 8 columns, one per warp of a row group
     rh: int             # staged input rows
-    ch_pitch: int       # halves per staged channel: rh * rwp or more, 8 mod 32
+    ch_pitch: int       # elements per staged channel: rh * rwp or more, 8 mod 32
     warps: int
     m: int              # M rows of a tile: th * rwp
     n_columns: int      # block_co * kw
@@ -179,7 +214,7 @@ class Geometry:
     nt: int             # n8 tiles
     n_blocks: int       # blocks along N per group
     chunks: int         # input-channel chunks per group: cig / ck
-    b_pitch: int        # halves per weight row: cig + 8
+    b_pitch: int        # elements per weight row: cig + 8 halves or cig + 4 floats (an odd number of 16 bytes)
     b_bytes: int
     stage_bytes: int
     c_pitch: int        # floats per row of the epilogue's partial sums: m or more, 4 mod 16
@@ -200,7 +235,8 @@ def geometry(spec: ConvSpec, tiles: MmaStagedTiles) -> Geometry:
     kd_, kh_, kw_ = spec.kernel_size
     _, sh, sw = spec.stride
     _, dh, dw = spec.dilation
-    e = spec.pad_before[2] % 2
+    es, step = spec.torch_dtype.itemsize, k_step(spec)
+    e = spec.pad_before[2] % 2 if es == 2 else 0
     rw = e + (tiles.tw - 1) * sw + (kw_ - 1) * dw + 1
     rwp = _round_up(rw, 8)
     runs = rwp // 8
@@ -211,9 +247,9 @@ def geometry(spec: ConvSpec, tiles: MmaStagedTiles) -> Geometry:
     n_columns = tiles.block_co * kw_
     np_ = _round_up(n_columns, 8)
     nt = np_ // 8
-    b_pitch = spec.in_per_group + 8
-    b_bytes = _round_up(kd_ * kh_ * np_ * b_pitch * 2, 128)
-    stage_bytes = _round_up(tiles.ck * ch_pitch * 2, 128)
+    b_pitch = spec.in_per_group + 16 // es
+    b_bytes = _round_up(kd_ * kh_ * np_ * b_pitch * es, 128)
+    stage_bytes = _round_up(tiles.ck * ch_pitch * es, 128)
     c_pitch = m + (4 - m) % 16
     ec = min(tiles.block_co, stage_bytes // (kw_ * c_pitch * 4))
     passes = -(-tiles.block_co // ec) if ec > 0 else 0
@@ -221,7 +257,9 @@ def geometry(spec: ConvSpec, tiles: MmaStagedTiles) -> Geometry:
     uses = {row: [kh for kh in range(kh_) for r in range(2 * tiles.mt) if r * sh + kh * dh == row] for row in halves}
     live = max(sum(1 for k in uses.values() if min(k) <= kh <= max(k)) for kh in range(kh_))
     registers = tiles.mt * nt * 4 + 2 * live + 2 * nt + 4 + OTHER_REGISTERS
-    return Geometry(e=e, rw=rw, rwp=rwp, runs=runs, rh=rh, ch_pitch=ch_pitch, warps=warps, m=m,
+    if es == 4:
+        registers += TF32_REGISTERS + nt * (kh_ - 1)
+    return Geometry(es=es, k_step=step, e=e, rw=rw, rwp=rwp, runs=runs, rh=rh, ch_pitch=ch_pitch, warps=warps, m=m,
                     n_columns=n_columns, np=np_, nt=nt, n_blocks=-(-spec.out_per_group // tiles.block_co),
                     chunks=spec.in_per_group // tiles.ck if tiles.ck else 0, b_pitch=b_pitch, b_bytes=b_bytes,
                     stage_bytes=stage_bytes, c_pitch=c_pitch, ec=ec, passes=passes, halves=halves,
@@ -232,12 +270,14 @@ def supports_mma_staged(spec: ConvSpec) -> str | None:
     """None if the staged tensor-core template serves `spec`; otherwise the reason it does not."""
     if spec.layout != "ncdhw":
         return f"layout {spec.layout!r}: the staged tensor-core template reads contiguous NCDHW only"
-    if spec.dtype not in ("bfloat16", "float16"):
-        return (f"{spec.dtype}: the staged tensor-core template multiplies bfloat16 or float16 "
-                "(m16n8k16); tf32 is not written")
-    if spec.in_per_group % 16:
+    if spec.dtype == "float32" and spec.precision != "tf32":
+        return (f"float32 with precision {spec.precision!r}: the staged tensor-core template multiplies "
+                "tf32 (precision='tf32'), bfloat16 or float16; float32's accuracy ('ieee') is not written")
+    if spec.dtype not in ("bfloat16", "float16", "float32"):
+        return f"{spec.dtype}: the staged tensor-core template multiplies tf32, bfloat16 or float16"
+    if spec.in_per_group % k_step(spec):
         return (f"{spec.in_per_group} input channels per group: the staged tensor-core template needs a "
-                "multiple of 16 (a K step)")
+                f"multiple of {k_step(spec)} (a K step{' of tf32' if is_tf32(spec) else ''})")
     if spec.kernel_size[2] > MAX_N_COLUMNS:
         return f"kernel width {spec.kernel_size[2]} exceeds the {MAX_N_COLUMNS} N columns of one warp"
     if not mma_staged_candidates(spec):
@@ -261,20 +301,23 @@ def _block_co_options(spec: ConvSpec) -> list[int]:
 
 def estimate_cycles(spec: ConvSpec, tiles: MmaStagedTiles) -> float:
     """A rough cost per output position (all channels), in SM cycles, for ordering candidates only:
-    the largest of tensor-core time (an m16n8k16 per ~6 cycles per SM quarter), shared-memory
-    wavefronts (128 bytes a cycle) and L2-to-SM bytes (~24 a cycle), slowed where few warps
-    share an SM. The autotuner measures; this only decides which few it measures."""
+    the largest of tensor-core time (an m16n8k16, or an m16n8k8 .tf32 at half the rate per
+    multiply-add, per ~6 cycles per SM quarter), shared-memory wavefronts (128 bytes a cycle) and
+    L2-to-SM bytes (~24 a cycle), slowed where few warps share an SM. The autotuner measures;
+    this only decides which few it measures."""
     g = geometry(spec, tiles)
     kd_, kh_, _ = spec.kernel_size
     outputs = tiles.th * tiles.tw
     stages = kd_ * g.chunks
-    mma = g.m / 16 * kd_ * kh_ * (spec.in_per_group // 16) * g.nt * g.n_blocks / outputs
+    mma = g.m / 16 * kd_ * kh_ * (spec.in_per_group // g.k_step) * g.nt * g.n_blocks / outputs
     b_wavefronts = (g.nt // 2) * 4 + (g.nt % 2) * 2
-    per_stage_warp = tiles.ck // 16 * (2 * len(g.halves) + kh_ * b_wavefronts)
-    staging = tiles.ck * g.rh * g.rwp * 2 / 128
+    # Per K step, a half is 2 wavefronts either way: one ldmatrix.x2.trans (16-bit) or two 32-bit
+    # loads (tf32); so per channel, tf32 reads twice the bytes of A and B.
+    per_stage_warp = tiles.ck // g.k_step * (2 * len(g.halves) + kh_ * b_wavefronts)
+    staging = tiles.ck * g.rh * g.rwp * g.es / 128
     epilogue = (g.m * g.n_columns + outputs * g.n_columns) * 4 / 128
     wavefronts = (stages * (g.warps * per_stage_warp + staging) + epilogue) * g.n_blocks / outputs
-    l2 = stages * tiles.ck * g.rh * g.rwp * 2 * g.n_blocks / outputs / 24
+    l2 = stages * tiles.ck * g.rh * g.rwp * g.es * g.n_blocks / outputs / 24
     by_registers = REGISTERS_PER_SM // (g.threads * _round_up(g.registers_needed, 8))
     resident = max(1, min(SHARED_BYTES_PER_SM // (g.smem + 1024), by_registers))
     warps_per_sm = resident * g.warps
@@ -299,14 +342,15 @@ def mma_staged_candidates(spec: ConvSpec) -> list[MmaStagedTiles]:
 
 @functools.lru_cache(maxsize=256)
 def _candidates(spec: ConvSpec) -> tuple[MmaStagedTiles, ...]:
-    if spec.layout != "ncdhw" or spec.dtype not in ("bfloat16", "float16") or spec.in_per_group % 16:
+    served = spec.dtype in ("bfloat16", "float16") or is_tf32(spec)
+    if spec.layout != "ncdhw" or not served or spec.in_per_group % k_step(spec):
         return ()
     found: dict[int, list[tuple[float, MmaStagedTiles]]] = {}
     for tw in (64, 32):
         for block_co in _block_co_options(spec):
             for mt in (8, 4, 2):
                 for th in (2 * mt, 4 * mt):
-                    for ck in (16, 32, 64):
+                    for ck in ck_options(spec):
                         for buffers in (2, 3):
                             if spec.in_per_group % ck:
                                 continue
@@ -335,7 +379,7 @@ def default_mma_staged_tiles(spec: ConvSpec) -> MmaStagedTiles:
     found = mma_staged_candidates(spec)
     if found:
         return found[0]
-    return MmaStagedTiles(th=4, tw=32, mt=2, block_co=min(spec.out_per_group, 8), ck=16)
+    return MmaStagedTiles(th=4, tw=32, mt=2, block_co=min(spec.out_per_group, 8), ck=k_step(spec))
 
 
 def _pass_tiles(g: Geometry, kw_: int, block_co: int) -> list[tuple[int, int, int, list[int]]]:
@@ -376,11 +420,12 @@ def render_mma_staged(spec: ConvSpec, tiles: MmaStagedTiles | None = None, wide:
     name = f"conv3d_fwd_mma_staged_{spec.tag}" + ("_i64" if wide else "")
     body = _environment(templates_dir()).get_template(STAGED_TEMPLATE).render(
         spec=spec, tiles=tiles, g=g, fragments=fragments, first_use=first_use, passes=_pass_tiles(g, kw_, tiles.block_co),
-        name=name, entry=f"{name}_launch", arg_names=DIRECT_ARGS, wide=wide, emulate=emulate)
+        name=name, entry=f"{name}_launch", arg_names=DIRECT_ARGS, wide=wide, emulate=emulate, tf32=is_tf32(spec))
     params = {
         "spec": spec.canonical_json(),
         "tiles": str(tiles),
-        "mma": f"m16n8k16 {spec.dtype}, float32 accumulate",
+        "mma": ("m16n8k8 tf32 (float32 rounded to nearest), float32 accumulate" if is_tf32(spec)
+                else f"m16n8k16 {spec.dtype}, float32 accumulate"),
         "gemm": (f"M = {tiles.th} rows x {g.rwp} staged columns, N = {tiles.block_co} channels x {kw_} kw = "
                  f"{g.n_columns} -> {g.np}, K = {spec.in_per_group} input channels per (kd, kh)"),
         "warps": f"{g.warps}: {g.runs} runs of 8 columns x {tiles.th // (2 * tiles.mt)} of {2 * tiles.mt} rows",

@@ -1,8 +1,8 @@
 """The staged tensor-core template against torch.nn.functional.conv3d in float64, on fresh random
 inputs, with outputs poisoned (NaN) before each run so an unwritten element shows: every candidate
 of the seed workloads' input gradients (as the forward convolutions they run as) and of 'wide' on
-their real shapes, edge cases, and the input gradient of a seed-like Conv3d end to end through the
-dispatcher. Kernels are built through the session dispatcher's loader (its cache), all of them up
+their real shapes in bfloat16 and tf32, edge cases (bfloat16, float16, tf32), and the input
+gradient of a seed-like Conv3d end to end through the dispatcher. Kernels are built through the session dispatcher's loader (its cache), all of them up
 front, in parallel."""
 import dataclasses
 from dataclasses import dataclass
@@ -34,11 +34,15 @@ class Case:
     wide: bool = False
 
     def __str__(self) -> str:
-        return f"{self.name}-{self.spec.dtype}-{'-'.join(str(self.tiles).split()[1:])}" + ("-i64" if self.wide else "")
+        dtype = "tf32" if self.spec.precision == "tf32" else self.spec.dtype
+        return f"{self.name}-{dtype}-{'-'.join(str(self.tiles).split()[1:])}" + ("-i64" if self.wide else "")
 
 
 def _dtype(spec: ConvSpec, dtype: str) -> ConvSpec:
-    return spec.model_copy(update={"dtype": dtype})
+    """`spec` in `dtype`; 'tf32' is float32 with precision 'tf32'."""
+    if dtype == "tf32":
+        return spec.model_copy(update={"dtype": "float32", "precision": "tf32"})
+    return spec.model_copy(update={"dtype": dtype, "precision": "ieee"})
 
 
 # The forward convolutions the input gradients of the seeds run as (backward.input_grad), on
@@ -52,38 +56,47 @@ TARGETS = {"dgrad-a": (DGRAD_A, (16, 64, 62, 60, 58)), "dgrad-b": (DGRAD_B, (16,
 SEEDS = [Case(name, spec, shape, t) for name, (spec, shape) in TARGETS.items() for t in mma_staged_candidates(spec)]
 SEEDS += [Case(name, _dtype(spec, "float16"), shape, mma_staged_candidates(_dtype(spec, "float16"))[0])
           for name, (spec, shape) in TARGETS.items()]
+SEEDS += [Case(name, _dtype(spec, "tf32"), shape, t) for name, (spec, shape) in TARGETS.items()
+          for t in mma_staged_candidates(_dtype(spec, "tf32"))]
 
 
 def _cases(name: str, text: str, dtypes, shape, count: int = 2, **kw) -> list[Case]:
     """The first `count` candidates of the spec in each dtype."""
     found = []
     for dtype in dtypes:
-        spec = ConvSpec.from_text(f"{text} --dtype {dtype}")
+        spec = _dtype(ConvSpec.from_text(text), dtype)
         found += [Case(name, spec, shape, t, **kw) for t in mma_staged_candidates(spec)[:count]]
     return found
 
 
 BOTH = ("bfloat16", "float16")
+ALL = ("bfloat16", "float16", "tf32")
+BF16_TF32 = ("bfloat16", "tf32")
 EDGES = (
-    _cases("odd-sizes", "3x3x3 --cin 16 --cout 8 --padding 1", BOTH, (2, 16, 7, 9, 33))        # w odd: 2-byte loads
-    + _cases("w-even", "3x3x3 --cin 32 --cout 24 --padding 1", BOTH, (2, 32, 5, 11, 34))
-    + _cases("no-padding", "3x5x7 --cin 64 --cout 3 --no-bias", ["bfloat16"], (2, 64, 5, 9, 20))
-    + _cases("dgrad-like-long-rows", "3x5x7 --cin 64 --cout 3 --padding 2x4x6 --no-bias", BOTH, (2, 64, 4, 6, 130))
-    + _cases("stride2", "3x3x3 --cin 32 --cout 8 --stride 2 --padding 1", ["bfloat16"], (2, 32, 9, 11, 40))
-    + _cases("stride1x2x3", "3x3x3 --cin 16 --cout 3 --stride 1x2x3 --padding 1", ["bfloat16"], (2, 16, 5, 12, 50))
-    + _cases("dilation2", "3x3x3 --cin 16 --cout 24 --dilation 2 --padding 2", ["float16"], (2, 16, 7, 9, 30))
-    + _cases("dilation1x2x3", "3x3x5 --cin 32 --cout 3 --dilation 1x2x3 --padding 1x2x6 --no-bias", ["float16"],
+    _cases("odd-sizes", "3x3x3 --cin 16 --cout 8 --padding 1", ALL, (2, 16, 7, 9, 33))         # w odd: 2-byte loads
+    + _cases("w-even", "3x3x3 --cin 32 --cout 24 --padding 1", ALL, (2, 32, 5, 11, 34))
+    + _cases("no-padding", "3x5x7 --cin 64 --cout 3 --no-bias", BF16_TF32, (2, 64, 5, 9, 20))
+    + _cases("dgrad-like-long-rows", "3x5x7 --cin 64 --cout 3 --padding 2x4x6 --no-bias", ALL, (2, 64, 4, 6, 130))
+    + _cases("stride2", "3x3x3 --cin 32 --cout 8 --stride 2 --padding 1", BF16_TF32, (2, 32, 9, 11, 40))
+    + _cases("stride1x2x3", "3x3x3 --cin 16 --cout 3 --stride 1x2x3 --padding 1", BF16_TF32, (2, 16, 5, 12, 50))
+    + _cases("dilation2", "3x3x3 --cin 16 --cout 24 --dilation 2 --padding 2", ["float16", "tf32"], (2, 16, 7, 9, 30))
+    + _cases("dilation1x2x3", "3x3x5 --cin 32 --cout 3 --dilation 1x2x3 --padding 1x2x6 --no-bias", ["float16", "tf32"],
              (2, 32, 5, 8, 29))
-    + _cases("cin64-cout64", "3x3x3 --cin 64 --cout 64 --padding 1", BOTH, (2, 64, 4, 8, 70))
-    + _cases("cin64-cout24", "3x3x3 --cin 64 --cout 24 --padding 1 --no-bias", ["bfloat16"], (1, 64, 3, 9, 31))
-    + _cases("groups2", "3x3x3 --cin 64 --cout 48 --groups 2 --padding 1", ["bfloat16"], (2, 64, 3, 5, 26))
-    + _cases("kernel1", "1x1x1 --cin 64 --cout 64", ["bfloat16"], (2, 64, 3, 5, 36))
-    + _cases("padding-same-even", "2x4x3 --cin 16 --cout 5 --padding same --dilation 1x2x1", ["bfloat16"], (2, 16, 4, 7, 9))
-    + _cases("plane-in-padding", "3x3x3 --cin 16 --cout 8 --padding 3 --stride 2", ["bfloat16"], (2, 16, 3, 6, 10))
-    + _cases("offsets64", "3x5x7 --cin 64 --cout 3 --padding 2x4x6 --no-bias", ["bfloat16"], (2, 64, 5, 9, 21),
+    + _cases("cin64-cout64", "3x3x3 --cin 64 --cout 64 --padding 1", ALL, (2, 64, 4, 8, 70))
+    + _cases("cin64-cout24", "3x3x3 --cin 64 --cout 24 --padding 1 --no-bias", BF16_TF32, (1, 64, 3, 9, 31))
+    + _cases("groups2", "3x3x3 --cin 64 --cout 48 --groups 2 --padding 1", BF16_TF32, (2, 64, 3, 5, 26))
+    + _cases("kernel1", "1x1x1 --cin 64 --cout 64", BF16_TF32, (2, 64, 3, 5, 36))
+    + _cases("padding-same-even", "2x4x3 --cin 16 --cout 5 --padding same --dilation 1x2x1", BF16_TF32, (2, 16, 4, 7, 9))
+    + _cases("plane-in-padding", "3x3x3 --cin 16 --cout 8 --padding 3 --stride 2", BF16_TF32, (2, 16, 3, 6, 10))
+    + _cases("offsets64", "3x5x7 --cin 64 --cout 3 --padding 2x4x6 --no-bias", BF16_TF32, (2, 64, 5, 9, 21),
              count=1, wide=True)
-    + _cases("offsets64-cout64", "3x3x3 --cin 64 --cout 64 --padding 1", ["float16"], (1, 64, 3, 6, 34), count=1,
-             wide=True)
+    + _cases("offsets64-cout64", "3x3x3 --cin 64 --cout 64 --padding 1", ["float16", "tf32"], (1, 64, 3, 6, 34),
+             count=1, wide=True)
+    # tf32 only: one K step of 8 channels, 8 channels per group, the dgrad-a shape at a small batch
+    + _cases("cin8", "3x3x3 --cin 8 --cout 8 --padding 1", ["tf32"], (2, 8, 5, 7, 19))
+    + _cases("groups8", "3x3x3 --cin 64 --cout 64 --groups 8 --padding 1", ["tf32"], (1, 64, 3, 6, 20))
+    + _cases("dgrad-a-small-batch", "3x5x7 --cin 64 --cout 3 --padding 2x4x6 --no-bias", ["tf32"],
+             (2, 64, 12, 60, 58), count=6)
 )
 
 
@@ -133,17 +146,22 @@ def test_an_empty_batch_launches_nothing(kernels):
 SEED_LIKE = (2, 3, 6, 10, 40)  # seed-a's Conv3d (3 -> 64, 3x5x7) on a small input: grad_out is 2x64x4x6x34
 
 
-def _seed_like_module():
+def _seed_like_module(dtype: str):
+    """seed-a's Conv3d in bfloat16, or in float32 with precision 'tf32'."""
     torch.manual_seed(0)
+    if dtype == "tf32":
+        return conv3d_codegen.Conv3d(3, 64, (3, 5, 7), precision="tf32").cuda()
     return conv3d_codegen.Conv3d(3, 64, (3, 5, 7)).cuda().to(torch.bfloat16)
 
 
-def test_the_input_gradient_of_a_seed_like_conv3d_runs_the_staged_kernel(dispatcher):
+@pytest.mark.parametrize("dtype", ["bfloat16", "tf32"])
+def test_the_input_gradient_of_a_seed_like_conv3d_runs_the_staged_kernel(dispatcher, dtype):
     """A kept autotuning record that names a staged winner for the gradient's convolution: the
     backward pass of conv3d_codegen.Conv3d must run that kernel, and match float64 torch. (Over
     the session's cache, where the kernels of this module are built.)"""
-    module = _seed_like_module()
+    module = _seed_like_module(dtype)
     spec = module.spec
+    assert spec.precision == ("tf32" if dtype == "tf32" else "ieee")
     dspec = dgrad_spec(spec)[0]
     grad_shape = (SEED_LIKE[0], spec.out_channels, *spec.output_size(*SEED_LIKE[2:]))
     tiles = mma_staged_candidates(dspec)[0]
@@ -153,7 +171,7 @@ def test_the_input_gradient_of_a_seed_like_conv3d_runs_the_staged_kernel(dispatc
     routed.cache.write_record(name, key, {"winner": str(tiles), "tiles": dataclasses.asdict(tiles),
                                           "template": tiles.template, "dropped": {},
                                           "timings_ms": {str(tiles): 0.1, TORCH: 1.0}})
-    x = torch.randn(SEED_LIKE, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    x = torch.randn(SEED_LIKE, device="cuda", dtype=module.weight.dtype, requires_grad=True)
     with using(routed):
         out = module(x)
         grad = torch.randn_like(out)
@@ -167,10 +185,11 @@ def test_the_input_gradient_of_a_seed_like_conv3d_runs_the_staged_kernel(dispatc
     assert err <= tolerance(spec), f"input gradient: relative error {err:.2e} over {tolerance(spec):.0e}"
 
 
-def test_autotuning_the_gradient_convolution_verifies_every_staged_candidate(dispatcher):
+@pytest.mark.parametrize("dtype", ["bfloat16", "tf32"])
+def test_autotuning_the_gradient_convolution_verifies_every_staged_candidate(dispatcher, dtype):
     """Autotuning the gradient's convolution builds, verifies and times the staged candidates
     with the others; none is dropped. (Over the session's cache: the staged ones are built.)"""
-    spec = dgrad_spec(_seed_like_module().spec)[0]
+    spec = dgrad_spec(_seed_like_module(dtype).spec)[0]
     shape = (2, 64, 8, 16, 64)
     tuning = Dispatcher(dispatcher.cache, autotune=True)
     x, weight, _ = random_inputs(spec, shape)

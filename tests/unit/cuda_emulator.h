@@ -3,8 +3,9 @@
 //
 // - Every CUDA thread of a block is a fiber (its own stack, switched with a few lines of x86-64
 //   assembly); all fibers of a block run on the calling OS thread, one at a time, switching only
-//   where a thread waits: __syncthreads(), and the warp-wide ldmatrix and mma.sync, which each
-//   gather the 32 lanes' operands behind a warp barrier. Blocks of the grid run one after another.
+//   where a thread waits: __syncthreads(), and the warp-wide ldmatrix and mma.sync (m16n8k16 on
+//   16-bit types, m16n8k8 on tf32), which each gather the 32 lanes' operands behind a warp
+//   barrier. Blocks of the grid run one after another.
 // - Shared memory is a byte array per block, filled with 0xff (NaN in every float format) so a
 //   read of anything never written shows in the result. Every shared access goes through the
 //   primitives below and is checked for bounds and alignment; global loads and stores are checked
@@ -268,6 +269,48 @@ void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
       const uint32_t bv = W.b[col * 4 + (k % 8) / 2][k / 8] >> (16 * (k % 2));
       sum += element(av, bf16) * element(bv, bf16);
     }
+    out[reg] = sum;
+  }
+  wait(W.bar);
+  memcpy(c, out, sizeof out);
+}
+
+// ---- tf32: cvt.rna.tf32.f32 and mma.sync.m16n8k8 .row.col f32 += tf32 x tf32 ----
+
+// float32 -> tf32 rounded to nearest, ties away from zero (the low 13 bits of the result zero);
+// NaN and infinity pass unchanged.
+uint32_t cvt_rna_tf32(float v) {
+  uint32_t bits;
+  memcpy(&bits, &v, 4);
+  if ((bits & 0x7f800000u) == 0x7f800000u) return bits;
+  return (bits + 0x1000u) & ~0x1fffu;  // sign and magnitude: adding half an ulp to the magnitude rounds ties away
+}
+
+// What the tensor cores take of a 32-bit operand: its tf32 part (the low 13 mantissa bits dropped).
+float tf32_operand(uint32_t bits) {
+  bits &= ~0x1fffu;
+  float v;
+  memcpy(&v, &bits, 4);
+  return v;
+}
+
+void mma_m16n8k8_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  Warp& W = warp();
+  const int lane = lane_id();
+  memcpy(W.a[lane], a, sizeof a);
+  memcpy(W.b[lane], b, sizeof b);
+  memcpy(W.c[lane], c, sizeof c);
+  wait(W.bar);
+  // PTX ISA fragments: A row r, column k is in lane (r % 8) * 4 + k % 4, register r / 8 + 2 * (k / 4);
+  // B row k, column n in lane n * 4 + k % 4, register k / 4; C as for m16n8k16.
+  const int g = lane / 4, t = lane % 4;
+  float out[4];
+  for (int reg = 0; reg < 4; ++reg) {
+    const int row = g + 8 * (reg / 2), col = 2 * t + reg % 2;
+    float sum = W.c[lane][reg];
+    for (int k = 0; k < 8; ++k)
+      sum += tf32_operand(W.a[(row % 8) * 4 + k % 4][row / 8 + 2 * (k / 4)]) *
+             tf32_operand(W.b[col * 4 + k % 4][k / 4]);
     out[reg] = sum;
   }
   wait(W.bar);
