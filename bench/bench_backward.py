@@ -28,13 +28,14 @@ from conv3d_codegen.backward import _wgrad_record, input_grad, torch_grads, weig
 from conv3d_codegen import dgrad_phases  # noqa: E402
 from conv3d_codegen.build import Target  # noqa: E402
 from conv3d_codegen.dispatch import Dispatcher, using  # noqa: E402
-from conv3d_codegen.measure import median_ms, random_inputs, relative_error, tolerance  # noqa: E402
+from conv3d_codegen.measure import host_us, median_ms, random_inputs, relative_error, tolerance  # noqa: E402
 from conv3d_codegen.ops import conv3d  # noqa: E402
 from conv3d_codegen.render import wide_offsets  # noqa: E402
 from conv3d_codegen.render_grad import dgrad_spec, render_wgrad, supports_wgrad  # noqa: E402
 from conv3d_codegen.workloads import WORKLOADS, Workload  # noqa: E402
 
 TIMING = dict(warmup=3, reps=15)
+HOST_CALLS = 10  # steps queued to time the host (torch's fp32 seed-a step takes 0.3 s of GPU)
 
 
 def prebuild(dispatcher: Dispatcher, works: list[Workload]) -> None:
@@ -105,6 +106,8 @@ def bench_rows(dispatcher: Dispatcher, name: str, dtype: str, ceilings: dict) ->
                              ours_peak_mb=peak_bytes(ours) / 2**20, torch_peak_mb=peak_bytes(theirs) / 2**20,
                              rel_err=errs["dgrad"] if what == "dgrad" else max(errs["wgrad"], errs["bias"])
                              if what == "wgrad" else max(errs.values())))
+        # the host's time per training step (see measure.host_us), where a step shorter than it waits on it
+        rows[0]["ours_host_us"], rows[0]["torch_host_us"] = host_us(ours_step, HOST_CALLS), host_us(torch_step, HOST_CALLS)
     rows[1]["pick"], rows[2]["pick"], rows[2]["timings"] = _picks(dispatcher, spec, xd, grad_out)
     torch.backends.cudnn.allow_tf32 = True
     return rows
@@ -124,15 +127,21 @@ def _picks(dispatcher: Dispatcher, spec, x, grad_out) -> tuple[str, str, str]:
     return dgrad, str(winner or "untuned"), timings or ""
 
 
+def _host(row: dict) -> str:
+    return f"{row['ours_host_us']:.0f} / {row['torch_host_us']:.0f}" if "ours_host_us" in row else "-"
+
+
 def markdown(rows: list[dict], ceilings: dict) -> str:
     lines = heading("Backward", ceilings) + [
              "| workload | dtype | pass | GFLOP | MB | floor ms | torch ms | ours ms | speedup | ours % floor "
-             "| pick | rel err | peak MB ours / torch |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| pick | rel err | peak MB ours / torch | host us ours / torch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['workload']} | {r['dtype']} | {r['what']} | {r['flops'] / 1e9:.1f} | {r['bytes'] / 1e6:.0f} "
                      f"| {r['floor_ms']:.2f} | {r['torch_ms']:.2f} | {r['ours_ms']:.2f} "
                      f"| {r['torch_ms'] / r['ours_ms']:.2f}x | {100 * r['floor_ms'] / r['ours_ms']:.0f}% "
-                     f"| {r.get('pick', '-')} | {r['rel_err']:.1e} | {r['ours_peak_mb']:.0f} / {r['torch_peak_mb']:.0f} |")
+                     f"| {r.get('pick', '-')} | {r['rel_err']:.1e} | {r['ours_peak_mb']:.0f} / {r['torch_peak_mb']:.0f} "
+                     f"| {_host(r)} |")
     return "\n".join(lines) + "\n"
 
 
