@@ -249,30 +249,38 @@ float element(uint32_t bits, bool bf16) {
   return __half2float(__ushort_as_half(h));
 }
 
-void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool bf16) {
+// One warp's mma.sync: the lanes' operands exchanged, then C register `reg` of each lane (row
+// g + 8 * (reg / 2), column 2t + reg % 2; C row r, column n is in lane (r % 8) * 4 + n / 2,
+// register 2 * (r / 8) + n % 2) plus the sum over k < K of product(W, row, col, k).
+template <int K, typename Product>
+void warp_mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Product product) {
   Warp& W = warp();
   const int lane = lane_id();
   memcpy(W.a[lane], a, sizeof a);
   memcpy(W.b[lane], b, sizeof b);
   memcpy(W.c[lane], c, sizeof c);
   wait(W.bar);
-  // PTX ISA fragments: A row r, column k is in lane (r % 8) * 4 + (k % 8) / 2, register
-  // r / 8 + 2 * (k / 8), half k % 2; B row k, column n in lane n * 4 + (k % 8) / 2, register
-  // k / 8, half k % 2; C row r, column n in lane (r % 8) * 4 + n / 2, register 2 * (r / 8) + n % 2.
   const int g = lane / 4, t = lane % 4;
   float out[4];
   for (int reg = 0; reg < 4; ++reg) {
     const int row = g + 8 * (reg / 2), col = 2 * t + reg % 2;
     float sum = W.c[lane][reg];
-    for (int k = 0; k < 16; ++k) {
-      const uint32_t av = W.a[(row % 8) * 4 + (k % 8) / 2][row / 8 + 2 * (k / 8)] >> (16 * (k % 2));
-      const uint32_t bv = W.b[col * 4 + (k % 8) / 2][k / 8] >> (16 * (k % 2));
-      sum += element(av, bf16) * element(bv, bf16);
-    }
+    for (int k = 0; k < K; ++k) sum += product(W, row, col, k);
     out[reg] = sum;
   }
   wait(W.bar);
   memcpy(c, out, sizeof out);
+}
+
+void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool bf16) {
+  // PTX ISA fragments: A row r, column k is in lane (r % 8) * 4 + (k % 8) / 2, register
+  // r / 8 + 2 * (k / 8), half k % 2; B row k, column n in lane n * 4 + (k % 8) / 2, register
+  // k / 8, half k % 2.
+  warp_mma<16>(c, a, b, [bf16](const Warp& W, int row, int col, int k) {
+    const uint32_t av = W.a[(row % 8) * 4 + (k % 8) / 2][row / 8 + 2 * (k / 8)] >> (16 * (k % 2));
+    const uint32_t bv = W.b[col * 4 + (k % 8) / 2][k / 8] >> (16 * (k % 2));
+    return element(av, bf16) * element(bv, bf16);
+  });
 }
 
 // ---- tf32: cvt.rna.tf32.f32 and mma.sync.m16n8k8 .row.col f32 += tf32 x tf32 ----
@@ -295,26 +303,12 @@ float tf32_operand(uint32_t bits) {
 }
 
 void mma_m16n8k8_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  Warp& W = warp();
-  const int lane = lane_id();
-  memcpy(W.a[lane], a, sizeof a);
-  memcpy(W.b[lane], b, sizeof b);
-  memcpy(W.c[lane], c, sizeof c);
-  wait(W.bar);
   // PTX ISA fragments: A row r, column k is in lane (r % 8) * 4 + k % 4, register r / 8 + 2 * (k / 4);
-  // B row k, column n in lane n * 4 + k % 4, register k / 4; C as for m16n8k16.
-  const int g = lane / 4, t = lane % 4;
-  float out[4];
-  for (int reg = 0; reg < 4; ++reg) {
-    const int row = g + 8 * (reg / 2), col = 2 * t + reg % 2;
-    float sum = W.c[lane][reg];
-    for (int k = 0; k < 8; ++k)
-      sum += tf32_operand(W.a[(row % 8) * 4 + k % 4][row / 8 + 2 * (k / 4)]) *
-             tf32_operand(W.b[col * 4 + k % 4][k / 4]);
-    out[reg] = sum;
-  }
-  wait(W.bar);
-  memcpy(c, out, sizeof out);
+  // B row k, column n in lane n * 4 + k % 4, register k / 4.
+  warp_mma<8>(c, a, b, [](const Warp& W, int row, int col, int k) {
+    return tf32_operand(W.a[(row % 8) * 4 + k % 4][row / 8 + 2 * (k / 4)]) *
+           tf32_operand(W.b[col * 4 + k % 4][k / 4]);
+  });
 }
 
 // ---- ldmatrix (shared, b16, 8x8 matrices; lanes 8j..8j+7 give the row addresses of matrix j) ----
