@@ -294,14 +294,12 @@ def _too_many_steps(spec: ConvSpec, layout: KLayout, held: str = "") -> str:
 
 
 def _plan(spec: ConvSpec, tiles: MmaTiles) -> SharedPlan | str:
+    plan_with = _shared_plan if tiles.a_from == "shared" else _global_plan
     *split, b = _budgets(spec, tiles)
-    found = None
-    if split:  # split weights only where both parts stay resident
-        found = _shared_plan(spec, tiles, split[0], resident_only=True) if tiles.a_from == "shared" \
-            else _global_plan(spec, tiles, split[0], resident_only=True)
-    if isinstance(found, SharedPlan):
+    # split weights only where both parts stay resident
+    if split and isinstance(found := plan_with(spec, tiles, split[0], resident_only=True), SharedPlan):
         return found
-    return _shared_plan(spec, tiles, b) if tiles.a_from == "shared" else _global_plan(spec, tiles, b)
+    return plan_with(spec, tiles, b)
 
 
 def _global_plan(spec: ConvSpec, tiles: MmaTiles, b: _Budget, resident_only: bool = False) -> SharedPlan | str:
