@@ -17,18 +17,14 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_forward import workload  # noqa: E402
-from try_mma import ptxas_reports, time_and_write  # noqa: E402
+from try_mma import build_entries, header, time_and_write  # noqa: E402
 from conv3d_codegen.autotune import direct_candidates, render_tiles  # noqa: E402
 from conv3d_codegen.build import Target  # noqa: E402
-from conv3d_codegen.cache import KernelCache  # noqa: E402
-from conv3d_codegen.kernel import KernelLoader  # noqa: E402
 from conv3d_codegen.render import wide_offsets  # noqa: E402
 from conv3d_codegen.render_depthwise import depthwise_candidates  # noqa: E402
 
@@ -45,42 +41,19 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     target = Target.for_device()
-    props = torch.cuda.get_device_properties(0)
-    header = (f"## Depthwise template candidates: {props.name} ({target.arch}), torch {torch.__version__}, "
-              f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, nvcc {target.cuda_version}")
-    print(header, flush=True)
+    title = header("Depthwise template candidates", target)
+    print(title, flush=True)
 
-    plan = []  # (dtype, label, source)
+    plan = []  # (workload, dtype, label, source)
     for dtype in args.dtypes:
         work = workload(NAME, dtype)
         wide = wide_offsets(work.spec, work.input_shape)
         tiles = depthwise_candidates(work.spec) + ([] if args.no_direct else direct_candidates(work.spec))
-        plan += [(dtype, f"{'dw' if t.template.endswith('depthwise.cu.j2') else 'direct'} {t}",
+        plan += [(NAME, dtype, f"{'dw' if t.template.endswith('depthwise.cu.j2') else 'direct'} {t}",
                   render_tiles(work.spec, t, wide)) for t in tiles]
-    sources = [p[2] for p in plan]
+    entries = build_entries(plan, target, Path(tempfile.mkdtemp(prefix="conv3d-try-depthwise-")), args.no_ptxas)
 
-    loader = KernelLoader(KernelCache(Path(tempfile.mkdtemp(prefix="conv3d-try-depthwise-"))))
-    started = time.perf_counter()
-    kernels = loader.load_many(sources, target)
-    print(f"built {len(sources)} kernels in {time.perf_counter() - started:.1f} s", flush=True)
-    for (dtype, label, _), kernel in zip(plan, kernels):
-        if isinstance(kernel, Exception):
-            print(f"BUILD FAILED {dtype} {label}:\n{kernel}", flush=True)
-
-    reports = [None] * len(sources) if args.no_ptxas else ptxas_reports(sources, target)
-    entries = {}
-    for (dtype, label, source), kernel, report in zip(plan, kernels, reports):
-        ok = report is not None and not isinstance(report, Exception)
-        entries.setdefault((NAME, dtype), []).append(dict(
-            tiles=label, kernel=kernel, regs=report.registers if ok else "-",
-            spills=report.spill_store_bytes + report.spill_load_bytes if ok else "-",
-            smem=report.shared_bytes if ok else 0))
-        if ok:
-            print(f"ptxas {dtype} {label}: {report.registers} registers, {report.spill_store_bytes} B spill "
-                  f"stores, {report.spill_load_bytes} B spill loads, {report.shared_bytes} B smem, "
-                  f"{report.seconds:.1f} s", flush=True)
-
-    time_and_write(entries, header, args.out, "try_depthwise")
+    time_and_write(entries, title, args.out, "try_depthwise")
 
 
 if __name__ == "__main__":

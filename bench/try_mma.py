@@ -142,6 +142,40 @@ def best_per_row(rows: list[dict], label: str) -> list[str]:
     return lines
 
 
+def header(title: str, target: Target) -> str:
+    """The title line of a try script's table: what it times, on which GPU and toolchain."""
+    props = torch.cuda.get_device_properties(0)
+    return (f"## {title}: {props.name} ({target.arch}), torch {torch.__version__}, "
+            f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, nvcc {target.cuda_version}")
+
+
+def build_entries(plan: list[tuple], target: Target, cache: Path, no_ptxas: bool = False) -> dict:
+    """Build every (workload, dtype, label, source) of `plan` at once into the kernel cache at
+    `cache`, print build failures and ptxas's report of each (unless `no_ptxas`), and return
+    time_and_write's entries: (workload, dtype) -> one dict per candidate. A candidate's shared
+    memory is its source's "shared" parameter (dynamic shared memory), else ptxas's count."""
+    sources = [p[3] for p in plan]
+    loader = KernelLoader(KernelCache(cache))
+    started = time.perf_counter()
+    kernels = loader.load_many(sources, target)
+    print(f"built {len(sources)} kernels in {time.perf_counter() - started:.1f} s", flush=True)
+    reports = [None] * len(sources) if no_ptxas else ptxas_reports(sources, target)
+    entries = {}
+    for (name, dtype, label, source), kernel, report in zip(plan, kernels, reports):
+        if isinstance(kernel, Exception):
+            print(f"BUILD FAILED {name} {dtype} {label}:\n{kernel}", flush=True)
+        ok = report is not None and not isinstance(report, Exception)
+        smem = int(source.params["shared"].split()[0]) if "shared" in source.params else \
+            report.shared_bytes if ok else 0
+        entries.setdefault((name, dtype), []).append(dict(
+            tiles=label, kernel=kernel, regs=report.registers if ok else "-",
+            spills=report.spill_store_bytes + report.spill_load_bytes if ok else "-", smem=smem))
+        if ok:
+            print(f"ptxas {name} {dtype} {label}: {report.registers} registers, {report.spill_store_bytes} B spill "
+                  f"stores, {report.spill_load_bytes} B spill loads, {smem} B smem, {report.seconds:.1f} s", flush=True)
+    return entries
+
+
 def time_and_write(entries: dict, header: str, out: Path, stem: str) -> None:
     """Check and time every built entry of every (workload, dtype) row next to torch, then write
     OUT/STEM.md and OUT/STEM.json and print the table."""
@@ -170,41 +204,18 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     target = Target.for_device()
-    props = torch.cuda.get_device_properties(0)
-    header = (f"## Tensor-core template candidates: {props.name} ({target.arch}), torch {torch.__version__}, "
-              f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, nvcc {target.cuda_version}")
-    print(header, flush=True)
+    title = header("Tensor-core template candidates", target)
+    print(title, flush=True)
 
-    plan = []  # (workload, dtype, tiles, source)
+    plan = []  # (workload, dtype, label, source)
     for name in args.workloads:
         for dtype in args.dtypes:
             work = work_of(name, dtype)
             wide = wide_offsets(work.spec, work.input_shape)
             for tiles in [t for t in mma_candidates(work.spec) if t.a_from in args.a_from]:
-                plan.append((name, dtype, tiles, render_mma(work.spec, tiles, wide)))
-    sources = [p[3] for p in plan]
-
-    loader = KernelLoader(KernelCache(Path(tempfile.mkdtemp(prefix="conv3d-try-mma-"))))
-    started = time.perf_counter()
-    kernels = loader.load_many(sources, target)
-    print(f"built {len(sources)} kernels in {time.perf_counter() - started:.1f} s", flush=True)
-    for (name, dtype, tiles, source), kernel in zip(plan, kernels):
-        if isinstance(kernel, Exception):
-            print(f"BUILD FAILED {name} {dtype} {tiles}:\n{kernel}", flush=True)
-
-    reports = [None] * len(sources) if args.no_ptxas else ptxas_reports(sources, target)
-    entries = {}
-    for (name, dtype, tiles, source), kernel, report in zip(plan, kernels, reports):
-        ok = report is not None and not isinstance(report, Exception)
-        entries.setdefault((name, dtype), []).append(dict(
-            tiles=str(tiles), kernel=kernel, regs=report.registers if ok else "-",
-            spills=report.spill_store_bytes + report.spill_load_bytes if ok else "-",
-            smem=int(source.params["shared"].split()[0])))
-        if ok:
-            print(f"ptxas {name} {dtype} {tiles}: {report.registers} registers, {report.spill_store_bytes} B spill "
-                  f"stores, {report.spill_load_bytes} B spill loads, {report.seconds:.1f} s", flush=True)
-
-    time_and_write(entries, header, args.out, "try_mma")
+                plan.append((name, dtype, str(tiles), render_mma(work.spec, tiles, wide)))
+    entries = build_entries(plan, target, Path(tempfile.mkdtemp(prefix="conv3d-try-mma-")), args.no_ptxas)
+    time_and_write(entries, title, args.out, "try_mma")
 
 
 if __name__ == "__main__":

@@ -20,17 +20,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import try_mma  # noqa: E402
-from try_mma import ptxas_reports, time_and_write  # noqa: E402
+from try_mma import build_entries, header, time_and_write  # noqa: E402
 from conv3d_codegen.build import Target  # noqa: E402
-from conv3d_codegen.cache import KernelCache  # noqa: E402
-from conv3d_codegen.kernel import KernelLoader  # noqa: E402
 from conv3d_codegen.render import wide_offsets  # noqa: E402
 from conv3d_codegen.render_grad import dgrad_spec  # noqa: E402
 from conv3d_codegen.render_mma import default_mma_tiles, render_mma, supports_mma  # noqa: E402
@@ -83,10 +79,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     target = Target.for_device()
-    props = torch.cuda.get_device_properties(0)
-    header = (f"## Staged tensor-core template candidates: {props.name} ({target.arch}), torch {torch.__version__}, "
-              f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, nvcc {target.cuda_version}")
-    print(header, flush=True)
+    title = header("Staged tensor-core template candidates", target)
+    print(title, flush=True)
 
     plan = []  # (workload, dtype, label, source)
     for name in args.workloads:
@@ -101,29 +95,9 @@ def main() -> None:
             if supports_mma(work.spec) is None:
                 tiles = default_mma_tiles(work.spec)
                 plan.append((name, dtype, f"mma default: {tiles}", render_mma(work.spec, tiles, wide)))
-    sources = [p[3] for p in plan]
-
-    loader = KernelLoader(KernelCache(args.cache or Path(tempfile.mkdtemp(prefix="conv3d-try-mma-staged-"))))
-    started = time.perf_counter()
-    kernels = loader.load_many(sources, target)
-    print(f"built {len(sources)} kernels in {time.perf_counter() - started:.1f} s", flush=True)
-    for (name, dtype, label, _), kernel in zip(plan, kernels):
-        if isinstance(kernel, Exception):
-            print(f"BUILD FAILED {name} {dtype} {label}:\n{kernel}", flush=True)
-
-    reports = [None] * len(sources) if args.no_ptxas else ptxas_reports(sources, target)
-    entries = {}
-    for (name, dtype, label, source), kernel, report in zip(plan, kernels, reports):
-        ok = report is not None and not isinstance(report, Exception)
-        smem = int(source.params["shared"].split()[0])
-        entries.setdefault((name, dtype), []).append(dict(
-            tiles=label, kernel=kernel, regs=report.registers if ok else "-",
-            spills=report.spill_store_bytes + report.spill_load_bytes if ok else "-", smem=smem))
-        if ok:
-            print(f"ptxas {name} {dtype} {label}: {report.registers} registers, {report.spill_store_bytes} B spill "
-                  f"stores, {report.spill_load_bytes} B spill loads, {smem} B smem, {report.seconds:.1f} s", flush=True)
-
-    time_and_write(entries, header, args.out, "try_mma_staged")
+    entries = build_entries(plan, target, args.cache or Path(tempfile.mkdtemp(prefix="conv3d-try-mma-staged-")),
+                            args.no_ptxas)
+    time_and_write(entries, title, args.out, "try_mma_staged")
 
 
 if __name__ == "__main__":
