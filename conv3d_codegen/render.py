@@ -9,6 +9,7 @@ import functools
 import hashlib
 import importlib.resources
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -148,14 +149,21 @@ def wide_offsets(spec: ConvSpec, input_shape: tuple[int, ...]) -> bool:
     return max(n * ci * d * h * w, n * spec.out_channels * od * oh * ow) >= WIDE_INDEX_ELEMENTS
 
 
-def render_direct(spec: ConvSpec, tiles: Tiles | None = None, wide: bool = False) -> Source:
-    """The direct template for `spec`; `wide` selects 64-bit offsets (see WIDE_INDEX_ELEMENTS)."""
-    reason = supports(spec)
+def serving_tiles(spec: ConvSpec, tiles, template: str, reason: str | None, default: Callable):
+    """`tiles` (or default(spec) if None) for a render of `template` ("the direct template"),
+    raising ValueError where the template does not serve the spec (`reason`, from its
+    supports function) or the tiles do not fit it."""
     if reason:
-        raise ValueError(f"the direct template does not serve this spec: {reason}")
-    tiles = tiles or default_tiles(spec)
+        raise ValueError(f"the {template} does not serve this spec: {reason}")
+    tiles = tiles or default(spec)
     if (problem := tiles.problem(spec)) is not None:
         raise ValueError(f"tiles {tiles} do not fit the spec: {problem}")
+    return tiles
+
+
+def render_direct(spec: ConvSpec, tiles: Tiles | None = None, wide: bool = False) -> Source:
+    """The direct template for `spec`; `wide` selects 64-bit offsets (see WIDE_INDEX_ELEMENTS)."""
+    tiles = serving_tiles(spec, tiles, "direct template", supports(spec), default_tiles)
     name = f"conv3d_fwd_{spec.tag}" + ("_i64" if wide else "")
     before, after = spec.pad_before, spec.pad_after  # only w's padding changes the code
     ndhwc = spec.layout == "ndhwc"

@@ -23,7 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .render import DIRECT_ARGS, Source, _environment, templates_dir
+from .render import DIRECT_ARGS, Source, _environment, serving_tiles, templates_dir
 from .spec import ConvSpec
 
 DEPTHWISE_TEMPLATE = "conv3d_fwd_depthwise.cu.j2"
@@ -240,12 +240,7 @@ def depthwise_candidates(spec: ConvSpec) -> list[DepthwiseTiles]:
 
 def render_depthwise(spec: ConvSpec, tiles: DepthwiseTiles | None = None, wide: bool = False) -> Source:
     """The depthwise template for `spec`; `wide` selects 64-bit offsets (see render.WIDE_INDEX_ELEMENTS)."""
-    reason = supports_depthwise(spec)
-    if reason:
-        raise ValueError(f"the depthwise template does not serve this spec: {reason}")
-    tiles = tiles or default_depthwise_tiles(spec)
-    if (problem := tiles.problem(spec)) is not None:
-        raise ValueError(f"tiles {tiles} do not fit the spec: {problem}")
+    tiles = serving_tiles(spec, tiles, "depthwise template", supports_depthwise(spec), default_depthwise_tiles)
     g = geometry(spec, tiles)
     name = f"conv3d_fwd_dw_{spec.tag}" + ("_i64" if wide else "")
     body = _environment(templates_dir()).get_template(DEPTHWISE_TEMPLATE).render(

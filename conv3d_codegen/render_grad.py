@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .render import Source, _environment, templates_dir
+from .render import Source, _environment, serving_tiles, templates_dir
 from .spec import ConvSpec
 
 WGRAD_TEMPLATE = "conv3d_wgrad_direct.cu.j2"
@@ -163,11 +163,7 @@ def supports_wgrad(spec: ConvSpec) -> str | None:
 
 def render_wgrad(spec: ConvSpec, tiles: WgradTiles | None = None, wide: bool = False) -> Source:
     """The wgrad template for `spec`; `wide` selects 64-bit offsets."""
-    if (reason := supports_wgrad(spec)) is not None:
-        raise ValueError(f"the wgrad template does not serve this spec: {reason}")
-    tiles = tiles or default_wgrad_tiles(spec)
-    if (problem := tiles.problem(spec)) is not None:
-        raise ValueError(f"tiles {tiles} do not fit the spec: {problem}")
+    tiles = serving_tiles(spec, tiles, "wgrad template", supports_wgrad(spec), default_wgrad_tiles)
     name = f"conv3d_wgrad_{spec.tag}" + ("_i64" if wide else "")
     body = _environment(templates_dir()).get_template(WGRAD_TEMPLATE).render(
         spec=spec, tiles=tiles, name=name, entry=f"{name}_launch", arg_names=WGRAD_ARGS, wide=wide)

@@ -32,7 +32,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from .render import DIRECT_ARGS, Source, _environment, templates_dir
+from .render import DIRECT_ARGS, Source, _environment, serving_tiles, templates_dir
 from .spec import ConvSpec
 
 MMA_TEMPLATE = "conv3d_fwd_mma.cu.j2"
@@ -522,12 +522,7 @@ def _column_checks(spec: ConvSpec, layout: KLayout, steps: list[list[Tap]], limi
 
 def render_mma(spec: ConvSpec, tiles: MmaTiles | None = None, wide: bool = False) -> Source:
     """The tensor-core template for `spec`; `wide` selects 64-bit offsets (see render.WIDE_INDEX_ELEMENTS)."""
-    reason = supports_mma(spec)
-    if reason:
-        raise ValueError(f"the tensor-core template does not serve this spec: {reason}")
-    tiles = tiles or default_mma_tiles(spec)
-    if (problem := tiles.problem(spec)) is not None:
-        raise ValueError(f"tiles {tiles} do not fit the spec: {problem}")
+    tiles = serving_tiles(spec, tiles, "tensor-core template", supports_mma(spec), default_mma_tiles)
     layout = k_layout(spec)
     shared = _plan(spec, tiles)
     d_bits, h_bits, w_bits, bits = _mask_bits(spec, layout)

@@ -78,7 +78,7 @@ import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .render import DIRECT_ARGS, Source, _environment, templates_dir
+from .render import DIRECT_ARGS, Source, _environment, serving_tiles, templates_dir
 from .spec import ConvSpec
 
 STAGED_TEMPLATE = "conv3d_fwd_mma_staged.cu.j2"
@@ -398,12 +398,8 @@ def render_mma_staged(spec: ConvSpec, tiles: MmaStagedTiles | None = None, wide:
     """The staged tensor-core template for `spec`; `wide` selects 64-bit offsets (see
     render.WIDE_INDEX_ELEMENTS). `emulate` renders the source for the CPU emulator of the unit
     tests (tests/unit/cuda_emulator.h) instead of nvcc."""
-    reason = supports_mma_staged(spec)
-    if reason:
-        raise ValueError(f"the staged tensor-core template does not serve this spec: {reason}")
-    tiles = tiles or default_mma_staged_tiles(spec)
-    if (problem := tiles.problem(spec)) is not None:
-        raise ValueError(f"tiles {tiles} do not fit the spec: {problem}")
+    tiles = serving_tiles(spec, tiles, "staged tensor-core template", supports_mma_staged(spec),
+                          default_mma_staged_tiles)
     g = geometry(spec, tiles)
     _, kh_, kw_ = spec.kernel_size
     _, sh, _ = spec.stride

@@ -53,7 +53,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .render import Source, _environment, templates_dir
+from .render import Source, _environment, serving_tiles, templates_dir
 from .render_grad import WGRAD_ARGS
 from .spec import ConvSpec
 
@@ -288,11 +288,7 @@ def render_wgrad_mma(spec: ConvSpec, tiles: WgradMmaTiles | None = None, wide: b
     """The tensor-core wgrad template for `spec`; `wide` selects 64-bit offsets. Its entry point
     takes what render_grad.render_wgrad's does: (x, grad_out, grad_bias, grad_weight) and
     WGRAD_ARGS, the workspace holding splits x (weights + out_channels) floats."""
-    if (reason := supports_wgrad_mma(spec)) is not None:
-        raise ValueError(f"the tensor-core wgrad template does not serve this spec: {reason}")
-    tiles = tiles or default_wgrad_mma_tiles(spec)
-    if (problem := tiles.problem(spec)) is not None:
-        raise ValueError(f"tiles {tiles} do not fit the spec: {problem}")
+    tiles = serving_tiles(spec, tiles, "tensor-core wgrad template", supports_wgrad_mma(spec), default_wgrad_mma_tiles)
     plan = _plan(spec, tiles)
     name = f"conv3d_wgrad_mma_{spec.tag}" + ("_i64" if wide else "")
     body = _environment(templates_dir()).get_template(WGRAD_MMA_TEMPLATE).render(
