@@ -32,19 +32,23 @@ keeps its M x N accumulators in registers across all its items.
 
 Staging an item: each thread loads its share into registers, A as 32-bit pairs where ow is even
 (else two 16-bit loads), B as cells (word i of every copy of one phase: elements 2i, 2i+1, 2i+2,
-whose loads are predicated on the input's bounds: padding reads as zeros). Which input row a
-staged row is (ci, kd*dd, kh*dh) comes from a table set once per block; rows past the group's
-(the ones, the zeros of a block's unused tiles) are the same for every item and are staged once.
+whose loads are predicated on the input's bounds: padding reads as zeros). A warp stages whole
+input rows, its lanes keeping their cells from row to row (constant shared-memory offsets); the
+rows' last cells (a row has SW x seg_words of them, seldom a multiple of 32) are spread over all
+threads. Where each staged row lies from an item's first element (its channel, kd*dd and kh*dh as
+one offset) comes from a table set once per block; rows past the group's (the ones, the zeros of
+a block's unused tiles) are the same for every item and are staged once. A block's items are
+every splits-th; the next one's coordinates come from adding `splits` in the items' mixed radix.
 
 Why this shape: per K step a warp loads MT A fragments (ldmatrix.x4: 4 shared-memory wavefronts
 each) and NT B fragments (two 32-bit loads: 2 wavefronts) for MT x NT MMAs, so each warp holds
 all of a block's 64 channels (MT = 4) and 4 to 8 tiles of N: 28 wavefronts per 24 MMAs at
 MT x NT = 4 x 6, under one wavefront a clock against about 0.6 MMAs a clock on an H100. seed-a
 (45 rows + bias = 46 tiles) runs 8 warps of 6 tiles in one block per SM (about 200 registers);
-seed-b (kw = 3: two rows a tile, 14 tiles) smaller blocks, two or three per SM. The staging
-costs more instructions than the MMAs' loads (about 250 of 700 a warp per item on seed-a):
-fewer instructions there (32-bit input loads, several output rows per item sharing input
-rows) is the next step if the measurement says the issue rate limits.
+seed-b (kw = 3: two rows a tile, 14 tiles) smaller blocks, two or three per SM. Staging an
+item costs more instructions than its MMAs: the layout above took it from ~640 to ~360 a warp
+per item on seed-b (session 7, bench/NOTES.md), against ~117 for the K loop; several output
+rows per item sharing their input rows would cut it further.
 
 Tile sizes are WgradMmaTiles; `wgrad_mma_candidates` is the autotuning space.
 """
@@ -65,6 +69,9 @@ SHARED_BYTES_PER_SM = 228 * 1024
 SHARED_BYTES_PER_BLOCK = 163 * 1024
 REGISTERS_PER_SM = 65536
 MAX_ACCUMULATORS = 128        # floats per thread: MT x NT x 4
+# tf32 stages twice the bytes of A a thread: with 128 accumulators it spilled (ptxas, sm_90, CUDA 13:
+# seed-a, 6 warps of 4 x 8 tiles, 255 registers and 16 bytes spilled).
+MAX_TF32_ACCUMULATORS = 96
 MAX_PREFETCH_REGISTERS = 40   # the next item's elements a thread holds while this one is computed
 MAX_THREADS = 512
 MAX_THREADS_PER_SM = 1536     # sm_86 and sm_89 (sm_80 and sm_90: 2048)
@@ -112,8 +119,8 @@ class WgradMmaTiles:
             return f"owc={self.owc} is not a multiple of 16 from 16 to {MAX_OWC}"
         if not 1 <= self.mt <= 4 or self.nt < 1:
             return f"mt={self.mt} is not 1 to 4 m16 tiles, or nt={self.nt} is not positive"
-        if 4 * self.mt * self.nt > MAX_ACCUMULATORS:
-            return f"mt x nt = {self.mt} x {self.nt} needs over {MAX_ACCUMULATORS} accumulators a thread"
+        if 4 * self.mt * self.nt > (most := MAX_ACCUMULATORS if spec.dtype != "float32" else MAX_TF32_ACCUMULATORS):
+            return f"mt x nt = {self.mt} x {self.nt} needs over {most} accumulators a thread"
         if 16 * self.mt * self.warps_m > _round_up(spec.out_per_group, 16):
             return (f"{16 * self.mt * self.warps_m} channels per block exceed the {spec.out_per_group} "
                     f"output channels per group")
@@ -165,7 +172,7 @@ class WgradMmaPlan:
     buffer_bytes: int    # A then B; two buffers
     a_slots: int         # A words each thread loads per item
     cells: int           # B cells per item (of the input rows; not the constant rows): one word of each copy
-    b_slots: int         # cells each thread loads per item
+    b_slots: int         # cells each thread loads per item: whole rows per warp, then the rows' remainders
     elements_per_cell: int
 
     @property
@@ -212,13 +219,18 @@ def _plan(spec: ConvSpec, tiles: WgradMmaTiles) -> WgradMmaPlan:
     a_bytes = bm * a_pitch
     buffer_bytes = _round_up(a_bytes + 4 * staged_rows * row_pitch, 128)
     a_words = bm * tiles.owc * element // 4
-    cells = min(staged_rows, rows) * sw * seg_words  # rows past the group's are constant: staged once
+    live_rows = min(staged_rows, rows)  # rows past the group's are constant: staged once
+    cells = live_rows * sw * seg_words
+    # A warp stages the first 32 x `main` cells of whole rows (its lanes keep their cells from row to
+    # row); the rows' last `rem` cells are spread over all threads.
+    main, rem = divmod(sw * seg_words, 32)
+    b_slots = (-(-live_rows // (tiles.threads // 32)) if main else 0) * main + -(-live_rows * rem // tiles.threads)
     return WgradMmaPlan(
         sixteen=sixteen, span=span, blocks=blocks, rows=rows, tiles=n_tiles,
         m_blocks=-(-spec.out_per_group // bm), n_blocks=-(-n_tiles // bn), staged_rows=staged_rows,
         e_max=e_max, copies=copies, seg_words=seg_words, seg_pitch=seg_pitch, row_pitch=row_pitch,
         a_pitch=a_pitch, a_bytes=a_bytes, buffer_bytes=buffer_bytes,
-        a_slots=-(-a_words // tiles.threads), cells=cells, b_slots=-(-cells // tiles.threads),
+        a_slots=-(-a_words // tiles.threads), cells=cells, b_slots=b_slots,
         elements_per_cell=copies + 1 if sixteen else 1)
 
 
@@ -284,15 +296,18 @@ def supports_wgrad_mma(spec: ConvSpec) -> str | None:
     return None
 
 
-def render_wgrad_mma(spec: ConvSpec, tiles: WgradMmaTiles | None = None, wide: bool = False) -> Source:
+def render_wgrad_mma(spec: ConvSpec, tiles: WgradMmaTiles | None = None, wide: bool = False,
+                     emulate: bool = False) -> Source:
     """The tensor-core wgrad template for `spec`; `wide` selects 64-bit offsets. Its entry point
     takes what render_grad.render_wgrad's does: (x, grad_out, grad_bias, grad_weight) and
-    WGRAD_ARGS, the workspace holding splits x (weights + out_channels) floats."""
+    WGRAD_ARGS, the workspace holding splits x (weights + out_channels) floats. `emulate` renders
+    the source for the CPU emulator of the unit tests (tests/unit/cuda_emulator.h)."""
     tiles = serving_tiles(spec, tiles, "tensor-core wgrad template", supports_wgrad_mma(spec), default_wgrad_mma_tiles)
     plan = _plan(spec, tiles)
     name = f"conv3d_wgrad_mma_{spec.tag}" + ("_i64" if wide else "")
     body = _environment(templates_dir()).get_template(WGRAD_MMA_TEMPLATE).render(
-        spec=spec, tiles=tiles, plan=plan, name=name, entry=f"{name}_launch", arg_names=WGRAD_ARGS, wide=wide)
+        spec=spec, tiles=tiles, plan=plan, name=name, entry=f"{name}_launch", arg_names=WGRAD_ARGS, wide=wide,
+        emulate=emulate)
     mma = f"m16n8k16 {spec.dtype}" if plan.sixteen else "m16n8k8 tf32"
     params = {
         "spec": spec.canonical_json(),

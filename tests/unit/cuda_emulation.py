@@ -2,7 +2,7 @@
 against cuda_emulator.h (next to this file) into a shared library, and its own C launcher is
 called through ctypes on CPU tensors. See cuda_emulator.h for what is emulated and checked.
 
-For the templates that support it (render_mma_staged); x86-64 Linux only (the emulator switches
+For the templates that support it (render_mma_staged, render_wgrad_mma); x86-64 Linux only (the emulator switches
 thread stacks in assembly)."""
 from __future__ import annotations
 
@@ -55,13 +55,16 @@ class EmulatedKernel:
     library: ctypes.CDLL
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
-                 args: dict[str, int], sms: int = 2, blocks_per_sm: int = 1, eager_copies: bool = False) -> None:
+                 args: dict[str, int], sms: int = 2, blocks_per_sm: int = 1, eager_copies: bool = False,
+                 extra: tuple[torch.Tensor, ...] = ()) -> None:
         """Run the launcher on CPU tensors (contiguous) with a grid of sms x blocks_per_sm blocks
-        (fewer if there are fewer tiles); cp.async lands when issued (eager) or when waited for."""
+        (fewer if there are fewer tiles); cp.async lands when issued (eager) or when waited for.
+        The four tensors are the entry point's pointers in order (a wgrad kernel's: x, grad_out,
+        grad_bias, grad_weight); `extra` are other tensors it may touch (a workspace)."""
         lib = self.library
         lib.emu_reset()
         lib.emu_configure(sms, blocks_per_sm, int(eager_copies))
-        for t in (x, weight, bias, out):
+        for t in (x, weight, bias, out, *extra):
             if t is not None:
                 assert t.device.type == "cpu" and t.is_contiguous()
                 lib.emu_register(ctypes.c_void_p(t.data_ptr()), ctypes.c_size_t(t.numel() * t.element_size()))

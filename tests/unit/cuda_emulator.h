@@ -346,8 +346,12 @@ void trampoline() {
 }
 
 void run_block(Block& b, int threads) {
-  b.fibers.clear();
-  b.fibers.resize(threads);
+  b.fibers.resize(threads);  // kept from block to block of a launch: a stack is allocated once
+  for (Fiber& f : b.fibers) {
+    f.done = false;
+    f.open.clear();
+    f.groups.clear();
+  }
   b.warps.assign((threads + 31) / 32, Warp{});
   for (Warp& w : b.warps) w.bar.count = 32;
   b.bar = Barrier{};
