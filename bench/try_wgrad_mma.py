@@ -47,12 +47,14 @@ def workload(name: str, dtype: str) -> Workload:
 
 
 def ceilings() -> dict[str, float]:
-    """Copy bandwidth (bytes read + written per second) and the bfloat16 / tf32 matrix-product rates."""
+    """Copy bandwidth (bytes read + written per second) and the bfloat16 / tf32 / float32 matrix-product
+    rates (float32: cuBLAS without TF32, the FP32 floor of float32 'ieee' rows, which run as 3xTF32)."""
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     found = {"bandwidth": 2 * src.numel() / (median_ms(lambda: dst.copy_(src), flush_l2=False) * 1e-3)}
     n = 8192
-    for name, dtype, tf32 in [("bfloat16", torch.bfloat16, False), ("tf32", torch.float32, True)]:
+    for name, dtype, tf32 in [("bfloat16", torch.bfloat16, False), ("tf32", torch.float32, True),
+                              ("float32", torch.float32, False)]:
         a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
         torch.backends.cuda.matmul.allow_tf32 = tf32
         found[name] = 2 * n ** 3 / (median_ms(lambda: a @ b, reps=10, flush_l2=False) * 1e-3)
@@ -114,8 +116,8 @@ def markdown(rows: list[dict], limits: dict, header: str) -> str:
     lines = [header, "",
              f"Measured: copy {limits['bandwidth'] / 1e12:.2f} TB/s (read + written), "
              f"BF16 {limits['bfloat16'] / 1e12:.0f}, "
-             f"TF32 {limits['tf32'] / 1e12:.0f} TFLOP/s (8192^3, cuBLAS). Floor: reading grad_out and x once, "
-             "or the FLOPs at that rate.", "",
+             f"TF32 {limits['tf32'] / 1e12:.0f}, FP32 {limits['float32'] / 1e12:.1f} TFLOP/s (8192^3, cuBLAS). "
+             "Floor: reading grad_out and x once, or the FLOPs at the dtype's rate (float32: FP32's).", "",
              "| workload | dtype | candidate | splits | ms | torch ms | x vs torch | TFLOP/s | % of floor | floor ms "
              "| rel err | torch rel err | note |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -133,7 +135,7 @@ def markdown(rows: list[dict], limits: dict, header: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", nargs="+", default=["seed-a", "seed-b"], choices=list(WORKLOADS))
-    parser.add_argument("--dtypes", nargs="+", default=["bfloat16"], choices=["bfloat16", "float16", "tf32"])
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16"], choices=["bfloat16", "float16", "tf32", "float32"])
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--cache", type=Path, default=None, help="kernel cache to use (default: a fresh one)")
     args = parser.parse_args()

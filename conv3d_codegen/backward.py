@@ -123,7 +123,7 @@ def wgrad_splits(spec: ConvSpec, tiles: WgradTiles | WgradMmaTiles, x: torch.Ten
 
 def wgrad_tile_candidates(spec: ConvSpec, ow: int | None) -> list[WgradTiles | WgradMmaTiles]:
     """The wgrad autotuning space: the direct template's tiles, then the tensor-core
-    template's where it applies (float16, bfloat16, float32 with precision 'tf32')."""
+    template's where it applies (float16, bfloat16, float32: tf32, or 3xTF32 for 'ieee')."""
     mma = wgrad_mma_candidates(spec, ow) if supports_wgrad_mma(spec) is None else []
     return wgrad_candidates(spec, ow) + mma
 

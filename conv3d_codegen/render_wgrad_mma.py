@@ -7,7 +7,12 @@ The gradient of the weight is a GEMM per group, reduced over every output positi
   input that position's tap (kd, kh, kw) reads in channel ci.
 
 mma.sync m16n8k16 (bfloat16/float16) or m16n8k8 (float32 with precision 'tf32'), float32
-accumulators. A work item is one output row (n, od, oh) and OWC positions along w; a block
+accumulators. float32 with precision 'ieee' runs as 3xTF32 (as the forward template does): every
+staged element is split once into big = tf32(v) and small = tf32(v - big), both parts staged, and
+each product taken as three MMAs (small x big, big x small, big x big). The tensor cores round
+each MMA's sum toward zero, an error that grows with the number of MMAs into one accumulator
+(bench/NOTES.md, 3xTF32), so an item's products are summed apart and added to the block's
+accumulators after each item (24 MMAs a sum at 64 positions an item), in float32 adds. A work item is one output row (n, od, oh) and OWC positions along w; a block
 stages its items in shared memory, two buffers deep (the next item is loaded into registers
 while the MMAs of this one run, then written to the other buffer: one barrier per item), and
 keeps its M x N accumulators in registers across all its items.
@@ -72,6 +77,8 @@ MAX_ACCUMULATORS = 128        # floats per thread: MT x NT x 4
 # tf32 stages twice the bytes of A a thread: with 128 accumulators it spilled (ptxas, sm_90, CUDA 13:
 # seed-a, 6 warps of 4 x 8 tiles, 255 registers and 16 bytes spilled).
 MAX_TF32_ACCUMULATORS = 96
+# 3xTF32 holds an item's sums next to the block's (twice the accumulators) and A in two parts.
+MAX_X3_ACCUMULATORS = 48
 MAX_PREFETCH_REGISTERS = 40   # the next item's elements a thread holds while this one is computed
 MAX_THREADS = 512
 MAX_THREADS_PER_SM = 1536     # sm_86 and sm_89 (sm_80 and sm_90: 2048)
@@ -119,7 +126,7 @@ class WgradMmaTiles:
             return f"owc={self.owc} is not a multiple of 16 from 16 to {MAX_OWC}"
         if not 1 <= self.mt <= 4 or self.nt < 1:
             return f"mt={self.mt} is not 1 to 4 m16 tiles, or nt={self.nt} is not positive"
-        if 4 * self.mt * self.nt > (most := MAX_ACCUMULATORS if spec.dtype != "float32" else MAX_TF32_ACCUMULATORS):
+        if 4 * self.mt * self.nt > (most := _max_accumulators(spec)):
             return f"mt x nt = {self.mt} x {self.nt} needs over {most} accumulators a thread"
         if 16 * self.mt * self.warps_m > _round_up(spec.out_per_group, 16):
             return (f"{16 * self.mt * self.warps_m} channels per block exceed the {spec.out_per_group} "
@@ -142,7 +149,8 @@ class WgradMmaTiles:
     def registers(self, spec: ConvSpec) -> int:
         """A rough count of the registers a thread needs: accumulators, the next item's
         elements, fragments and the rest."""
-        return 4 * self.mt * self.nt + _plan(spec, self).prefetch_registers + 4 * self.mt + OTHER_REGISTERS
+        parts = 2 if _x3(spec) else 1  # 3xTF32: an item's sums and A's small parts as well
+        return parts * (4 * self.mt * self.nt + 4 * self.mt) + _plan(spec, self).prefetch_registers + OTHER_REGISTERS
 
     def __str__(self) -> str:
         return (f"mma warps_n={self.warps_n} nt={self.nt} owc={self.owc} warps_m={self.warps_m} "
@@ -155,6 +163,7 @@ class WgradMmaPlan:
     in 32-bit words unless named bytes."""
 
     sixteen: bool        # bfloat16/float16 (m16n8k16); else tf32 (m16n8k8)
+    x3: bool             # float32 'ieee': 3xTF32, the small parts staged small_bytes after the big ones
     span: int            # taps along w per n8 tile row: 4 (two rows per tile) or 8
     blocks: int          # n8 tiles per input row (span 8; kw > 8 takes more than one)
     rows: int            # input rows (ci, kd, kh) per group
@@ -169,7 +178,8 @@ class WgradMmaPlan:
     row_pitch: int       # words between staged rows: 16 mod 32
     a_pitch: int         # bytes per staged grad_out channel: an odd multiple of 16 (ldmatrix)
     a_bytes: int
-    buffer_bytes: int    # A then B; two buffers
+    small_bytes: int     # 3xTF32: from an element's big part to its small part; else 0
+    buffer_bytes: int    # A then B (3xTF32: then their small parts); two buffers
     a_slots: int         # A words each thread loads per item
     cells: int           # B cells per item (of the input rows; not the constant rows): one word of each copy
     b_slots: int         # cells each thread loads per item: whole rows per warp, then the rows' remainders
@@ -187,6 +197,17 @@ class WgradMmaPlan:
     @property
     def prefetch_registers(self) -> int:
         return self.a_slots + self.b_slots * self.elements_per_cell
+
+
+def _x3(spec: ConvSpec) -> bool:
+    """float32 with precision 'ieee': 3xTF32."""
+    return spec.dtype == "float32" and spec.precision != "tf32"
+
+
+def _max_accumulators(spec: ConvSpec) -> int:
+    if spec.dtype != "float32":
+        return MAX_ACCUMULATORS
+    return MAX_X3_ACCUMULATORS if _x3(spec) else MAX_TF32_ACCUMULATORS
 
 
 def _span(spec: ConvSpec) -> tuple[int, int]:
@@ -217,7 +238,9 @@ def _plan(spec: ConvSpec, tiles: WgradMmaTiles) -> WgradMmaPlan:
     bm = 16 * tiles.mt * tiles.warps_m
     a_pitch = tiles.owc * element + 16
     a_bytes = bm * a_pitch
-    buffer_bytes = _round_up(a_bytes + 4 * staged_rows * row_pitch, 128)
+    parts = _round_up(a_bytes + 4 * staged_rows * row_pitch, 128)
+    x3 = _x3(spec)
+    buffer_bytes = 2 * parts if x3 else parts
     a_words = bm * tiles.owc * element // 4
     live_rows = min(staged_rows, rows)  # rows past the group's are constant: staged once
     cells = live_rows * sw * seg_words
@@ -226,10 +249,10 @@ def _plan(spec: ConvSpec, tiles: WgradMmaTiles) -> WgradMmaPlan:
     main, rem = divmod(sw * seg_words, 32)
     b_slots = (-(-live_rows // (tiles.threads // 32)) if main else 0) * main + -(-live_rows * rem // tiles.threads)
     return WgradMmaPlan(
-        sixteen=sixteen, span=span, blocks=blocks, rows=rows, tiles=n_tiles,
+        sixteen=sixteen, x3=x3, span=span, blocks=blocks, rows=rows, tiles=n_tiles,
         m_blocks=-(-spec.out_per_group // bm), n_blocks=-(-n_tiles // bn), staged_rows=staged_rows,
         e_max=e_max, copies=copies, seg_words=seg_words, seg_pitch=seg_pitch, row_pitch=row_pitch,
-        a_pitch=a_pitch, a_bytes=a_bytes, buffer_bytes=buffer_bytes,
+        a_pitch=a_pitch, a_bytes=a_bytes, small_bytes=parts if x3 else 0, buffer_bytes=buffer_bytes,
         a_slots=-(-a_words // tiles.threads), cells=cells, b_slots=b_slots,
         elements_per_cell=copies + 1 if sixteen else 1)
 
@@ -254,7 +277,8 @@ def wgrad_mma_candidates(spec: ConvSpec, ow: int | None = None) -> list[WgradMma
     for MT x NT MMAs, so large warp tiles (all 64 channels: MT = 4; NT = 4 to 8) keep shared
     memory under the tensor cores' rate. They differ in NT (accumulators per thread against
     warps per block), and in a split of the channels over two warps (MT = 2: fewer registers,
-    more warps). Each as many blocks per SM as registers and shared memory allow."""
+    more warps). Each as many blocks per SM as registers and shared memory allow. 3xTF32 holds
+    twice the registers per accumulator: at most 48 accumulators (NT = 3 at MT = 4) and 8 warps."""
     plan_of = _span(spec)
     kd, kh, _ = spec.kernel_size
     rows = spec.in_per_group * kd * kh
@@ -266,11 +290,13 @@ def wgrad_mma_candidates(spec: ConvSpec, ow: int | None = None) -> list[WgradMma
     for mt, warps_m in ((min(4, m_tiles), 1), (2, 2)):
         if warps_m > 1 and m_tiles < 4:
             continue
-        for nt in (6, 4, 8, 2):
+        for nt in (3, 2, 6, 4) if _x3(spec) else (6, 4, 8, 2):
             nt = min(nt, _round_up(n_tiles, blocks))
             nt = _round_up(nt, blocks)
             # Split channels: at most 12 warps (16 of them, 128 registers each, spilled in tf32).
             most = MAX_THREADS // 32 // warps_m if warps_m == 1 else 12 // warps_m
+            if _x3(spec):  # about 200 registers a thread: 8 warps fill an SM's registers
+                most = 8 // warps_m
             warps_n = max(1, min(most, -(-n_tiles // nt)))
             tiles = _with_blocks_per_sm(spec, WgradMmaTiles(warps_n, nt, owc, warps_m, mt))
             if tiles.problem(spec) is None and tiles not in found:
@@ -285,9 +311,6 @@ def default_wgrad_mma_tiles(spec: ConvSpec, ow: int | None = None) -> WgradMmaTi
 
 def supports_wgrad_mma(spec: ConvSpec) -> str | None:
     """None if the tensor-core wgrad template serves `spec`; otherwise the reason it does not."""
-    if spec.dtype == "float32" and spec.precision != "tf32":
-        return ("float32 with precision='ieee' needs full float32 products; tensor cores multiply "
-                "in tf32 (precision='tf32') or in float16/bfloat16")
     if spec.kernel_size[2] * spec.dilation[2] > 64:
         return f"kernel width {spec.kernel_size[2]} x dilation {spec.dilation[2]} is over 64 columns"
     if default_wgrad_mma_tiles(spec) is None:
@@ -308,7 +331,9 @@ def render_wgrad_mma(spec: ConvSpec, tiles: WgradMmaTiles | None = None, wide: b
     body = _environment(templates_dir()).get_template(WGRAD_MMA_TEMPLATE).render(
         spec=spec, tiles=tiles, plan=plan, name=name, entry=f"{name}_launch", arg_names=WGRAD_ARGS, wide=wide,
         emulate=emulate)
-    mma = f"m16n8k16 {spec.dtype}" if plan.sixteen else "m16n8k8 tf32"
+    mma = (f"m16n8k16 {spec.dtype}" if plan.sixteen else
+           "m16n8k8 3xTF32 (float32 split into tf32 parts, three MMAs; an item's sums added apart)" if plan.x3 else
+           "m16n8k8 tf32")
     params = {
         "spec": spec.canonical_json(),
         "tiles": str(tiles),

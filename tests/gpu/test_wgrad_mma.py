@@ -1,7 +1,7 @@
 """The tensor-core wgrad template against torch's float64 gradients of the weight and the bias,
 on fresh random inputs, with the workspace and the outputs poisoned (NaN) before each run, so
-an element a kernel leaves unwritten shows. Every candidate of the seeds (bfloat16, tf32; the
-first two in float16) on two samples of their shape, then the first and last candidates of edge specs: odd
+an element a kernel leaves unwritten shows. Every candidate of the seeds (bfloat16, tf32, float32
+'ieee' as 3xTF32 at float32's bar; the first two in float16) on two samples of their shape, then the first and last candidates of edge specs: odd
 sizes, rows longer than an item, padding, strides, dilation, groups, kw > 8, no bias, more
 channels than a block, N over several blocks, 64-bit offsets. Then the public path: a
 Conv3d's backward in bfloat16 with a kept wgrad record naming a tensor-core winner."""
@@ -56,28 +56,29 @@ def _seed(name: str, dtype: str) -> ConvSpec:
 
 
 # float16 differs from bfloat16 only in the MMA's type and the constant 1.0: its first two.
-SEEDS = [c for w in ("seed-a", "seed-b") for dt in ("bfloat16", "float16", "tf32")
+SEEDS = [c for w in ("seed-a", "seed-b") for dt in ("bfloat16", "float16", "tf32", "float32")
          for c in _cases(w, _seed(w, dt), (2, *WORKLOADS[w].input_shape[1:]),
                          which=slice(0, 2) if dt == "float16" else slice(None))]
 
 EDGES = [
-    ("odd-rows", "3x5x7 --cin 3 --cout 64", (2, 3, 9, 11, 37), ["bfloat16", "tf32"]),  # ow 31: odd, one short item
+    ("odd-rows", "3x5x7 --cin 3 --cout 64", (2, 3, 9, 11, 37), ["bfloat16", "tf32", "float32"]),  # ow 31: odd, one short item
     ("two-items-a-row", "3x5x7 --cin 3 --cout 64", (1, 3, 5, 8, 100), ["bfloat16"]),         # ow 94: items of 64 and 30
     ("pad1-cout8", "3x3x3 --cin 4 --cout 8 --padding 1", (2, 4, 6, 5, 21), ["float16"]),     # 8 of 16 channels a tile
     ("stride1x1x2", "3x5x7 --cin 4 --cout 16 --padding 1x2x0 --stride 1x1x2", (3, 4, 9, 11, 37),
-     ["float16", "tf32"]),                                                                    # two phases along w
+     ["float16", "tf32", "float32"]),                                                         # two phases along w
     ("stride3-pad", "3x5x7 --cin 3 --cout 16 --stride 1x1x3 --padding 1x2x3", (2, 3, 9, 11, 40), ["bfloat16"]),
     ("stride2", "3x3x3 --cin 4 --cout 8 --stride 2 --padding 1", (2, 4, 9, 10, 23), ["bfloat16"]),
     ("dil1x2x2", "1x3x5 --cin 2 --cout 8 --padding 0x1x2 --dilation 1x2x2", (2, 2, 3, 9, 19), ["bfloat16"]),
     ("dil2", "3x3x3 --cin 4 --cout 8 --dilation 2 --padding 1", (2, 4, 7, 8, 17), ["float16"]),  # one copy
-    ("groups2-same", "3x3x3 --cin 8 --cout 16 --groups 2 --padding same", (2, 8, 5, 6, 13), ["bfloat16", "tf32"]),
+    ("groups2-same", "3x3x3 --cin 8 --cout 16 --groups 2 --padding same", (2, 8, 5, 6, 13),
+     ["bfloat16", "tf32", "float32"]),
     ("depthwise", "3x3x3 --cin 8 --cout 8 --groups 8 --padding same", (2, 8, 5, 6, 13), ["bfloat16"]),
     ("kw9", "1x2x9 --cin 2 --cout 24 --padding 0x1x4", (3, 2, 5, 6, 29), ["float16"]),       # two n8 tiles a row
     ("kw9-dil-nobias", "1x2x9 --cin 2 --cout 24 --padding 0x1x4 --dilation 1x1x2 --no-bias", (2, 2, 5, 6, 35),
-     ["bfloat16", "tf32"]),
+     ["bfloat16", "tf32", "float32"]),
     ("nobias", "3x3x3 --cin 4 --cout 8 --padding 1 --no-bias", (2, 4, 6, 5, 21), ["bfloat16"]),
     ("cout72", "3x3x3 --cin 3 --cout 72", (2, 3, 6, 7, 20), ["bfloat16"]),                   # two blocks along M
-    ("wide-n", "3x3x3 --cin 64 --cout 64 --padding 1", (2, 64, 5, 6, 18), ["bfloat16"]),     # N over many blocks
+    ("wide-n", "3x3x3 --cin 64 --cout 64 --padding 1", (2, 64, 5, 6, 18), ["bfloat16", "float32"]),     # N over many blocks
     ("pointwise-ow-odd", "1x1x1 --cin 5 --cout 40", (2, 5, 4, 5, 17), ["bfloat16"]),         # 3 m16 tiles, odd ow
     ("short-rows", "3x3x3 --cin 4 --cout 8", (2, 4, 5, 5, 9), ["float16"]),                  # ow 7
 ]

@@ -1,9 +1,10 @@
 """The tensor-core wgrad template on the CPU emulator (tests/unit/cuda_emulator.h) against torch's
 float64 gradients of the weight and the bias: the seeds' candidates on small inputs, and edge
 specs (odd and short rows, several items a row, padding, strides, dilation, groups, kw > 8, no
-bias, several blocks along M and N, 64-bit offsets), each with a few splits of the reduction so
-that a block's items step across chunks, rows and planes. Grad outputs and the workspace are
-NaN-poisoned before the run, so anything left unwritten shows."""
+bias, several blocks along M and N, 64-bit offsets), float32 as tf32 and as 3xTF32 ('ieee', at
+float32's bar), each with a few splits of the reduction so that a block's items step across
+chunks, rows and planes. Grad outputs and the workspace are NaN-poisoned before the run, so
+anything left unwritten shows."""
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
@@ -41,22 +42,24 @@ def _case(name: str, spec: ConvSpec, shape, which=slice(None), splits=(1, 5), wi
 
 
 # The seeds' kernels with ow = 64 (one item a row) and ow = 94 (items of 64 and 30 positions).
-SEEDS = [c for w in ("seed-a", "seed-b") for dt in ("bfloat16", "tf32")
+SEEDS = [c for w in ("seed-a", "seed-b") for dt in ("bfloat16", "tf32", "float32")
          for c in _case(w, _seed(w, dt), (1, 3, 4, 7, 70) if w == "seed-a" else (1, 3, 4, 5, 66))]
-SEEDS += [c for w in ("seed-a", "seed-b") for dt in ("float16", "bfloat16", "tf32")
+SEEDS += [c for w in ("seed-a", "seed-b") for dt in ("float16", "bfloat16", "tf32", "float32")
           for c in _case(f"{w}-two-items", _seed(w, dt), (2, 3, 3, 6, 100), which=(0,), splits=(3, 7))]
 
 EDGES = [  # name, spec, input shape, dtypes (the first and last candidates of each)
-    ("odd-rows", "3x5x7 --cin 3 --cout 64", (2, 3, 5, 7, 37), ["bfloat16", "tf32"]),
+    ("odd-rows", "3x5x7 --cin 3 --cout 64", (2, 3, 5, 7, 37), ["bfloat16", "tf32", "float32"]),
     ("pad1-cout8", "3x3x3 --cin 4 --cout 8 --padding 1", (2, 4, 4, 5, 21), ["float16"]),
-    ("stride1x1x2", "3x5x7 --cin 4 --cout 16 --padding 1x2x0 --stride 1x1x2", (2, 4, 5, 7, 37), ["float16", "tf32"]),
+    ("stride1x1x2", "3x5x7 --cin 4 --cout 16 --padding 1x2x0 --stride 1x1x2", (2, 4, 5, 7, 37),
+     ["float16", "tf32", "float32"]),
     ("stride3-pad", "3x5x7 --cin 3 --cout 16 --stride 1x1x3 --padding 1x2x3", (1, 3, 5, 7, 40), ["bfloat16"]),
     ("stride2", "3x3x3 --cin 4 --cout 8 --stride 2 --padding 1", (2, 4, 5, 6, 23), ["bfloat16"]),
     ("dil1x2x2", "1x3x5 --cin 2 --cout 8 --padding 0x1x2 --dilation 1x2x2", (2, 2, 3, 9, 19), ["bfloat16"]),
     ("dil2", "3x3x3 --cin 4 --cout 8 --dilation 2 --padding 1", (1, 4, 5, 6, 17), ["float16"]),
-    ("groups2-same", "3x3x3 --cin 8 --cout 16 --groups 2 --padding same", (1, 8, 3, 4, 13), ["bfloat16", "tf32"]),
+    ("groups2-same", "3x3x3 --cin 8 --cout 16 --groups 2 --padding same", (1, 8, 3, 4, 13),
+     ["bfloat16", "tf32", "float32"]),
     ("kw9-dil-nobias", "1x2x9 --cin 2 --cout 24 --padding 0x1x4 --dilation 1x1x2 --no-bias", (2, 2, 3, 4, 35),
-     ["bfloat16", "tf32"]),
+     ["bfloat16", "tf32", "float32"]),
     ("cout72", "3x3x3 --cin 3 --cout 72", (1, 3, 4, 5, 20), ["bfloat16"]),
     ("wide-n", "3x3x3 --cin 64 --cout 64 --padding 1", (1, 64, 2, 3, 18), ["bfloat16"]),
     ("pointwise-ow-odd", "1x1x1 --cin 5 --cout 40", (2, 5, 2, 3, 17), ["bfloat16"]),

@@ -28,7 +28,7 @@ def with_dtype(spec: ConvSpec, dtype: str) -> ConvSpec:
 
 
 @pytest.mark.parametrize("text, reason", [
-    ("3x5x7 --cin 3 --cout 64", "precision='ieee' needs full float32 products"),
+    ("3x5x7 --cin 3 --cout 64", None),  # float32 'ieee': 3xTF32
     ("1x1x9 --cin 2 --cout 8 --dilation 1x1x8 --dtype bfloat16", "over 64 columns"),
     ("3x5x7 --cin 3 --cout 64 --dtype bfloat16", None),
     ("3x3x3 --cin 3 --cout 64 --dtype float16", None),
@@ -43,8 +43,8 @@ def test_supports_wgrad_mma_gives_the_reason(text, reason):
 
 
 def test_render_refuses_what_it_does_not_serve():
-    with pytest.raises(ValueError, match="tensor-core wgrad template does not serve this spec: float32"):
-        render_wgrad_mma(ConvSpec.from_text("3x3x3 --cin 3 --cout 8"))
+    with pytest.raises(ValueError, match="tensor-core wgrad template does not serve this spec: kernel width 9"):
+        render_wgrad_mma(ConvSpec.from_text("1x1x9 --cin 2 --cout 8 --dilation 1x1x8 --dtype bfloat16"))
     with pytest.raises(ValueError, match="do not fit the spec"):
         render_wgrad_mma(SEED_A, WgradMmaTiles(warps_n=8, nt=6, owc=40))
 
@@ -72,6 +72,11 @@ def test_the_emitted_source_uses_tensor_cores_and_no_atomics():
     assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in render_wgrad_mma(with_dtype(SEED_A, "float16")).body
     tf32 = render_wgrad_mma(with_dtype(SEED_A, "tf32")).body
     assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in tf32 and "cvt.rna.tf32.f32" in tf32
+    assert "SMALL = 0;" in tf32 and "a_small" not in tf32
+    x3 = render_wgrad_mma(with_dtype(SEED_A, "float32"))  # 'ieee': 3xTF32, an item's sums added apart
+    assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in x3.body and "SMALL = 0;" not in x3.body
+    assert x3.body.count("mma(sum[mt][nt], ") == 3 and "acc[mt][nt][q] += sum[mt][nt][q];" in x3.body
+    assert "3xTF32" in x3.params["mma"]
     assert "atomicAdd" not in body and "#include <torch" not in body  # a fixed order of the final sum
     assert "cudaFuncAttributeMaxDynamicSharedMemorySize" in body
 
@@ -88,6 +93,7 @@ def test_tiles_say_what_is_wrong():
 
 
 @pytest.mark.parametrize("spec, ow", [(SEED_A, 58), (SEED_B, 62), (with_dtype(SEED_A, "tf32"), 58),
+                                      (with_dtype(SEED_A, "float32"), 58), (with_dtype(SEED_B, "float32"), 62),
                                       (ConvSpec.from_text("3x3x3 --cin 4 --cout 8 --padding 1 --dtype float16"), 21),
                                       (WORKLOADS["wide"].spec.model_copy(update={"dtype": "bfloat16"}), 32)])
 def test_candidates_are_a_small_valid_space(spec, ow):
@@ -116,6 +122,10 @@ def test_seed_layouts():
                     WgradMmaTiles(warps_n=4, nt=4, mt=1))
     assert dilated.copies == 1  # every tap offset even: pairs always aligned
     assert a.smem <= 163 * 1024 and b.smem <= 228 * 1024 // 3
+    x3 = _plan(with_dtype(SEED_A, "float32"), WgradMmaTiles(warps_n=8, nt=3))  # 3xTF32: small parts after the big
+    assert x3.x3 and not tf32.x3 and x3.small_bytes % 128 == 0 and x3.buffer_bytes == 2 * x3.small_bytes
+    assert x3.small_bytes >= x3.a_bytes + 4 * x3.staged_rows * x3.row_pitch and tf32.small_bytes == 0
+    assert "accumulators" in WgradMmaTiles(warps_n=8, nt=4).problem(with_dtype(SEED_A, "float32"))
 
 
 def test_split_blocks_count_groups_and_blocks_along_m_and_n():
@@ -132,8 +142,9 @@ def test_the_wgrad_tuner_times_both_templates():
     mine = backward.wgrad_tile_candidates(SEED_A, 58)
     assert mine[:len(wgrad_candidates(SEED_A, 58))] == wgrad_candidates(SEED_A, 58)
     assert [t for t in mine if isinstance(t, WgradMmaTiles)] == wgrad_mma_candidates(SEED_A, 58)
-    ieee = SEED_A.model_copy(update={"dtype": "float32"})
-    assert not any(isinstance(t, WgradMmaTiles) for t in backward.wgrad_tile_candidates(ieee, 58))
+    ieee = SEED_A.model_copy(update={"dtype": "float32"})  # 3xTF32 among the direct template's
+    assert [t for t in backward.wgrad_tile_candidates(ieee, 58) if isinstance(t, WgradMmaTiles)] \
+        == wgrad_mma_candidates(ieee, 58) != []
     assert backward.render_wgrad_tiles(SEED_A, mine[-1], False).template == "conv3d_wgrad_mma.cu.j2"
     assert backward.render_wgrad_tiles(SEED_A, mine[0], False).template == "conv3d_wgrad_direct.cu.j2"
 
@@ -165,8 +176,8 @@ def test_a_wgrad_record_gives_back_its_kind_of_tiles(monkeypatch, winner):
         assert backward._wgrad_record(_Dispatcher(older), SEED_A, None, SM90)[0] == winner
 
 
-# Compiled alone: every candidate of the seeds in bfloat16 and float16 for sm_90 and sm_80, tf32
-# for sm_90; and the default tiles of edge specs (N over several blocks, strides, dilation,
+# Compiled alone: every candidate of the seeds in bfloat16, float16 and float32 'ieee' (3xTF32) for
+# sm_90 and sm_80, tf32 for sm_90; and the default tiles of edge specs (N over several blocks, strides, dilation,
 # kw > 8, groups, 64-bit offsets) for both.
 EDGES = ["3x3x3 --cin 64 --cout 64 --padding 1 --dtype bfloat16",
          "3x5x7 --cin 4 --cout 16 --padding 1x2x0 --stride 1x1x2 --dtype float16",
@@ -178,7 +189,8 @@ EDGES = ["3x3x3 --cin 64 --cout 64 --padding 1 --dtype bfloat16",
 def _jobs():
     jobs = []
     for name, spec in (("seed-a", SEED_A), ("seed-b", SEED_B)):
-        for dtype, targets in (("bfloat16", (SM90, SM80)), ("float16", (SM90, SM80)), ("tf32", (SM90,))):
+        for dtype, targets in (("bfloat16", (SM90, SM80)), ("float16", (SM90, SM80)), ("tf32", (SM90,)),
+                                ("float32", (SM90, SM80))):
             typed = with_dtype(spec, dtype)
             jobs += [(render_wgrad_mma(typed, t), target) for t in wgrad_mma_candidates(typed, OW[name])
                      for target in targets]
