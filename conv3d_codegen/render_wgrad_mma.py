@@ -12,10 +12,12 @@ staged element is split once into big = tf32(v) and small = tf32(v - big), both 
 each product taken as three MMAs (small x big, big x small, big x big). The tensor cores round
 each MMA's sum toward zero, an error that grows with the number of MMAs into one accumulator
 (bench/NOTES.md, 3xTF32), so an item's products are summed apart and added to the block's
-accumulators after each item (24 MMAs a sum at 64 positions an item), in float32 adds. A work item is one output row (n, od, oh) and OWC positions along w; a block
-stages its items in shared memory, two buffers deep (the next item is loaded into registers
-while the MMAs of this one run, then written to the other buffer: one barrier per item), and
-keeps its M x N accumulators in registers across all its items.
+accumulators after each item (24 MMAs a sum at 64 positions an item), in float32 adds.
+
+A work item is one output row (n, od, oh) and OWC positions along w; a block stages its items
+in shared memory, two buffers deep (the next item is loaded into registers while the MMAs of
+this one run, then written to the other buffer: one barrier per item), and keeps its M x N
+accumulators in registers across all its items.
 
 - A: grad_out rows as [co][position] (positions past ow and channels past the group are zeros,
   so they add nothing), read with ldmatrix: a 16-byte row is 8 (tf32: 4) positions of one
