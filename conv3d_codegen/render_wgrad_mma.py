@@ -295,10 +295,10 @@ def wgrad_mma_candidates(spec: ConvSpec, ow: int | None = None) -> list[WgradMma
         for nt in (3, 2, 6, 4) if _x3(spec) else (6, 4, 8, 2):
             nt = min(nt, _round_up(n_tiles, blocks))
             nt = _round_up(nt, blocks)
-            # Split channels: at most 12 warps (16 of them, 128 registers each, spilled in tf32).
-            most = MAX_THREADS // 32 // warps_m if warps_m == 1 else 12 // warps_m
             if _x3(spec):  # about 200 registers a thread: 8 warps fill an SM's registers
                 most = 8 // warps_m
+            else:  # split channels: at most 12 warps (16 of them, 128 registers each, spilled in tf32)
+                most = MAX_THREADS // 32 if warps_m == 1 else 12 // warps_m
             warps_n = max(1, min(most, -(-n_tiles // nt)))
             tiles = _with_blocks_per_sm(spec, WgradMmaTiles(warps_n, nt, owc, warps_m, mt))
             if tiles.problem(spec) is None and tiles not in found:
