@@ -1,7 +1,7 @@
 """Forward conv3d: generated kernels against torch eager, in the same process, on the same inputs.
 
     python bench/bench_forward.py [--workloads seed-a seed-b ...] [--dtypes float32 tf32 bfloat16]
-                                  [--channels-last] [--out DIR]
+                                  [--channels-last] [--compiled] [--out DIR]
 
 Per row: FLOPs and the fewest bytes the problem must move; the floor, the larger of FLOPs
 over the matching unit's rate and bytes over copy bandwidth, both ceilings measured here
@@ -12,8 +12,11 @@ dispatcher's pick after autotuning (tile sizes, or torch where torch is faster);
 is the untuned tile choice. Our output is checked against float64 torch before it is timed.
 With --channels-last every row is run a second time with a channels_last_3d input, for ours
 (the NDHWC kernels) and for torch eager alike; those rows are marked "cl" in a layout column
-(without the option the table is as before). Writes
-DIR/forward.json, DIR/forward.md, DIR/forward.png.
+(without the option the table is as before). With --compiled, torch.compile of the same call
+(mode max-autotune-no-cudagraphs: Inductor times its Triton conv templates against aten's and
+keeps the fastest) is a peer column, checked and timed like torch eager; the Triton kernel
+alone, as Inductor's autotuner reports it, can be faster than the compiled call, which also
+converts layouts around it. Writes DIR/forward.json, DIR/forward.md, DIR/forward.png.
 """
 from __future__ import annotations
 
@@ -75,7 +78,16 @@ def prebuild_candidates(dispatcher: Dispatcher, works) -> None:
                                 Target.for_device())
 
 
-def bench_row(dispatcher: Dispatcher, name: str, dtype: str, ceilings: dict, layout: str = "ncdhw") -> dict:
+def compiled_conv(conv: dict):
+    """torch.compile of F.conv3d with this row's arguments, max-autotune, compiled afresh."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    return torch.compile(lambda x, w, b: F.conv3d(x, w, b, **conv), mode="max-autotune-no-cudagraphs", dynamic=False)
+
+
+def bench_row(dispatcher: Dispatcher, name: str, dtype: str, ceilings: dict, layout: str = "ncdhw",
+              compiled: bool = False) -> dict:
     work = workload(name, dtype, layout)
     spec, conv, precision = work.spec, work.spec.functional_args(), work.spec.precision
     torch.backends.cudnn.allow_tf32 = dtype == "tf32"  # fp32 rows compare IEEE float32 with IEEE float32
@@ -99,6 +111,10 @@ def bench_row(dispatcher: Dispatcher, name: str, dtype: str, ceilings: dict, lay
                default_ms=choice.timings_ms.get(str(default_tiles(spec))), route=plan.route,
                ours_peak_mb=peak_bytes(ours) / 2**20, torch_peak_mb=peak_bytes(theirs) / 2**20,
                ours_host_us=host_us(ours), torch_host_us=host_us(theirs))
+    if compiled:
+        fn = compiled_conv(conv)
+        compiled_err = relative_error(fn(x, weight, bias)[:2], ref)
+        row.update(compiled_ms=median_ms(lambda: fn(x, weight, bias)), compiled_err=compiled_err)
     torch.backends.cudnn.allow_tf32 = True
     return row
 
@@ -115,17 +131,22 @@ def heading(title: str, ceilings: dict) -> list[str]:
 
 def markdown(rows: list[dict], ceilings: dict) -> str:
     layouts = any(r.get("layout", "ncdhw") != "ncdhw" for r in rows)  # a layout column only where it differs
+    compiled = any("compiled_ms" in r for r in rows)  # the torch.compile columns only where measured
     lines = heading("Forward", ceilings) + [
              "| workload | dtype | " + ("layout | " if layouts else "") + "GFLOP | MB | floor ms | torch ms "
-             "| ours ms | speedup | ours % floor | pick | default tiles ms | rel err | peak MB ours / torch "
-             "| host us ours / torch |",
-             "|---|---|" + ("---|" if layouts else "") + "---|---|---|---|---|---|---|---|---|---|---|---|"]
+             + ("| torch.compile ms (rel err) " if compiled else "") +
+             "| ours ms | speedup | " + ("x compiled | " if compiled else "") +
+             "ours % floor | pick | default tiles ms | rel err | peak MB ours / torch | host us ours / torch |",
+             "|---|---|" + ("---|" if layouts else "") + ("---|---|" if compiled else "")
+             + "---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         default = f"{r['default_ms']:.2f}" if r["default_ms"] else "-"
         layout = ("cl | " if r.get("layout") == "ndhwc" else "ncdhw | ") if layouts else ""
+        peer = (f"| {r['compiled_ms']:.2f} ({r['compiled_err']:.0e}) " if "compiled_ms" in r else "| - ") if compiled else ""
+        versus = (f"{r['compiled_ms'] / r['ours_ms']:.2f}x | " if "compiled_ms" in r else "- | ") if compiled else ""
         lines.append(f"| {r['workload']} | {r['dtype']} | {layout}{r['flops'] / 1e9:.1f} | {r['bytes'] / 1e6:.0f} "
-                     f"| {r['floor_ms']:.2f} | {r['torch_ms']:.2f} | {r['ours_ms']:.2f} "
-                     f"| {r['torch_ms'] / r['ours_ms']:.2f}x | {100 * r['floor_ms'] / r['ours_ms']:.0f}% "
+                     f"| {r['floor_ms']:.2f} | {r['torch_ms']:.2f} {peer}| {r['ours_ms']:.2f} "
+                     f"| {r['torch_ms'] / r['ours_ms']:.2f}x | {versus}{100 * r['floor_ms'] / r['ours_ms']:.0f}% "
                      f"| {r['pick']} | {default} | {r['rel_err']:.1e} "
                      f"| {r['ours_peak_mb']:.0f} / {r['torch_peak_mb']:.0f} "
                      f"| {r['ours_host_us']:.0f} / {r['torch_host_us']:.0f} |")
@@ -157,6 +178,8 @@ def main() -> None:
                         choices=["float32", "tf32", "float16", "bfloat16"])
     parser.add_argument("--channels-last", action="store_true",
                         help="also run every row with a channels_last_3d input (rows marked cl)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="add torch.compile (max-autotune) of the same call as a peer column")
     parser.add_argument("--out", type=Path, default=Path("."))
     args = parser.parse_args()
     layouts = ["ncdhw", "ndhwc"] if args.channels_last else ["ncdhw"]
@@ -164,8 +187,8 @@ def main() -> None:
     dispatcher = Dispatcher(autotune=True)
     prebuild_candidates(dispatcher, [workload(n, dt, lay) for n in args.workloads for dt in args.dtypes
                                      for lay in layouts])
-    rows = [bench_row(dispatcher, name, dtype, ceilings, lay) for name in args.workloads for dtype in args.dtypes
-            for lay in layouts]
+    rows = [bench_row(dispatcher, name, dtype, ceilings, lay, args.compiled) for name in args.workloads
+            for dtype in args.dtypes for lay in layouts]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "forward.json").write_text(json.dumps({"ceilings": ceilings, "rows": rows}, indent=2))
     text = markdown(rows, ceilings)
