@@ -2,11 +2,12 @@
 for sm_90 and sm_80 without spills (no GPU, no torch headers)."""
 import json
 import re
+import subprocess
 from collections import Counter
 
 import pytest
 
-from conv3d_codegen.build import kernel_key
+from conv3d_codegen.build import kernel_key, nvcc_path
 from conv3d_codegen.render_mma import (MmaTiles, SharedPlan, _mask_bits, _plan, _steps, default_mma_tiles,
                                        k_layout, mma_candidates, render_mma, supports_mma)
 from conv3d_codegen.spec import ConvSpec
@@ -262,3 +263,53 @@ def test_every_variant_compiles_for_sm90_and_sm80_without_spills(reports):
         where = (source.name, source.params["tiles"], target.arch, report)
         assert report.registers > 0, where
         assert report.spill_store_bytes == report.spill_load_bytes == report.stack_bytes == 0, where
+
+
+DIVISOR_CHECK = r"""
+#include <cstdio>
+#include <cstdint>
+%s
+// Every divisor below 4096 and a spread of larger ones, against numerators at the edges (around
+// multiples of d, 2^30, 2^31 - 1) and a pseudo-random spread: prints the failures and their count.
+int main() {
+  long long failures = 0;
+  uint32_t state = 12345;
+  auto check = [&](int n, int d, const Divisor& by) {
+    if (n < 0) return;
+    if (by.div(n) != n / d && failures++ < 10) printf("%%d / %%d: %%d, not %%d\n", n, d, by.div(n), n / d);
+  };
+  for (long long d = 1; d < (1LL << 31); d = d < 4096 ? d + 1 : d * 3 + 1) {
+    const Divisor by(static_cast<int>(d));
+    const long long edges[] = {0, 1, d - 1, d, d + 1, 62 * d - 1, 62 * d, (1LL << 30) - 1, 1LL << 30,
+                               (1LL << 31) / d * d - 1, (1LL << 31) / d * d, (1LL << 31) - 1};
+    for (long long n : edges) if (n < (1LL << 31)) check(static_cast<int>(n), static_cast<int>(d), by);
+    for (int i = 0; i < 256; ++i) {
+      state = state * 1664525u + 1013904223u;
+      check(static_cast<int>(state >> 1), static_cast<int>(d), by);
+    }
+  }
+  printf("%%lld failures\n", failures);
+  return failures != 0;
+}
+"""
+
+
+def test_division_by_a_divisor_known_at_launch_is_exact(tmp_path):
+    # The kernel's own Divisor (from the emitted source), compiled for the host with nvcc and run.
+    nvcc = nvcc_path()
+    if nvcc is None:
+        pytest.skip("nvcc not found: set CUDA_HOME or put nvcc on PATH")
+    body = render_mma(SEED_B).body
+    struct = re.search(r"^struct Divisor \{.*?^\};$", body, re.S | re.M).group(0)
+    (tmp_path / "divisor.cu").write_text(DIVISOR_CHECK % struct)
+    subprocess.run([nvcc, "-std=c++17", "-o", str(tmp_path / "divisor"), str(tmp_path / "divisor.cu")],
+                   check=True, capture_output=True)
+    run = subprocess.run([str(tmp_path / "divisor")], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.endswith("0 failures\n"), run.stdout
+
+
+def test_positions_become_rows_by_multiplying_in_32_bits_and_dividing_in_64():
+    narrow, wide = render_mma(SEED_B).body, render_mma(SEED_B, wide=True).body
+    signed = "static_cast<int>(s % ow)"
+    assert "by_ow.div(s)" in narrow and signed not in narrow
+    assert signed in wide and "by_ow.div(s)" not in wide  # positions may reach 2^31 there
