@@ -1,5 +1,10 @@
 """Session 9 probe 2: the seed-b bf16 pick's time without its K loop and stores, split further
-(no epilogue staging, no barriers); the kernels torch.compile's seed-b bf16 forward runs."""
+(no epilogue staging, no barriers); the kernels torch.compile's seed-b bf16 forward runs.
+
+    PYTHONPATH=. python3 bench/probes/s9_forward_parts.py OUT_DIR
+
+A diagnostic: each variant guards a part with a flag in global memory that is always 0 and the
+compiler cannot see, so the variants' outputs are wrong and are not checked."""
 import dataclasses, json, sys
 from pathlib import Path
 import torch, torch.nn.functional as F
