@@ -215,6 +215,17 @@ def test_float32_ieee_splits_each_operand_into_two_tf32_parts_and_runs_three_mma
         SEED_A.model_copy(update={"dtype": "float16"})).body
 
 
+def test_tiles_of_blocks_that_share_an_sm_store_by_bulk_copies_on_sm90_only():
+    two, one = (next(t for t in mma_candidates(SEED_B) if t.a_from == "global" and t.blocks_per_sm == n) for n in (2, 1))
+    body = render_mma(SEED_B, two).body
+    guarded = body.split("#if __CUDA_ARCH__ >= 900\n      if (whole_vectors) {", 1)
+    assert len(guarded) == 2 and "cp.async.bulk.global.shared::cta.bulk_group" in body
+    assert "bulk_store(y + ((ni * CO + co0 + FIRST + c) * odhw + s0), cs + c * C_PITCH, bytes);" in guarded[1]
+    assert "__stcs(" in guarded[1]  # the warps' stores: sm_80, and outputs without whole 16-byte vectors
+    assert "cp.async.bulk" not in render_mma(SEED_B, one).body
+    assert "cp.async.bulk" not in render_mma(SEED_B, shared(SEED_B)).body
+
+
 def test_only_padded_dimensions_and_past_kw_taps_are_masked():
     _, _, w_bits, bits = _mask_bits(SEED_A, k_layout(SEED_A))
     assert w_bits == [(1, 0)] and len(bits) == 1   # kw = 1 + 2t passes kw = 6 for t = 3
