@@ -114,17 +114,28 @@ dgrad_col2im(const __nv_bfloat16* __restrict__ g, const __nv_bfloat16* __restric
   auto row_at = [&](int od, int oh) { return gn + od * plane_g + static_cast<long long>(oh) * OW; };
   auto shift_of = [&](const __nv_bfloat16* row) { return static_cast<int>(reinterpret_cast<uintptr_t>(row) % 16) / 2; };
 
-  auto issue = [&](int k) {  // grad_out row k of the walk into buffer k % STAGES
-    if (k < total) {
-      const int od = od_lo + k / rows_per_plane, oh = oh_lo + k % rows_per_plane;
-      const __nv_bfloat16* row = row_at(od, oh);
-      const unsigned char* src = reinterpret_cast<const unsigned char*>(row) - shift_of(row) * 2;
-      const uint32_t dst = gs_addr + (k % STAGES) * CO * B_PITCH * 2;
+  // This thread's pieces of a staged row, the same every row: piece i = tid + j * THREADS is
+  // (channel, piece) = divmod(i, NT); its offset in grad_out from the row's first piece, and in Gs.
+  constexpr int PIECES = (CO * NT + THREADS - 1) / THREADS;
+  long long piece_src[PIECES];
+  uint32_t piece_dst[PIECES];
 #pragma unroll
-      for (int i = tid; i < CO * NT; i += THREADS) {
-        const int co = i / NT, e = i % NT;
-        cp_async16(dst + (co * B_PITCH + 8 * e) * 2, src + (co * chan_g + 8 * e) * 2);
-      }
+  for (int j = 0; j < PIECES; ++j) {
+    const int i = tid + j * THREADS, co = i / NT, e = i % NT;
+    piece_src[j] = (co * chan_g + 8 * e) * 2;
+    piece_dst[j] = i < CO * NT ? (co * B_PITCH + 8 * e) * 2 : 0xffffffffu;
+  }
+  int issue_od = od_lo, issue_oh = oh_lo, issued = 0;
+  auto issue = [&]() {  // the walk's next row into buffer issued % STAGES
+    if (issued < total) {
+      const __nv_bfloat16* row = row_at(issue_od, issue_oh);
+      const unsigned char* src = reinterpret_cast<const unsigned char*>(row) - shift_of(row) * 2;
+      const uint32_t dst = gs_addr + (issued % STAGES) * CO * B_PITCH * 2;
+#pragma unroll
+      for (int j = 0; j < PIECES; ++j)
+        if (piece_dst[j] != 0xffffffffu) cp_async16(dst + piece_dst[j], src + piece_src[j]);
+      ++issued;
+      if (++issue_oh > oh_hi) issue_oh = oh_lo, ++issue_od;
     }
     cp_commit();
   };
@@ -146,24 +157,28 @@ dgrad_col2im(const __nv_bfloat16* __restrict__ g, const __nv_bfloat16* __restric
   // This thread's col2im items (see the walk), fixed for the block: item j is (combo, iw) =
   // divmod(tid + j * THREADS, WMAX); its row of Cs (tap kw = 0, at ow = iw + PW), which taps reach a
   // grad_out position inside the row, its place in the plane buffer, and (kd, kh) (-1: no item).
+  // Per row, item j adds into plane slot (id % KD) = r + kd - (r >= KD - kd ? KD : 0) with r =
+  // (od - PD) mod KD, row ih - h0 = oh - PH - h0 + kh: a_off holds what is fixed of that place.
   constexpr int ITEMS = (P::COMBOS * WMAX + THREADS - 1) / THREADS;
-  int c_off[ITEMS], a_off[ITEMS], kdh[ITEMS];
+  int c_off[ITEMS], a_off[ITEMS], item_kd[ITEMS], item_kh[ITEMS];
   unsigned kw_mask[ITEMS];
 #pragma unroll
   for (int j = 0; j < ITEMS; ++j) {
     const int i = tid + j * THREADS, combo = i / WMAX, iw = i % WMAX;
     const int ci = combo / (KD * KH), kd = combo / KH % KD, kh = combo % KH;
+    const bool item = combo < P::COMBOS && iw < W;
     c_off[j] = ((ci * KD + kd) * KH + kh) * KW * C_PITCH + iw + PW;
-    a_off[j] = ci * KD * HR * WMAX + iw;
-    kdh[j] = combo < P::COMBOS && iw < W ? kd * 256 + kh : -1;
+    a_off[j] = ((ci * KD + kd) * HR + kh) * WMAX + iw;
+    item_kd[j] = item ? kd : -1024;  // no item: outside every row's range
+    item_kh[j] = kh;
     kw_mask[j] = 0;
     for (int kw = 0; kw < KW; ++kw)
       if (iw + PW - kw >= 0 && iw + PW - kw < OW) kw_mask[j] |= 1u << kw;
   }
 
-  for (int k = 0; k + 1 < STAGES; ++k) issue(k);
+  for (int k = 0; k + 1 < STAGES; ++k) issue();
+  int od = od_lo, oh = oh_lo;
   for (int k = 0; k < total; ++k) {
-    const int od = od_lo + k / rows_per_plane, oh = oh_lo + k % rows_per_plane;
     cp_wait<STAGES - 2>();
     __syncthreads();  // row k is in; every thread is done with Cs (and the flush) of row k - 1
 
@@ -199,7 +214,7 @@ dgrad_col2im(const __nv_bfloat16* __restrict__ g, const __nv_bfloat16* __restric
         *reinterpret_cast<float2*>(cs + (row + 8) * C_PITCH + col) = make_float2(c[mt][nt][2], c[mt][nt][3]);
       }
     __syncthreads();  // Cs complete; buffer k % STAGES free
-    issue(k + STAGES - 1);
+    issue();
 
     // col2im: for each (ci, kd, kh) landing inside the block, iw per thread: the KW taps summed,
     // then added to the plane buffer. A thread's items are the same every row (set up before the
@@ -213,13 +228,16 @@ dgrad_col2im(const __nv_bfloat16* __restrict__ g, const __nv_bfloat16* __restric
       for (int kw = 0; kw < KW; ++kw)
         if (kw_mask[j] >> kw & 1) v[j] += cs[c_off[j] + sh + kw * (C_PITCH - 1)];
     }
+    // Which (kd, kh) land inside the block this row: kd - kd_lo in [0, d1 - d0), kh - kh_lo in [0, h1 - h0).
+    const int od0 = od - PD, oh0 = oh - PH, kd_lo = d0 - od0, kh_lo = h0 - oh0;
+    const int r = (od0 % KD + KD) % KD, row_base = (r * HR + oh0 - h0) * WMAX;
     bool live[ITEMS];
     int at[ITEMS];
 #pragma unroll
     for (int j = 0; j < ITEMS; ++j) {
-      const int kd = kdh[j] >> 8, kh = kdh[j] & 255, id = od - PD + kd, ih = oh - PH + kh;
-      live[j] = kdh[j] >= 0 && id >= d0 && id < d1 && ih >= h0 && ih < h1;
-      at[j] = a_off[j] + ((id % KD) * HR + (ih - h0)) * WMAX;
+      live[j] = static_cast<unsigned>(item_kd[j] - kd_lo) < static_cast<unsigned>(d1 - d0) &&
+                static_cast<unsigned>(item_kh[j] - kh_lo) < static_cast<unsigned>(h1 - h0);
+      at[j] = a_off[j] + row_base - (r >= KD - item_kd[j] ? KD * HR * WMAX : 0);
       if (live[j]) old[j] = acc_s[at[j]];
     }
 #pragma unroll
@@ -228,6 +246,9 @@ dgrad_col2im(const __nv_bfloat16* __restrict__ g, const __nv_bfloat16* __restric
     if (oh == oh_hi) {  // the last row of grad_out plane od: input plane od - PD is complete
       __syncthreads();
       flush(od - PD);
+      oh = oh_lo, ++od;
+    } else {
+      ++oh;
     }
   }
   __syncthreads();
