@@ -10,7 +10,7 @@
 // A block owns HR input rows (ih from h0) of DCH input planes (id from d0) of one sample, all of w,
 // and walks the grad_out rows that reach them in order (od, then oh), each one a product on the
 // tensor cores (mma.sync m16n8k16; the weights stay in registers, the row comes in by cp.async,
-// STAGES - 1 rows in flight). The products go to shared memory; for each (ci, kd, kh) that lands inside
+// one row in flight). The products go to shared memory (bf16); for each (ci, kd, kh) that lands inside
 // the block, a thread per iw sums the KW taps and adds the sum to a rolling buffer of KD input planes
 // (fp32, shared memory). A plane is written out (bf16) once the last grad_out plane that reaches it
 // has been walked. Rows and planes next to a block's edges are walked by both neighbours (each
@@ -27,7 +27,7 @@ constexpr int CI = 3, CO = 64, WMAX = 64;
 constexpr int G_PITCH = CO + 8;        // Ws row pitch (elements): 144 bytes, ldmatrix rows on distinct banks
 constexpr int B_PITCH = WMAX + 8;      // Gs row pitch (elements) per output channel: 9 pieces of 16 bytes
 constexpr int NT = B_PITCH / 8;        // n8 tiles of a row: its 16-byte pieces from the one at or before its start
-constexpr int C_PITCH = B_PITCH + 4;   // Cs row pitch (floats)
+constexpr int C_PITCH = B_PITCH + 4;   // Cs row pitch (bf16 elements)
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -51,27 +51,31 @@ __device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], uint32_t add
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n"); }
 template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N)); }
 
-template <int KD, int KH, int KW, int PD, int PH, int PW, int MTW, int STAGES>
+template <int KD, int KH, int KW, int PD, int PH, int PW, int MTW, int MINB>
 struct Dgrad {
+  static constexpr int STAGES = 2;
   static constexpr int R = CI * KD * KH * KW, MT = (R + 15) / 16, RP = MT * 16;
   static constexpr int WARPS = MT / MTW, THREADS = WARPS * 32;
   static_assert(MT % MTW == 0, "whole m16 tiles per warp");
   static constexpr int COMBOS = CI * KD * KH;
-  static constexpr int WS_BYTES = RP * G_PITCH * 2, GS_BYTES = STAGES * CO * B_PITCH * 2, CS_BYTES = RP * C_PITCH * 4;
-  static int smem(int hr) { return WS_BYTES + GS_BYTES + CS_BYTES + CI * KD * hr * WMAX * 4; }
+  // Gs, then Cs (bf16; the weights pass through the same bytes before the walk), then the plane buffer.
+  static constexpr int WS_BYTES = RP * G_PITCH * 2, GS_BYTES = STAGES * CO * B_PITCH * 2, CS_BYTES = RP * C_PITCH * 2;
+  static constexpr int MID_BYTES = (WS_BYTES > CS_BYTES ? WS_BYTES : CS_BYTES) + 15 & ~15;
+  static int smem(int hr) { return GS_BYTES + MID_BYTES + CI * KD * hr * WMAX * 4; }
 };
 
-template <int KD, int KH, int KW, int PD, int PH, int PW, int MTW, int STAGES>
-__global__ void __launch_bounds__(Dgrad<KD, KH, KW, PD, PH, PW, MTW, STAGES>::THREADS)
+template <int KD, int KH, int KW, int PD, int PH, int PW, int MTW, int MINB>
+__global__ void __launch_bounds__(Dgrad<KD, KH, KW, PD, PH, PW, MTW, MINB>::THREADS, MINB)
 dgrad_col2im(const __nv_bfloat16* __restrict__ g, const __nv_bfloat16* __restrict__ w, __nv_bfloat16* __restrict__ dx,
              int D, int H, int W, int OD, int OH, int OW, int HR, int DCH, int strips, int chunks) {
-  using P = Dgrad<KD, KH, KW, PD, PH, PW, MTW, STAGES>;
+  using P = Dgrad<KD, KH, KW, PD, PH, PW, MTW, MINB>;
+  constexpr int STAGES = P::STAGES;
   constexpr int R = P::R, RP = P::RP, THREADS = P::THREADS;
   extern __shared__ __align__(128) unsigned char smem[];
-  __nv_bfloat16* ws = reinterpret_cast<__nv_bfloat16*>(smem);
-  __nv_bfloat16* gs = reinterpret_cast<__nv_bfloat16*>(smem + P::WS_BYTES);
-  float* cs = reinterpret_cast<float*>(smem + P::WS_BYTES + P::GS_BYTES);
-  float* acc_s = reinterpret_cast<float*>(smem + P::WS_BYTES + P::GS_BYTES + P::CS_BYTES);  // [CI][KD][HR][WMAX]
+  __nv_bfloat16* gs = reinterpret_cast<__nv_bfloat16*>(smem);
+  __nv_bfloat16* ws = reinterpret_cast<__nv_bfloat16*>(smem + P::GS_BYTES);  // until the walk
+  __nv_bfloat16* cs = ws;                                                     // during the walk
+  float* acc_s = reinterpret_cast<float*>(smem + P::GS_BYTES + P::MID_BYTES);  // [CI][KD][HR][WMAX]
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
 
   int b = blockIdx.x;
@@ -210,8 +214,8 @@ dgrad_col2im(const __nv_bfloat16* __restrict__ g, const __nv_bfloat16* __restric
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         const int row = (warp * MTW + mt) * 16 + g8, col = nt * 8 + 2 * t4;
-        *reinterpret_cast<float2*>(cs + row * C_PITCH + col) = make_float2(c[mt][nt][0], c[mt][nt][1]);
-        *reinterpret_cast<float2*>(cs + (row + 8) * C_PITCH + col) = make_float2(c[mt][nt][2], c[mt][nt][3]);
+        *reinterpret_cast<__nv_bfloat162*>(cs + row * C_PITCH + col) = __floats2bfloat162_rn(c[mt][nt][0], c[mt][nt][1]);
+        *reinterpret_cast<__nv_bfloat162*>(cs + (row + 8) * C_PITCH + col) = __floats2bfloat162_rn(c[mt][nt][2], c[mt][nt][3]);
       }
     __syncthreads();  // Cs complete; buffer k % STAGES free
     issue();
@@ -226,7 +230,7 @@ dgrad_col2im(const __nv_bfloat16* __restrict__ g, const __nv_bfloat16* __restric
       v[j] = 0.f;
 #pragma unroll
       for (int kw = 0; kw < KW; ++kw)
-        if (kw_mask[j] >> kw & 1) v[j] += cs[c_off[j] + sh + kw * (C_PITCH - 1)];
+        if (kw_mask[j] >> kw & 1) v[j] += __bfloat162float(cs[c_off[j] + sh + kw * (C_PITCH - 1)]);
     }
     // Which (kd, kh) land inside the block this row: kd - kd_lo in [0, d1 - d0), kh - kh_lo in [0, h1 - h0).
     const int od0 = od - PD, oh0 = oh - PH, kd_lo = d0 - od0, kh_lo = h0 - oh0;
@@ -262,22 +266,23 @@ dgrad_col2im(const __nv_bfloat16* __restrict__ g, const __nv_bfloat16* __restric
 
 }  // namespace probe
 
-#ifdef PROBE_KERNEL_ONLY  // nvcc alone (no torch): the four instances, for ptxas's report
+#ifdef PROBE_KERNEL_ONLY  // nvcc alone (no torch): the instances, for ptxas's report
 template __global__ void probe::dgrad_col2im<3, 3, 3, 0, 0, 0, 1, 2>(const __nv_bfloat16*, const __nv_bfloat16*, __nv_bfloat16*, int, int, int, int, int, int, int, int, int, int);
+template __global__ void probe::dgrad_col2im<3, 3, 3, 0, 0, 0, 1, 3>(const __nv_bfloat16*, const __nv_bfloat16*, __nv_bfloat16*, int, int, int, int, int, int, int, int, int, int);
 template __global__ void probe::dgrad_col2im<3, 3, 3, 0, 0, 0, 1, 4>(const __nv_bfloat16*, const __nv_bfloat16*, __nv_bfloat16*, int, int, int, int, int, int, int, int, int, int);
+template __global__ void probe::dgrad_col2im<3, 5, 7, 0, 0, 0, 2, 1>(const __nv_bfloat16*, const __nv_bfloat16*, __nv_bfloat16*, int, int, int, int, int, int, int, int, int, int);
 template __global__ void probe::dgrad_col2im<3, 5, 7, 0, 0, 0, 2, 2>(const __nv_bfloat16*, const __nv_bfloat16*, __nv_bfloat16*, int, int, int, int, int, int, int, int, int, int);
-template __global__ void probe::dgrad_col2im<3, 5, 7, 0, 0, 0, 2, 4>(const __nv_bfloat16*, const __nv_bfloat16*, __nv_bfloat16*, int, int, int, int, int, int, int, int, int, int);
 #else
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>
 
-template <int KD, int KH, int KW, int MTW, int STAGES>
+template <int KD, int KH, int KW, int MTW, int MINB>
 static void launch(torch::Tensor g, torch::Tensor w, torch::Tensor dx, int hr, int dch) {
-  using P = probe::Dgrad<KD, KH, KW, 0, 0, 0, MTW, STAGES>;
+  using P = probe::Dgrad<KD, KH, KW, 0, 0, 0, MTW, MINB>;
   const int N = dx.size(0), D = dx.size(2), H = dx.size(3), W = dx.size(4);
   const int OD = g.size(2), OH = g.size(3), OW = g.size(4);
   const int strips = (H + hr - 1) / hr, chunks = (D + dch - 1) / dch;
-  auto kernel = probe::dgrad_col2im<KD, KH, KW, 0, 0, 0, MTW, STAGES>;
+  auto kernel = probe::dgrad_col2im<KD, KH, KW, 0, 0, 0, MTW, MINB>;
   const int smem = P::smem(hr);
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   kernel<<<N * strips * chunks, P::THREADS, smem, c10::cuda::getCurrentCUDAStream()>>>(
@@ -285,16 +290,17 @@ static void launch(torch::Tensor g, torch::Tensor w, torch::Tensor dx, int hr, i
       reinterpret_cast<__nv_bfloat16*>(dx.data_ptr()), D, H, W, OD, OH, OW, hr, dch, strips, chunks);
 }
 
-void dgrad(torch::Tensor g, torch::Tensor w, torch::Tensor dx, int64_t hr, int64_t dch, int64_t mtw, int64_t stages) {
+void dgrad(torch::Tensor g, torch::Tensor w, torch::Tensor dx, int64_t hr, int64_t dch, int64_t mtw, int64_t minb) {
   TORCH_CHECK(g.is_contiguous() && w.is_contiguous() && dx.is_contiguous() && g.scalar_type() == torch::kBFloat16);
   TORCH_CHECK(dx.size(1) == 3 && g.size(1) == 64 && dx.size(4) == 64 && g.size(4) % 2 == 0);
   TORCH_CHECK(g.size(2) * g.size(3) * g.size(4) % 8 == 0, "a channel of grad_out a multiple of 16 bytes");
   const auto k = w.sizes();
-  if (k[2] == 3 && k[3] == 3 && k[4] == 3 && mtw == 1 && stages == 2) launch<3, 3, 3, 1, 2>(g, w, dx, hr, dch);
-  else if (k[2] == 3 && k[3] == 3 && k[4] == 3 && mtw == 1 && stages == 4) launch<3, 3, 3, 1, 4>(g, w, dx, hr, dch);
-  else if (k[2] == 3 && k[3] == 5 && k[4] == 7 && mtw == 2 && stages == 2) launch<3, 5, 7, 2, 2>(g, w, dx, hr, dch);
-  else if (k[2] == 3 && k[3] == 5 && k[4] == 7 && mtw == 2 && stages == 4) launch<3, 5, 7, 2, 4>(g, w, dx, hr, dch);
-  else TORCH_CHECK(false, "the probe has 3x3x3 (mtw 1) and 3x5x7 (mtw 2), 2 or 4 stages");
+  if (k[2] == 3 && k[3] == 3 && k[4] == 3 && mtw == 1 && minb == 2) launch<3, 3, 3, 1, 2>(g, w, dx, hr, dch);
+  else if (k[2] == 3 && k[3] == 3 && k[4] == 3 && mtw == 1 && minb == 3) launch<3, 3, 3, 1, 3>(g, w, dx, hr, dch);
+  else if (k[2] == 3 && k[3] == 3 && k[4] == 3 && mtw == 1 && minb == 4) launch<3, 3, 3, 1, 4>(g, w, dx, hr, dch);
+  else if (k[2] == 3 && k[3] == 5 && k[4] == 7 && mtw == 2 && minb == 1) launch<3, 5, 7, 2, 1>(g, w, dx, hr, dch);
+  else if (k[2] == 3 && k[3] == 5 && k[4] == 7 && mtw == 2 && minb == 2) launch<3, 5, 7, 2, 2>(g, w, dx, hr, dch);
+  else TORCH_CHECK(false, "the probe has 3x3x3 (mtw 1, 2-4 blocks an SM) and 3x5x7 (mtw 2, 1-2 blocks an SM)");
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 #endif

@@ -6,7 +6,7 @@ col2im in shared memory (s10_dgrad_col2im.cu), against torch's dgrad in the same
 A diagnostic, not a kernel of the package: it asks whether this shape of kernel can reach the
 backward issue's dgrad target (within 2x of the floor: <= 0.34 ms on seed-b, <= 0.36 on seed-a in
 bf16) before a template is written for it. Each configuration (input rows per block HR, input
-planes per block DCH, m16 tiles per warp MTW, grad_out rows in flight + 1 STAGES) runs on fresh random grad_out and weights with dx
+planes per block DCH, m16 tiles per warp MTW, blocks an SM the registers are fitted to MINB) runs on fresh random grad_out and weights with dx
 poisoned (NaN), is checked against float64 torch (conv_transpose3d, the first two samples) and
 timed like every row of RESULTS.md (measure.median_ms: CUDA events, median of 30, L2 flushed)."""
 import json
@@ -22,9 +22,9 @@ from conv3d_codegen.measure import median_ms, relative_error  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SEEDS = {"seed-b": (3, 3, 3), "seed-a": (3, 5, 7)}
-CONFIGS = {  # (HR, DCH, MTW, STAGES); run 1 (2 stages, MTW 1-2 and 2-4, HR 8-32, DCH 8-64) kept the region below
-    "seed-b": [(hr, dch, 1, st) for st in (2, 4) for hr in (8, 16) for dch in (8, 16, 32)],
-    "seed-a": [(hr, dch, 2, st) for st in (2, 4) for hr in (8, 16) for dch in (16, 32)],
+CONFIGS = {  # (HR, DCH, MTW, MINB); runs 1-6 (MTW 1-2 and 2-4, HR 8-32, DCH 8-64, 2 or 4 row buffers) kept this region
+    "seed-b": [(hr, dch, 1, minb) for minb in (2, 3, 4) for hr in (8, 16) for dch in (16, 32)],
+    "seed-a": [(hr, dch, 2, minb) for minb in (1, 2) for hr in (8, 16) for dch in (32, 64)],
 }
 BYTES_PER_MS = 3.0e9  # the H100's measured copy bandwidth, bytes per ms (RESULTS: 3.01 TB/s)
 BF16_FLOPS_PER_MS = 7.9e11  # its measured BF16 matrix-product rate, per ms (RESULTS: 794 TFLOP/s)
@@ -34,12 +34,12 @@ def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     ext = load_inline("s10_dgrad_col2im", cpp_sources="void dgrad(torch::Tensor g, torch::Tensor w, torch::Tensor dx, "
-                      "int64_t hr, int64_t dch, int64_t mtw, int64_t stages);", cuda_sources=(HERE / "s10_dgrad_col2im.cu").read_text(),
+                      "int64_t hr, int64_t dch, int64_t mtw, int64_t minb);", cuda_sources=(HERE / "s10_dgrad_col2im.cu").read_text(),
                       functions=["dgrad"], extra_cuda_cflags=["-O3", "-std=c++17"], verbose=False)
     props = torch.cuda.get_device_properties(0)
     lines = [f"## dgrad as a product per grad_out row and col2im (bf16): {props.name}, torch {torch.__version__}, "
              f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}", "",
-             "| workload | HR | DCH | MTW | stages | ms | torch ms | x torch | floor ms | x floor | rel err |",
+             "| workload | HR | DCH | MTW | MINB | ms | torch ms | x torch | floor ms | x floor | rel err |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = []
     for name, k in SEEDS.items():
@@ -63,7 +63,7 @@ def main() -> None:
             torch.cuda.synchronize()
             err = relative_error(dx[:2], ref)
             ms = median_ms(lambda: ext.dgrad(g, w, dx, hr, dch, mtw, st)) if err <= 1e-2 else float("nan")
-            row = dict(workload=name, hr=hr, dch=dch, mtw=mtw, stages=st, ms=ms, torch_ms=torch_ms, floor_ms=floor_ms, err=err)
+            row = dict(workload=name, hr=hr, dch=dch, mtw=mtw, minb=st, ms=ms, torch_ms=torch_ms, floor_ms=floor_ms, err=err)
             rows.append(row)
             line = (f"| {name} | {hr} | {dch} | {mtw} | {st} | {ms:.3f} | {torch_ms:.3f} | {torch_ms / ms:.2f}x | {floor_ms:.3f} "
                     f"| {ms / floor_ms:.2f}x | {err:.1e} |")
