@@ -53,14 +53,14 @@ template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.as
 
 template <int KD, int KH, int KW, int PD, int PH, int PW, int MTW, int MINB>
 struct Dgrad {
-  static constexpr int STAGES = 2;
+  static constexpr int STAGES = 3;  // row buffers: two rows in flight
   static constexpr int R = CI * KD * KH * KW, MT = (R + 15) / 16, RP = MT * 16;
   static constexpr int WARPS = MT / MTW, THREADS = WARPS * 32;
   static_assert(MT % MTW == 0, "whole m16 tiles per warp");
   static constexpr int COMBOS = CI * KD * KH;
-  // Gs, then Cs (bf16; the weights pass through the same bytes before the walk), then the plane buffer.
+  // Gs, then two Cs (bf16; the weights pass through the same bytes before the walk), then the plane buffer.
   static constexpr int WS_BYTES = RP * G_PITCH * 2, GS_BYTES = STAGES * CO * B_PITCH * 2, CS_BYTES = RP * C_PITCH * 2;
-  static constexpr int MID_BYTES = (WS_BYTES > CS_BYTES ? WS_BYTES : CS_BYTES) + 15 & ~15;
+  static constexpr int MID_BYTES = (WS_BYTES > 2 * CS_BYTES ? WS_BYTES : 2 * CS_BYTES) + 15 & ~15;  // Cs twice
   static int smem(int hr) { return GS_BYTES + MID_BYTES + CI * KD * hr * WMAX * 4; }
 };
 
@@ -74,7 +74,7 @@ dgrad_col2im(const __nv_bfloat16* __restrict__ g, const __nv_bfloat16* __restric
   extern __shared__ __align__(128) unsigned char smem[];
   __nv_bfloat16* gs = reinterpret_cast<__nv_bfloat16*>(smem);
   __nv_bfloat16* ws = reinterpret_cast<__nv_bfloat16*>(smem + P::GS_BYTES);  // until the walk
-  __nv_bfloat16* cs = ws;                                                     // during the walk
+  __nv_bfloat16* cs_pair = ws;                                                // during the walk: Cs twice
   float* acc_s = reinterpret_cast<float*>(smem + P::GS_BYTES + P::MID_BYTES);  // [CI][KD][HR][WMAX]
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
 
@@ -180,11 +180,14 @@ dgrad_col2im(const __nv_bfloat16* __restrict__ g, const __nv_bfloat16* __restric
       if (iw + PW - kw >= 0 && iw + PW - kw < OW) kw_mask[j] |= 1u << kw;
   }
 
+  // One barrier a row: before it, row k's products go to Cs[k % 2] and row k + 1 has come in;
+  // after it, row k + 2 is started and row k's col2im runs while the next row's product fills the other Cs.
   for (int k = 0; k + 1 < STAGES; ++k) issue();
+  cp_wait<STAGES - 2>();
+  __syncthreads();  // row 0 is in
   int od = od_lo, oh = oh_lo;
   for (int k = 0; k < total; ++k) {
-    cp_wait<STAGES - 2>();
-    __syncthreads();  // row k is in; every thread is done with Cs (and the flush) of row k - 1
+    __nv_bfloat16* const cs = cs_pair + (k % 2) * RP * C_PITCH;
 
     // The product: this warp's MTW m16 tiles x 8 n8 tiles, K = 64.
     float c[MTW][NT][4] = {};
@@ -217,7 +220,8 @@ dgrad_col2im(const __nv_bfloat16* __restrict__ g, const __nv_bfloat16* __restric
         *reinterpret_cast<__nv_bfloat162*>(cs + row * C_PITCH + col) = __floats2bfloat162_rn(c[mt][nt][0], c[mt][nt][1]);
         *reinterpret_cast<__nv_bfloat162*>(cs + (row + 8) * C_PITCH + col) = __floats2bfloat162_rn(c[mt][nt][2], c[mt][nt][3]);
       }
-    __syncthreads();  // Cs complete; buffer k % STAGES free
+    cp_wait<STAGES - 3>();
+    __syncthreads();  // Cs[k % 2] complete, row k + 1 in, row k's buffer and Cs[(k + 1) % 2] free
     issue();
 
     // col2im: for each (ci, kd, kh) landing inside the block, iw per thread: the KW taps summed,
