@@ -10,9 +10,9 @@
 // A block owns HR input rows (ih from h0) of DCH input planes (id from d0) of one sample, all of w,
 // and walks the grad_out rows that reach them in order (od, then oh), each one a product on the
 // tensor cores (mma.sync m16n8k16; the weights stay in registers, the row comes in by cp.async,
-// one row in flight). The products go to shared memory (bf16); for each (ci, kd, kh) that lands inside
-// the block, a thread per iw sums the KW taps and adds the sum to a rolling buffer of KD input planes
-// (fp32, shared memory). A plane is written out (bf16) once the last grad_out plane that reaches it
+// two rows in flight). The products go to shared memory (bf16, two buffers: one barrier a row);
+// for each (ci, kd, kh) that lands inside the block, a thread per iw sums the KW taps and adds the
+// sum to a rolling buffer of KD input planes (fp32, shared memory). A plane is written out (bf16) once the last grad_out plane that reaches it
 // has been walked. Rows and planes next to a block's edges are walked by both neighbours (each
 // keeps what lands inside itself): no atomics, the same result every run.
 // A diagnostic, not a template: its sizes are those of the seed workloads (W = 64, OW <= 64), and

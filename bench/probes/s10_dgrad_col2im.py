@@ -6,9 +6,11 @@ col2im in shared memory (s10_dgrad_col2im.cu), against torch's dgrad in the same
 A diagnostic, not a kernel of the package: it asks whether this shape of kernel can reach the
 backward issue's dgrad target (within 2x of the floor: <= 0.34 ms on seed-b, <= 0.36 on seed-a in
 bf16) before a template is written for it. Each configuration (input rows per block HR, input
-planes per block DCH, m16 tiles per warp MTW, blocks an SM the registers are fitted to MINB) runs on fresh random grad_out and weights with dx
-poisoned (NaN), is checked against float64 torch (conv_transpose3d, the first two samples) and
-timed like every row of RESULTS.md (measure.median_ms: CUDA events, median of 30, L2 flushed)."""
+planes per block DCH, m16 tiles per warp MTW, blocks an SM the registers are fitted to MINB) runs
+on fresh random grad_out and weights with dx poisoned (NaN), is checked against float64 torch
+(conv_transpose3d, the first two samples) and timed like every row of RESULTS.md
+(measure.median_ms: CUDA events, median of 30, L2 flushed). The results of each run and what
+changed between runs: bench/results/2026-11-22-h100-s10-dgrad-col2im-run*.md, bench/NOTES.md."""
 import json
 import sys
 from pathlib import Path
@@ -33,8 +35,8 @@ BF16_FLOPS_PER_MS = 7.9e11  # its measured BF16 matrix-product rate, per ms (RES
 def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
-    ext = load_inline("s10_dgrad_col2im", cpp_sources="void dgrad(torch::Tensor g, torch::Tensor w, torch::Tensor dx, "
-                      "int64_t hr, int64_t dch, int64_t mtw, int64_t minb);", cuda_sources=(HERE / "s10_dgrad_col2im.cu").read_text(),
+    declaration = "void dgrad(torch::Tensor g, torch::Tensor w, torch::Tensor dx, int64_t hr, int64_t dch, int64_t mtw, int64_t minb);"
+    ext = load_inline("s10_dgrad_col2im", cpp_sources=declaration, cuda_sources=(HERE / "s10_dgrad_col2im.cu").read_text(),
                       functions=["dgrad"], extra_cuda_cflags=["-O3", "-std=c++17"], verbose=False)
     props = torch.cuda.get_device_properties(0)
     lines = [f"## dgrad as a product per grad_out row and col2im (bf16): {props.name}, torch {torch.__version__}, "
