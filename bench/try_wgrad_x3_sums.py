@@ -9,7 +9,6 @@ of the weight's and the bias's gradients against float64 torch. Prints one line 
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -31,8 +30,7 @@ def one_sum_a_block(source):
     body = source.body.replace("float sum[MT][NT][4] = {};", "auto& sum = acc;").replace(
         "for (int q = 0; q < 4; ++q) acc[mt][nt][q] += sum[mt][nt][q];", "for (int q = 0; q < 4; ++q) {}")
     assert body != source.body, "the template no longer has the per-item sums this script removes"
-    name = source.name + "_one_sum"
-    return dataclasses.replace(source, body=body.replace(source.name, name), name=name)
+    return source.edited("one_sum", body)
 
 
 def main() -> None:

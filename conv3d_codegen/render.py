@@ -10,7 +10,7 @@ import hashlib
 import importlib.resources
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -130,6 +130,13 @@ class Source:
     def memory_format(self):
         """The torch memory format the kernel's input and output must be dense in."""
         return MEMORY_FORMATS[self.layout]
+
+    def edited(self, suffix: str, body: str) -> "Source":
+        """This source with `body` (an edit of its own) in place of its body, renamed
+        <name>_<suffix> throughout: a variant that builds beside the original, as the bench's
+        diagnostics use to switch a part of a kernel off."""
+        name = f"{self.name}_{suffix}"
+        return replace(self, name=name, body=body.replace(self.name, name))
 
     def text(self, key: str) -> str:
         """The full emitted source: banner (with the cache key) then body."""

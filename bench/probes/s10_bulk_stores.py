@@ -8,7 +8,6 @@ sm_90, one cp.async.bulk per channel of a tile where the output takes whole 16-b
 with that branch switched off in the source ("warps": the stores of every earlier version).
 Both are checked against float64 torch and timed by try_mma's run_row, next to each other, bulk
 first (or, with --warps-first, warps first: a second run in the other order shows drift)."""
-import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +25,7 @@ def warps_variant(source):
     """The same kernel with the bulk-copy branch (one per epilogue pass) never taken, under its own name."""
     assert BULK_BRANCH in source.body, "the template's bulk branch moved: update the probe"
     body = source.body.replace(BULK_BRANCH, BULK_BRANCH.replace("whole_vectors", "false"))
-    return dataclasses.replace(source, name=source.name + "_warps", body=body.replace(source.name, source.name + "_warps"))
+    return source.edited("warps", body)
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
 
 A diagnostic: each variant guards a part with a flag in global memory that is always 0 and the
 compiler cannot see, so the variants' outputs are wrong and are not checked."""
-import dataclasses, json, sys
+import json, sys
 from pathlib import Path
 import torch, torch.nn.functional as F
 sys.path.insert(0, "bench")
@@ -30,7 +30,7 @@ nobar = nostsm.replace("\n      __syncthreads();", "\n      ;")
 # no gather of the first K step either: its row pointers unused
 nogather = nobar.replace("const elem_t* p = row[mt][rr];", "const elem_t* p = g_never_flag ? row[mt][rr] : x;", 1)
 bodies = dict(full=src.body, nok=nok, neither=neither, nostsm=nostsm, nobar=nobar, nogather=nogather)
-sources = [dataclasses.replace(src, name=src.name + "_" + k, body=b.replace(src.name, src.name + "_" + k)) for k, b in bodies.items()]
+sources = [src.edited(k, b) for k, b in bodies.items()]
 kernels = KernelLoader(KernelCache(Path(tempfile.mkdtemp()))).load_many(sources, Target.for_device())
 x, wt, b = random_inputs(spec, w.input_shape)
 y = torch.empty((w.input_shape[0], 64, *spec.output_size(*w.input_shape[2:])), dtype=x.dtype, device="cuda")

@@ -109,6 +109,14 @@ def test_only_w_padding_changes_the_loads():
     assert "const bool in = " not in padded_h and "xr[i] = load(p + i);" in padded_h
 
 
+def test_an_edited_source_is_its_own_kernel_under_its_own_name():
+    source = render_direct(SEED_A)
+    edited = source.edited("probe", source.body.replace("__syncthreads();", "__syncthreads();  // edited", 1))
+    assert edited.name == source.name + "_probe" and edited.entry == source.name + "_probe_launch"
+    assert source.name + "_probe_launch" in edited.body and source.name + "(" not in edited.body
+    assert edited.identity == source.identity and edited.body != source.body
+
+
 def test_wide_offsets_are_a_separate_kernel():
     narrow, wide = render_direct(SEED_A), render_direct(SEED_A, wide=True)
     assert "using index_t = int;" in narrow.body and "using index_t = long long;" in wide.body
