@@ -1,0 +1,85 @@
+"""Session 11 probe: seed-b's forward in bf16 as a matrix product per output row
+(s11_fwd_rows.cu: weights in registers, input rows staged twice in shared memory, nothing gathered),
+against the tensor-core template's pick and torch in the same process.
+
+    PYTHONPATH=. python3 bench/probes/s11_fwd_rows.py OUT_DIR
+
+A diagnostic, not a kernel of the package: it asks whether this shape of kernel reaches the
+forward issue's seed-b bf16 target (<= 0.29 ms, 3x Triton's 0.88) before a template is written for
+it. Each configuration (output rows per chunk R, warps along rows RW, blocks an SM the registers
+are fitted to MINB, streaming stores) runs on fresh random inputs with the output poisoned (NaN),
+is checked against float64 torch (the first two samples) and timed like every row of RESULTS.md
+(measure.median_ms: CUDA events, median, L2 flushed). The template's seed-b bf16 pick (256x64,
+8 warps, 2 blocks an SM) is built and timed beside it by try_mma's run_row."""
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.cpp_extension import load_inline
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from try_mma import build_entries, run_row, work_of  # noqa: E402
+from bench_forward import measure_ceilings  # noqa: E402
+from conv3d_codegen.build import Target  # noqa: E402
+from conv3d_codegen.measure import median_ms, random_inputs, relative_error  # noqa: E402
+from conv3d_codegen.render import wide_offsets  # noqa: E402
+from conv3d_codegen.render_mma import mma_candidates, render_mma  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = [(8, 1, 3, False), (8, 1, 3, True), (16, 1, 2, False), (8, 2, 2, False), (8, 2, 2, True),
+           (16, 2, 2, False), (16, 2, 2, True), (31, 2, 1, False), (31, 4, 1, False)]  # (R, RW, MINB, streaming)
+PICK = "block_m=256 block_n=64 warps_m=8 warps_n=1 blocks_per_sm=2"
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    declaration = ("void fwd(torch::Tensor x, torch::Tensor w, torch::Tensor b, torch::Tensor y, int64_t r, int64_t rw, "
+                   "int64_t minb, bool stream);")
+    ext = load_inline("s11_fwd_rows", cpp_sources=declaration, cuda_sources=(HERE / "s11_fwd_rows.cu").read_text(),
+                      functions=["fwd"], extra_cuda_cflags=["-O3", "-std=c++17"], verbose=False)
+    work = work_of("seed-b", "bfloat16")
+    spec, shape = work.spec, work.input_shape
+    target = Target.for_device()
+    picks = [t for t in mma_candidates(spec) if str(t) == PICK]
+    assert len(picks) == 1, "the template's seed-b bf16 pick changed: update the probe"
+    entries = build_entries([("seed-b", "bfloat16", PICK, render_mma(spec, picks[0], wide_offsets(spec, shape)))],
+                            target, Path(tempfile.mkdtemp(prefix="conv3d-s11-rows-")), no_ptxas=True)
+    ceilings = measure_ceilings()
+    template_row = run_row("seed-b", "bfloat16", entries[("seed-b", "bfloat16")], ceilings)[0]
+    floor_ms = template_row["floor_ms"]
+    props = torch.cuda.get_device_properties(0)
+    lines = [f"## seed-b bf16 forward as a product per output row: {props.name}, torch {torch.__version__}, "
+             f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}", "",
+             f"Template pick ({PICK}): {template_row['ms']:.3f} ms, rel err {template_row['err']:.1e}; "
+             f"torch {template_row['torch_ms']:.3f} ms; floor {floor_ms:.3f} ms.", "",
+             "| R | RW | MINB | streaming | ms | x template pick | x torch | x floor | rel err |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    x, weight, bias = random_inputs(spec, shape)
+    ref = F.conv3d(x[:2].double(), weight.double(), bias.double())
+    y = torch.empty((shape[0], spec.out_channels, *spec.output_size(*shape[2:])), dtype=x.dtype, device="cuda")
+    rows = []
+    for r, rw, minb, stream in CONFIGS:
+        y.fill_(float("nan"))
+        ext.fwd(x, weight, bias, y, r, rw, minb, stream)
+        torch.cuda.synchronize()
+        err = relative_error(y[:2], ref)
+        whole = torch.isfinite(y).all().item()
+        ms = median_ms(lambda: ext.fwd(x, weight, bias, y, r, rw, minb, stream)) if err <= 1e-2 and whole else float("nan")
+        rows.append(dict(r=r, rw=rw, minb=minb, stream=stream, ms=ms, err=err, all_written=whole))
+        line = (f"| {r} | {rw} | {minb} | {stream} | {ms:.3f} | {template_row['ms'] / ms:.2f}x | "
+                f"{template_row['torch_ms'] / ms:.2f}x | {ms / floor_ms:.2f}x | {err:.1e}{'' if whole else ' (NaN left)'} |")
+        lines.append(line)
+        print(line, flush=True)
+    (out / "s11_fwd_rows.md").write_text("\n".join(lines) + "\n")
+    (out / "s11_fwd_rows.json").write_text(json.dumps(dict(template=template_row | {"kernel": None}, rows=rows),
+                                                      indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
