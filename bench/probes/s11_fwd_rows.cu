@@ -234,7 +234,8 @@ fwd_rows(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ 
 #ifdef PROBE_KERNEL_ONLY  // nvcc alone (no torch): the instances, for ptxas's report
 #define PROBE_INSTANCE(R, RW, MINB, S) \
   template __global__ void probe::fwd_rows<R, RW, MINB, S>(const __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*, __nv_bfloat16*, int);
-PROBE_INSTANCE(4, 1, 3, true) PROBE_INSTANCE(6, 2, 2, true) PROBE_INSTANCE(8, 2, 1, true) PROBE_INSTANCE(16, 1, 2, false)
+PROBE_INSTANCE(16, 1, 2, false) PROBE_INSTANCE(4, 1, 3, true) PROBE_INSTANCE(4, 2, 2, true) PROBE_INSTANCE(6, 1, 2, true)
+PROBE_INSTANCE(6, 2, 2, true) PROBE_INSTANCE(8, 1, 1, true) PROBE_INSTANCE(8, 2, 1, true) PROBE_INSTANCE(8, 4, 1, true)
 #else
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>
@@ -263,7 +264,7 @@ void fwd(torch::Tensor x, torch::Tensor w, torch::Tensor b, torch::Tensor y, int
               w.size(0) == 64 && w.size(2) == 3 && w.size(3) == 3 && w.size(4) == 3, "the probe has seed-b's sizes only");
 #define PROBE_CASE(R, RW, MINB, S) \
   if (r == R && rw == RW && minb == MINB && stage_out == S) { launch<R, RW, MINB, S>(x, w, b, y, parts); C10_CUDA_KERNEL_LAUNCH_CHECK(); return; }
-  PROBE_CASE(16, 1, 2, false) PROBE_CASE(31, 2, 1, false)
+  PROBE_CASE(16, 1, 2, false)
   PROBE_CASE(4, 1, 3, true) PROBE_CASE(4, 2, 2, true) PROBE_CASE(6, 1, 2, true) PROBE_CASE(6, 2, 2, true)
   PROBE_CASE(8, 1, 1, true) PROBE_CASE(8, 2, 1, true) PROBE_CASE(8, 4, 1, true)
 #undef PROBE_CASE
