@@ -25,6 +25,7 @@ from .render import Source, Tiles, default_tiles, fitting_cic, generator_hash, r
 from .render_depthwise import DepthwiseTiles, depthwise_candidates, render_depthwise, supports_depthwise
 from .render_mma import MmaTiles, mma_candidates, render_mma, supports_mma
 from .render_mma_staged import MmaStagedTiles, mma_staged_candidates, render_mma_staged, supports_mma_staged
+from .render_rows import RowsTiles, render_rows, rows_candidates, rows_shape_problem, supports_rows
 from .spec import ConvSpec
 
 log = logging.getLogger("conv3d_codegen")
@@ -34,18 +35,21 @@ TORCH_MARGIN = 0.98  # a candidate must beat torch's time by 2% (more than the t
 TIMING = dict(warmup=5, reps=10, min_total_ms=25.0)
 
 
-AnyTiles = Tiles | MmaTiles | DepthwiseTiles | MmaStagedTiles
-TILE_KINDS = (Tiles, MmaTiles, DepthwiseTiles, MmaStagedTiles)  # a record names its winner's kind by its template
+AnyTiles = Tiles | MmaTiles | DepthwiseTiles | MmaStagedTiles | RowsTiles
+TILE_KINDS = (Tiles, MmaTiles, DepthwiseTiles, MmaStagedTiles, RowsTiles)  # a record names its winner's kind by its template
 
 
 def render_tiles(spec: ConvSpec, tiles: AnyTiles | None = None, wide: bool = False) -> Source:
-    """The forward source of `tiles`: the tensor-core, staged tensor-core, depthwise or direct template's."""
+    """The forward source of `tiles`: the tensor-core, staged tensor-core, row-product, depthwise or direct
+    template's."""
     if isinstance(tiles, MmaTiles):
         return render_mma(spec, tiles, wide)
     if isinstance(tiles, MmaStagedTiles):
         return render_mma_staged(spec, tiles, wide)
     if isinstance(tiles, DepthwiseTiles):
         return render_depthwise(spec, tiles, wide)
+    if isinstance(tiles, RowsTiles):
+        return render_rows(spec, tiles, wide)
     return render_direct(spec, tiles, wide)
 
 
@@ -53,10 +57,12 @@ def candidates(spec: ConvSpec) -> list[AnyTiles]:
     """The search space: the direct template's tiles, then the tensor-core template's where it
     applies (float16, bfloat16, and float32 with precision 'tf32'), then the depthwise
     template's where it applies (groups == in_channels), then the staged tensor-core
-    template's (float16, bfloat16, 16 or more input channels per group)."""
+    template's (float16, bfloat16, 16 or more input channels per group), then the row-product
+    template's (float16, bfloat16, few input channels, stride 1; render_rows.supports_rows)."""
     return (direct_candidates(spec) + (mma_candidates(spec) if supports_mma(spec) is None else [])
             + (depthwise_candidates(spec) if supports_depthwise(spec) is None else [])
-            + (mma_staged_candidates(spec) if supports_mma_staged(spec) is None else []))
+            + (mma_staged_candidates(spec) if supports_mma_staged(spec) is None else [])
+            + (rows_candidates(spec) if supports_rows(spec) is None else []))
 
 
 def direct_candidates(spec: ConvSpec) -> list[Tiles]:
@@ -108,12 +114,16 @@ class Tuner:
         return Choice(winner, record["timings_ms"], record["dropped"])
 
     @staticmethod
-    def candidate_problem(spec: ConvSpec, tiles: AnyTiles, ow: int) -> str | None:
-        """Why tune() drops `tiles` before building them, for outputs `ow` wide (None: it builds
-        them): the tiles' own problem, or fewer outputs along w than a thread computes."""
+    def candidate_problem(spec: ConvSpec, tiles: AnyTiles, input_shape: tuple[int, ...]) -> str | None:
+        """Why tune() drops `tiles` before building them, for inputs of `input_shape` (None: it
+        builds them): the tiles' own problem, fewer outputs along w than a thread computes, or
+        (row-product tiles) an input the template does not take."""
         if problem := tiles.problem(spec):
             return problem
-        return f"output width {ow} < wt" if ow < getattr(tiles, "wt", 1) else None
+        ow = spec.output_size(*input_shape[2:])[2]
+        if ow < getattr(tiles, "wt", 1):
+            return f"output width {ow} < wt"
+        return rows_shape_problem(spec, input_shape) if isinstance(tiles, RowsTiles) else None
 
     def tune(self, spec: ConvSpec, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
              target: Target, torch_call: Callable[[], torch.Tensor], tiles: list[AnyTiles] | None = None) -> Choice:
@@ -121,9 +131,8 @@ class Tuner:
         started = time.perf_counter()
         tiles = list(candidates(spec) if tiles is None else tiles)
         timings, dropped, kernels = {}, {}, {}
-        ow = spec.output_size(*x.shape[2:])[2]
         for t in list(tiles):
-            if problem := self.candidate_problem(spec, t, ow):
+            if problem := self.candidate_problem(spec, t, tuple(x.shape)):
                 dropped[str(t)] = f"tiles: {problem}"
                 tiles.remove(t)
 

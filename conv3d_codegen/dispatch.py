@@ -356,9 +356,9 @@ class Dispatcher:
         choice = self.tuner.lookup(spec, shape, target, torch.cuda.get_device_name(device)) if tunable else None
         untuned = choice is None and tunable and self.autotune and self.mode != "prebuilt"
         if untuned and not in_capture:
-            ow, wide = spec.output_size(*shape[2:])[2], wide_offsets(spec, shape)
+            wide = wide_offsets(spec, shape)
             return KernelSources([render_tiles(spec, t, wide) for t in candidates(spec)
-                                  if Tuner.candidate_problem(spec, t, ow) is None], tune=True)
+                                  if Tuner.candidate_problem(spec, t, tuple(shape)) is None], tune=True)
         if choice is not None and choice.winner is None:
             return KernelSources([], choice)
         source, reason = source_for(spec, shape, choice.winner if choice else None)

@@ -191,7 +191,7 @@ def test_the_candidate_filter_drops_tiles_wider_than_the_output():
     spec = ConvSpec.from_text("3x3x3 --cin 4 --cout 8")
     tiles = Tiles(cot=4, wt=8, block=128, cic=4)
     assert tiles.problem(spec) is None
-    assert Tuner.candidate_problem(spec, tiles, 8) is None
-    assert Tuner.candidate_problem(spec, tiles, 7) == "output width 7 < wt"
+    assert Tuner.candidate_problem(spec, tiles, (1, 4, 10, 10, 10)) is None  # ow 8
+    assert Tuner.candidate_problem(spec, tiles, (1, 4, 10, 10, 9)) == "output width 7 < wt"
     bad = Tiles(cot=3, wt=4, block=128, cic=4)  # 3 does not divide 8 output channels
-    assert Tuner.candidate_problem(spec, bad, 100) == bad.problem(spec) is not None
+    assert Tuner.candidate_problem(spec, bad, (1, 4, 10, 10, 102)) == bad.problem(spec) is not None

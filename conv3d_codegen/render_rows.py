@@ -1,0 +1,178 @@
+"""Rendering the row-product forward template, templates/conv3d_fwd_rows.cu.j2.
+
+For few input channels (seed-b: 3 of them, 3x3x3), one output row (n, od, oh) is a matrix
+product: M = the output channels, N = the row's positions, K = the input rows that reach it x 4
+taps along w. B is a Toeplitz matrix of input rows staged in shared memory (twice, the second
+copy shifted by one element, so every B register is one aligned 32-bit load), and the weights
+stay in registers, so nothing is gathered from global memory (the tensor-core template's lanes
+gather their A elements one load at a time). A chunk of R output rows of one (n, od) is staged
+in shared memory on the way out and leaves as 16-byte vectors of one channel a warp (its rows are
+contiguous in y); bench/probes/s11_fwd_rows.py measured the two stores against each other.
+
+The template serves 16-bit dtypes, NCDHW, groups 1, stride and dilation 1, no padding along w,
+kw <= 4, 32 | out_channels <= 128, and in_channels * kd * kh <= 32 (the weights of a warp's 32
+channels in at most 64 registers); on inputs w <= 64 with w % 8 == 0, ow even and od * oh * ow a
+multiple of 8 (rows_shape_problem). Tile sizes are RowsTiles; `rows_candidates` is the
+autotuning space.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .render import DIRECT_ARGS, Source, _environment, serving_tiles, templates_dir
+from .spec import ConvSpec
+
+ROWS_TEMPLATE = "conv3d_fwd_rows.cu.j2"
+
+TAPS_W = 4              # taps along w per input row in K (KWP in the template)
+MAX_STEPS = 8           # k16 steps: a warp's 32 channels x 16 * MAX_STEPS K in 64 registers
+MAX_W = 64              # input row length a staged copy holds (two halves of 32 positions)
+COPY_BYTES = 160        # one copy of a row: 64 elements and 16 zeros; 40 words, 8 mod 32
+MAX_CHANNELS = 128      # four warps of 32 channels per half row
+# Shared memory: an H100 SM has 228 KB (1 KB of it reserved per block); a block may have at
+# most 163 KB on an A100, the smallest of the GPUs the template runs on (sm_80 and newer).
+SHARED_BYTES_PER_SM = 228 * 1024
+SHARED_BYTES_PER_BLOCK = 163 * 1024
+BANKS = 32
+
+
+@dataclass(frozen=True)
+class RowsTiles:
+    """Tile sizes of the row-product template (the autotuner's search space)."""
+
+    template: ClassVar[str] = ROWS_TEMPLATE
+
+    r: int              # output rows per chunk (even: a chunk's rows of a channel leave as 4-byte pieces at least)
+    rw: int             # warps along rows: a row's warps (channel groups x two halves) repeat rw times
+    blocks_per_sm: int  # the registers are fitted to this many blocks an SM
+
+    def problem(self, spec: ConvSpec) -> str | None:
+        """Why these tiles cannot serve `spec`, or None."""
+        if self.r < 2 or self.r % 2:
+            return f"r={self.r} is not an even number of rows"
+        if self.rw < 1 or self.blocks_per_sm < 1:
+            return f"rw={self.rw} and blocks_per_sm={self.blocks_per_sm} must be positive"
+        g = geometry(spec, self)
+        if g.threads > 1024:
+            return f"{g.threads} threads per block exceed 1024"
+        if g.shared_bytes > SHARED_BYTES_PER_BLOCK:
+            return f"{g.shared_bytes} bytes of shared memory per block exceed {SHARED_BYTES_PER_BLOCK}"
+        if self.blocks_per_sm * (g.shared_bytes + 1024) > SHARED_BYTES_PER_SM:
+            return f"{self.blocks_per_sm} blocks of {g.shared_bytes} bytes of shared memory do not fit an SM"
+        if g.threads * self.blocks_per_sm > 2048:
+            return f"{self.blocks_per_sm} blocks of {g.threads} threads exceed an SM's 2048"
+        return None
+
+    def __str__(self) -> str:
+        return f"rows r={self.r} rw={self.rw} blocks_per_sm={self.blocks_per_sm}"
+
+
+@dataclass(frozen=True)
+class RowsGeometry:
+    """What the template sizes for one spec and tile choice."""
+
+    steps: int          # k16 steps of K
+    threads: int
+    copy_bytes: int
+    in_bytes: int       # one buffer of a chunk's staged input rows (there are two)
+    out_pitch: int      # bytes of one channel's staged output rows
+    out_bytes: int      # the chunk's staged output, every channel
+    max_steps: int = MAX_STEPS
+
+    @property
+    def shared_bytes(self) -> int:
+        return 2 * self.in_bytes + self.out_bytes
+
+
+def _out_pitch(r: int) -> int:
+    """Bytes of one channel's staged rows: room for r rows of MAX_W and a shift of up to 7
+    elements, in words that are 12 or 28 modulo 32 (the accumulators' 32-bit stores, 8 channels
+    by 4 positions, then fall on distinct banks) and 16-byte aligned."""
+    words = (2 * (r * MAX_W + 8) + 3) // 4
+    while words % BANKS not in (12, 28):
+        words += 1
+    return 4 * words
+
+
+def geometry(spec: ConvSpec, tiles: RowsTiles) -> RowsGeometry:
+    kd, kh, _ = spec.kernel_size
+    rows = spec.in_channels * kd * kh
+    steps = -(-rows * TAPS_W // 16)
+    staged = (tiles.r + kh - 1) * spec.in_channels * kd + 4 * steps - rows
+    threads = 32 * (spec.out_channels // 32) * 2 * tiles.rw
+    out_pitch = _out_pitch(tiles.r)
+    return RowsGeometry(steps=steps, threads=threads, copy_bytes=COPY_BYTES, in_bytes=staged * 2 * COPY_BYTES,
+                        out_pitch=out_pitch, out_bytes=spec.out_channels * out_pitch)
+
+
+def supports_rows(spec: ConvSpec) -> str | None:
+    """None if the row-product template serves `spec`; otherwise the reason it does not."""
+    kd, kh, kw = spec.kernel_size
+    if spec.dtype not in ("bfloat16", "float16"):
+        return f"dtype {spec.dtype}: the row-product template multiplies bfloat16 or float16"
+    if spec.layout != "ncdhw":
+        return f"layout {spec.layout!r}: the row-product template reads contiguous NCDHW only"
+    if spec.groups != 1:
+        return f"groups={spec.groups}: the row-product template needs groups=1"
+    if spec.stride != (1, 1, 1) or spec.dilation != (1, 1, 1):
+        return "the row-product template needs stride 1 and dilation 1"
+    if spec.pad_before[2] or spec.pad_after[2]:
+        return "the row-product template needs no padding along w"
+    if kw > TAPS_W:
+        return f"kw={kw}: the row-product template takes at most {TAPS_W} taps along w"
+    if spec.out_channels % 32 or spec.out_channels > MAX_CHANNELS:
+        return f"out_channels={spec.out_channels}: the row-product template needs a multiple of 32, at most {MAX_CHANNELS}"
+    if (rows := spec.in_channels * kd * kh) > MAX_STEPS * 16 // TAPS_W:
+        return (f"{rows} input rows per output row ({spec.in_channels} channels x {kd}x{kh}): the row-product "
+                f"template takes at most {MAX_STEPS * 16 // TAPS_W} (a warp's weights in 64 registers)")
+    return default_rows_tiles(spec).problem(spec)
+
+
+def rows_shape_problem(spec: ConvSpec, input_shape: tuple[int, ...]) -> str | None:
+    """Why the template cannot run on inputs of `input_shape`, or None."""
+    _, _, d, h, w = input_shape
+    od, oh, ow = spec.output_size(d, h, w)
+    if w % 8 or w > MAX_W:
+        return f"input width {w}: the row-product template needs a multiple of 8, at most {MAX_W}"
+    if ow % 2 or (od * oh * ow) % 8:
+        return f"output {od}x{oh}x{ow}: the row-product template needs an even width and a multiple of 8 positions"
+    return None
+
+
+# The probe's configurations without spills on seed-b, best first (bench/results/2026-11-22-h100-
+# s11-fwd-rows-run3.md: chunks of 4, 6 and 8 rows at three, two and one blocks an SM), then the
+# same chunks at fewer blocks an SM, for more channels (each 32 more are two more warps).
+PREFERRED = (RowsTiles(r=4, rw=1, blocks_per_sm=3), RowsTiles(r=6, rw=1, blocks_per_sm=2),
+             RowsTiles(r=8, rw=2, blocks_per_sm=1), RowsTiles(r=4, rw=1, blocks_per_sm=2),
+             RowsTiles(r=6, rw=1, blocks_per_sm=1), RowsTiles(r=4, rw=1, blocks_per_sm=1))
+
+
+def default_rows_tiles(spec: ConvSpec) -> RowsTiles:
+    """The first of PREFERRED that fits the spec (the last one, if none does: its problem is the reason)."""
+    return next((t for t in PREFERRED if t.problem(spec) is None), PREFERRED[-1])
+
+
+def rows_candidates(spec: ConvSpec) -> list[RowsTiles]:
+    """The autotuning space: the first three of PREFERRED that fit the spec."""
+    return [t for t in PREFERRED if t.problem(spec) is None][:3]
+
+
+def render_rows(spec: ConvSpec, tiles: RowsTiles | None = None, wide: bool = False) -> Source:
+    """The row-product template for `spec`. Its offsets are 64-bit wherever they can be large, so
+    `wide` (see render.WIDE_INDEX_ELEMENTS) does not change the source."""
+    tiles = serving_tiles(spec, tiles, "row-product template", supports_rows(spec), default_rows_tiles)
+    g = geometry(spec, tiles)
+    name = f"conv3d_fwd_rows_{spec.tag}"
+    body = _environment(templates_dir()).get_template(ROWS_TEMPLATE).render(
+        spec=spec, tiles=tiles, geometry=g, name=name, entry=f"{name}_launch", arg_names=DIRECT_ARGS)
+    params = {
+        "spec": spec.canonical_json(),
+        "tiles": str(tiles),
+        "product": f"per output row: M = {spec.out_channels} channels, N = 64 positions, K = {16 * g.steps} "
+                   f"({g.steps} k16 steps; weights in registers)",
+        "shared": f"{g.shared_bytes} bytes per block",
+        "threads": str(g.threads),
+    }
+    return Source(name=name, template=ROWS_TEMPLATE, body=body, identity=spec.canonical_json(),
+                  arg_names=DIRECT_ARGS, params=params)
