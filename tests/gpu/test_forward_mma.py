@@ -154,6 +154,8 @@ def run_and_check(kernel, case: Case):
                      dtype=x.dtype, device=x.device)
     kernel(x, weight, bias, out, launch_args(spec, x.shape))
     torch.cuda.synchronize()
+    # The comparison reads the first samples only; the poison shows an unwritten element anywhere.
+    assert torch.isfinite(out).all(), f"{int((~torch.isfinite(out)).sum())} output elements left unwritten"
     err = relative_error(out[:CHECKED_BATCH], reference(x, weight, bias, spec))
     assert err <= tolerance(spec), f"relative error {err:.2e} over {tolerance(spec):.0e} (NaN: unwritten output)"
 

@@ -1,6 +1,6 @@
 """The row-product template against torch.nn.functional.conv3d in float64, on fresh random inputs,
-with outputs poisoned (NaN) before each run: every candidate of every case, and every element of
-the output written (the comparison itself reads the first samples only). Kernels are built through
+with outputs poisoned (NaN) before each run: every candidate of every case (test_forward_mma's
+run_and_check: every element written, the first samples compared). Kernels are built through
 the session dispatcher's loader, all of them up front. Last, autotuning seed-b in bfloat16 through
 a dispatcher: the row-product candidates are timed beside the others and a winner is kept."""
 from dataclasses import dataclass
@@ -19,7 +19,7 @@ from conv3d_codegen.render_rows import RowsTiles, render_rows, rows_candidates, 
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
-from .test_forward_mma import CHECKED_BATCH, reference
+from .test_forward_mma import run_and_check  # the same check for every template
 
 
 @dataclass(frozen=True)
@@ -69,28 +69,14 @@ def kernels(dispatcher):
     return dict(zip(sources, built))
 
 
-def run_and_check_all_written(kernel, case: Case):
-    if isinstance(kernel, Exception):
-        raise kernel
-    spec = case.spec
-    x, weight, bias = random_inputs(spec, case.input_shape)
-    out = torch.full((x.shape[0], spec.out_channels, *spec.output_size(*x.shape[2:])), float("nan"),
-                     dtype=x.dtype, device=x.device)
-    kernel(x, weight, bias, out, launch_args(spec, x.shape))
-    torch.cuda.synchronize()
-    assert torch.isfinite(out).all(), f"{int((~torch.isfinite(out)).sum())} output elements left unwritten"
-    err = relative_error(out[:CHECKED_BATCH], reference(x, weight, bias, spec))
-    assert err <= tolerance(spec), f"relative error {err:.2e} over {tolerance(spec):.0e}"
-
-
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_rows_kernel_matches_torch(kernels, case: Case):
-    run_and_check_all_written(kernels[str(case)], case)
+    run_and_check(kernels[str(case)], case)
 
 
 @pytest.mark.parametrize("case", WORKLOAD, ids=str)
 def test_every_seed_b_candidate_matches_torch(kernels, case: Case):
-    run_and_check_all_written(kernels[str(case)], case)
+    run_and_check(kernels[str(case)], case)
 
 
 def test_an_input_the_template_does_not_take_is_refused_by_the_launcher(kernels):
