@@ -1,0 +1,164 @@
+"""Session 12 probe: where the row-product template (templates/conv3d_fwd_rows.cu.j2) loses the
+15% it trails session 11's probe kernel by on seed-b bf16 (0.319-0.324 ms against 0.279-0.282).
+
+    PYTHONPATH=. python3 bench/probes/s12_rows_parts.py OUT_DIR
+
+Variants of the template's rendered source (Source.edited, built beside each other), each in the
+same process as the probe's kernel (bench/probes/s11_fwd_rows.cu) on the same tensors:
+  full      the template as it ships
+  const     the input and output sizes fixed at seed-b's (the compiler folds them, as in the probe)
+  w16e      the write-out without the divergent ends: whole 16-byte vectors a warp a channel, then
+            the ends of every channel's run by one thread each
+  w8        the write-out as 8-byte pieces (the probe's store width), y's alignment mod 8 bytes
+  const+w16e, const+w8
+  nowrite   the write-out left out (a flag in global memory that is always 0), output unchecked
+  nok       the K loop left out the same way, output unchecked
+Checked variants are run on a NaN-poisoned output and compared with float64 torch (first two
+samples; every element finite); every variant is timed like RESULTS.md's rows (median_ms: CUDA
+events, median, L2 flushed). A diagnostic, not a kernel of the package."""
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.cpp_extension import load_inline
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from try_mma import build_entries, work_of  # noqa: E402
+from conv3d_codegen.build import Target  # noqa: E402
+from conv3d_codegen.kernel import launch_args  # noqa: E402
+from conv3d_codegen.measure import median_ms, random_inputs, relative_error  # noqa: E402
+from conv3d_codegen.render_rows import RowsTiles, render_rows  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+TILES = [RowsTiles(4, 1, 3), RowsTiles(4, 2, 2), RowsTiles(6, 2, 2), RowsTiles(6, 1, 2)]
+PROBE_CONFIGS = [(4, 1, 3), (4, 2, 2), (6, 2, 2)]
+NEVER = "__device__ int g_never_flag = 0;\n"
+MARKER = 'extern "C" __global__'
+
+W16E = """__device__ __forceinline__ void write_out(const unsigned char* out_s, scalar_t* __restrict__ y, const Chunk& c,
+                                          int od, int oh, int ow) {
+  const int shift = out_shift(c, oh, ow), end = shift + (oh - c.oh0 < R ? oh - c.oh0 : R) * ow;
+  const int first = (shift + VEC - 1) / VEC, last = end / VEC;  // whole vectors: [first, last)
+  const long long plane = static_cast<long long>(od) * oh * ow;
+  scalar_t* base = y + static_cast<long long>(c.n) * CO * plane + static_cast<long long>(c.od) * oh * ow +
+                   static_cast<long long>(c.oh0) * ow - shift;
+  const int lane = threadIdx.x % 32;
+  for (int co = threadIdx.x / 32; co < CO; co += THREADS / 32) {
+    const unsigned char* src = out_s + co * OUT_PITCH;
+    scalar_t* dst = base + co * plane;
+    for (int b = first + lane; b < last; b += 32)
+      *reinterpret_cast<VEC_T*>(dst + VEC * b) = *reinterpret_cast<const VEC_T*>(src + 2 * VEC * b);
+  }
+  for (int i = threadIdx.x; i < 2 * CO; i += THREADS) {
+    const int co = i / 2;
+    const int from = i % 2 ? max(VEC * last, VEC * first) : shift, to = i % 2 ? end : min(VEC * first, end);
+    for (int e = from; e < to; e += 2)
+      *reinterpret_cast<uint32_t*>(base + co * plane + e) = *reinterpret_cast<const uint32_t*>(out_s + co * OUT_PITCH + 2 * e);
+  }
+}
+"""
+
+
+def cut(body: str, start: str, end: str) -> tuple[int, int]:
+    i = body.index(start)
+    return i, body.index(end, i) + len(end)
+
+
+def with_write_out(body: str, vec: int) -> str:
+    i, j = cut(body, "__device__ __forceinline__ void write_out(", "\n}\n")
+    text = W16E.replace("VEC_T", "uint4" if vec == 8 else "uint2").replace("VEC", str(vec))
+    body = body[:i] + text + body[j + 1:]
+    if vec == 4:
+        body = body.replace("* ow) % 8);", "* ow) % 4);")
+        assert "% 4);" in body
+    return body
+
+
+def with_const_sizes(body: str, args: dict) -> str:
+    sig = "int n, int d, int h, int w, int od, int oh, int ow) {\n"
+    assert body.count(sig) == 1
+    fixed = " ".join(f"{k} = {args[k]};" for k in ("n", "d", "h", "w", "od", "oh", "ow"))
+    return body.replace(sig, sig + "  " + fixed + "\n")
+
+
+def without(body: str, what: str) -> str:
+    body = body.replace(MARKER, NEVER + MARKER, 1)
+    if what == "write":
+        assert body.count("write_out(out_s, y, prev, od, oh, ow);") == 2
+        return body.replace("write_out(out_s, y, prev, od, oh, ow);", "if (g_never_flag) write_out(out_s, y, prev, od, oh, ow);")
+    loop = "#pragma unroll\n      for (int s = 0; s < NK; ++s) {"
+    assert body.count(loop) == 1
+    return body.replace(loop, "if (g_never_flag)\n" + loop)
+
+
+def variants(src, args: dict) -> dict:
+    b = src.body
+    return {"full": b, "const": with_const_sizes(b, args), "w16e": with_write_out(b, 8), "w8": with_write_out(b, 4),
+            "const+w16e": with_const_sizes(with_write_out(b, 8), args),
+            "const+w8": with_const_sizes(with_write_out(b, 4), args),
+            "nowrite": without(b, "write"), "nok": without(b, "k")}
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    work = work_of("seed-b", "bfloat16")
+    spec, shape = work.spec, work.input_shape
+    args = launch_args(spec, shape)
+    target = Target.for_device()
+    plan = []
+    for tiles in TILES:
+        src = render_rows(spec, tiles)
+        for tag, body in variants(src, args).items():
+            if tiles != TILES[0] and tag not in ("full", "const+w16e", "w16e"):
+                continue
+            suffix = f"r{tiles.r}w{tiles.rw}b{tiles.blocks_per_sm}_" + tag.replace("+", "_")
+            plan.append(("seed-b", "bfloat16", f"{tiles} {tag}", src.edited(suffix, body)))
+    entries = build_entries(plan, target, Path(tempfile.mkdtemp(prefix="conv3d-s12-rows-")))[("seed-b", "bfloat16")]
+    declaration = ("void fwd(torch::Tensor x, torch::Tensor w, torch::Tensor b, torch::Tensor y, int64_t r, int64_t rw, "
+                   "int64_t minb, bool staged, int64_t parts);")
+    probe = load_inline("s11_fwd_rows", cpp_sources=declaration, cuda_sources=(HERE / "s11_fwd_rows.cu").read_text(),
+                        functions=["fwd"], extra_cuda_cflags=["-O3", "-std=c++17"], verbose=False)
+
+    x, weight, bias = random_inputs(spec, shape)
+    ref = F.conv3d(x[:2].double(), weight.double(), bias.double())
+    y = torch.empty((shape[0], spec.out_channels, *spec.output_size(*shape[2:])), dtype=x.dtype, device="cuda")
+
+    def check(run) -> tuple[float, bool]:
+        y.fill_(float("nan"))
+        run()
+        torch.cuda.synchronize()
+        return relative_error(y[:2], ref), bool(torch.isfinite(y).all().item())
+
+    props = torch.cuda.get_device_properties(0)
+    lines = [f"## seed-b bf16, the row template's variants and the s11 probe: {props.name}, torch {torch.__version__}, "
+             f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}", "",
+             "| kernel | regs | spill B | ms (round 1) | ms (round 2) | rel err | every element written |",
+             "|---|---|---|---|---|---|---|"]
+    runs = [(e["tiles"], e["regs"], e["spills"], (lambda k=e["kernel"]: k(x, weight, bias, y, args))) for e in entries]
+    runs += [(f"s11 probe R={r} RW={rw} MINB={minb}", "-", "-",
+              (lambda r=r, rw=rw, minb=minb: probe.fwd(x, weight, bias, y, r, rw, minb, True, 0)))
+             for r, rw, minb in PROBE_CONFIGS]
+    results = {}
+    for label, regs, spills, run in runs:
+        err, whole = check(run)
+        results[label] = dict(regs=regs, spills=spills, err=err, whole=whole, ms=[])
+    for _ in range(2):  # two rounds, so drift over the run shows
+        for label, _, _, run in runs:
+            results[label]["ms"].append(median_ms(run, reps=50))
+    for label, r in results.items():
+        checked = not ("nowrite" in label or "nok" in label)
+        lines.append(f"| {label} | {r['regs']} | {r['spills']} | {r['ms'][0]:.3f} | {r['ms'][1]:.3f} | {r['err']:.1e}"
+                     f"{'' if checked else ' (part left out)'} | {r['whole']} |")
+    text = "\n".join(lines) + "\n"
+    print(text, flush=True)
+    (out / "s12_rows_parts.md").write_text(text)
+    (out / "s12_rows_parts.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
