@@ -1,7 +1,7 @@
 """Session 12 probe: where the row-product template (templates/conv3d_fwd_rows.cu.j2) loses the
 15% it trails session 11's probe kernel by on seed-b bf16 (0.319-0.324 ms against 0.279-0.282).
 
-    PYTHONPATH=. python3 bench/probes/s12_rows_parts.py OUT_DIR [--b]
+    PYTHONPATH=. python3 bench/probes/s12_rows_parts.py OUT_DIR [--b | --c]
 
 Variants of the template's rendered source (Source.edited, built beside each other), each in the
 same process as the probe's kernel (bench/probes/s11_fwd_rows.cu) on the same tensors:
@@ -15,7 +15,9 @@ same process as the probe's kernel (bench/probes/s11_fwd_rows.cu) on the same te
   nok       the K loop left out the same way, output unchecked
 With --b (round 2), which fixed size buys const's gain: only w and ow fixed (constw), the staging's
 loop over 8 pieces a row with the pieces past w skipped instead of dividing by w / 8 (stage8), the
-chunk's place by 32-bit divisions (div32), and their sums.
+chunk's place by 32-bit divisions (div32), and their sums. With --c (round 3), the write-out unrolled
+(w16u: a warp loads up to 8 channels' vectors, then stores them), with evict-first stores (cs), and
+with round 2's changes or the sizes fixed.
 Checked variants are run on a NaN-poisoned output and compared with float64 torch (first two
 samples; every element finite); every variant is timed like RESULTS.md's rows (median_ms: CUDA
 events, median, L2 flushed). A diagnostic, not a kernel of the package."""
@@ -64,6 +66,49 @@ W16E = """__device__ __forceinline__ void write_out(const unsigned char* out_s, 
   }
 }
 """
+
+
+# The write-out unrolled: each warp loads GROUP channels' vectors, then stores them (ILP instead of
+# one shared load's latency per channel); STORE is the 16-byte store ("plain" or __stcs, evict-first).
+W16U = """__device__ __forceinline__ void write_out(const unsigned char* out_s, scalar_t* __restrict__ y, const Chunk& c,
+                                          int od, int oh, int ow) {
+  constexpr int WARPS = THREADS / 32, PER_WARP = CO / WARPS, GROUP = PER_WARP < 8 ? PER_WARP : 8;
+  constexpr int ITERS = ((R * WMAX + 7) / 8 + 1 + 31) / 32;  // vectors a lane stores per channel, at most
+  const int shift = out_shift(c, oh, ow), end = shift + (oh - c.oh0 < R ? oh - c.oh0 : R) * ow;
+  const int first = (shift + 7) / 8, last = end / 8;  // whole vectors: [first, last)
+  const long long plane = static_cast<long long>(od) * oh * ow;
+  scalar_t* base = y + static_cast<long long>(c.n) * CO * plane + static_cast<long long>(c.od) * oh * ow +
+                   static_cast<long long>(c.oh0) * ow - shift;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int it = 0; it < ITERS; ++it) {
+    const int b = first + lane + 32 * it;
+    if (b >= last) break;
+#pragma unroll
+    for (int k0 = 0; k0 < PER_WARP; k0 += GROUP) {
+      uint4 v[GROUP];
+#pragma unroll
+      for (int k = 0; k < GROUP; ++k)
+        v[k] = *reinterpret_cast<const uint4*>(out_s + (warp + (k0 + k) * WARPS) * OUT_PITCH + 16 * b);
+#pragma unroll
+      for (int k = 0; k < GROUP; ++k) STORE(reinterpret_cast<uint4*>(base + (warp + (k0 + k) * WARPS) * plane + 8 * b), v[k]);
+    }
+  }
+  for (int i = threadIdx.x; i < 2 * CO; i += THREADS) {
+    const int co = i / 2;
+    const int from = i % 2 ? max(8 * last, 8 * first) : shift, to = i % 2 ? end : min(8 * first, end);
+    for (int e = from; e < to; e += 2)
+      *reinterpret_cast<uint32_t*>(base + co * plane + e) = *reinterpret_cast<const uint32_t*>(out_s + co * OUT_PITCH + 2 * e);
+  }
+}
+"""
+
+
+def with_w16u(body: str, streaming: bool = False) -> str:
+    i, j = cut(body, "__device__ __forceinline__ void write_out(", "\n}\n")
+    store = "__stcs" if streaming else "store16"
+    helper = "__device__ __forceinline__ void store16(uint4* p, uint4 v) { *p = v; }\n"
+    return body[:i] + helper + W16U.replace("STORE(", store + "(") + body[j + 1:]
 
 
 def cut(body: str, start: str, end: str) -> tuple[int, int]:
@@ -126,6 +171,15 @@ def variants_b(src, args: dict) -> dict:
             "constw+div32+w16e": with_const_sizes(with_div32(with_write_out(b, 8)), args, wow)}
 
 
+def variants_c(src, args: dict) -> dict:
+    """Round 3: the write-out unrolled (w16u), with evict-first stores (cs), with the sizes fixed."""
+    b = src.body
+    return {"full": b, "const": with_const_sizes(b, args), "w16u": with_w16u(b), "w16u+cs": with_w16u(b, True),
+            "w16u+stage8+div32": with_stage8(with_div32(with_w16u(b))),
+            "w16u+cs+stage8+div32": with_stage8(with_div32(with_w16u(b, True))),
+            "const+w16u": with_const_sizes(with_w16u(b), args), "const+w16u+cs": with_const_sizes(with_w16u(b, True), args)}
+
+
 def variants(src, args: dict) -> dict:
     b = src.body
     return {"full": b, "const": with_const_sizes(b, args), "w16e": with_write_out(b, 8), "w8": with_write_out(b, 4),
@@ -142,12 +196,13 @@ def main() -> None:
     args = launch_args(spec, shape)
     target = Target.for_device()
     plan = []
-    round_b = "--b" in sys.argv
+    round_b, round_c = "--b" in sys.argv, "--c" in sys.argv
+    others = {"b": ("full", "const", "stage8+div32+w16e", "constw+div32+w16e"), "c": ("full", "w16u", "w16u+cs+stage8+div32"),
+              "a": ("full", "const+w16e", "w16e")}["b" if round_b else "c" if round_c else "a"]
     for tiles in TILES[:1] + TILES[3:] if round_b else TILES:
         src = render_rows(spec, tiles)
-        for tag, body in (variants_b if round_b else variants)(src, args).items():
-            if tiles != TILES[0] and tag not in (("full", "const", "stage8+div32+w16e", "constw+div32+w16e") if round_b
-                                                 else ("full", "const+w16e", "w16e")):
+        for tag, body in (variants_b if round_b else variants_c if round_c else variants)(src, args).items():
+            if tiles != TILES[0] and tag not in others:
                 continue
             suffix = f"r{tiles.r}w{tiles.rw}b{tiles.blocks_per_sm}_" + tag.replace("+", "_")
             plan.append(("seed-b", "bfloat16", f"{tiles} {tag}", src.edited(suffix, body)))
@@ -189,7 +244,7 @@ def main() -> None:
                      f"{'' if checked else ' (part left out)'} | {r['whole']} |")
     text = "\n".join(lines) + "\n"
     print(text, flush=True)
-    stem = "s12_rows_parts" + ("_b" if round_b else "")
+    stem = "s12_rows_parts" + ("_b" if round_b else "_c" if round_c else "")
     (out / f"{stem}.md").write_text(text)
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
 
