@@ -1,7 +1,7 @@
 """Session 12 probe: where the row-product template (templates/conv3d_fwd_rows.cu.j2) loses the
 15% it trails session 11's probe kernel by on seed-b bf16 (0.319-0.324 ms against 0.279-0.282).
 
-    PYTHONPATH=. python3 bench/probes/s12_rows_parts.py OUT_DIR [--b | --c]
+    PYTHONPATH=. python3 bench/probes/s12_rows_parts.py OUT_DIR [--b | --c | --d]
 
 Variants of the template's rendered source (Source.edited, built beside each other), each in the
 same process as the probe's kernel (bench/probes/s11_fwd_rows.cu) on the same tensors:
@@ -17,7 +17,9 @@ With --b (round 2), which fixed size buys const's gain: only w and ow fixed (con
 loop over 8 pieces a row with the pieces past w skipped instead of dividing by w / 8 (stage8), the
 chunk's place by 32-bit divisions (div32), and their sums. With --c (round 3), the write-out unrolled
 (w16u: a warp loads up to 8 channels' vectors, then stores them), with evict-first stores (cs), and
-with round 2's changes or the sizes fixed.
+with round 2's changes or the sizes fixed. With --d (round 4), evict-first stores (__stcs) in the
+shipped write-out (cs) and in w16e, and each channel's whole vectors as one bulk copy (bulk, sm_90:
+cp.async.bulk from shared memory by one thread a channel; the ends as in w16e).
 Checked variants are run on a NaN-poisoned output and compared with float64 torch (first two
 samples; every element finite); every variant is timed like RESULTS.md's rows (median_ms: CUDA
 events, median, L2 flushed). A diagnostic, not a kernel of the package."""
@@ -111,6 +113,61 @@ def with_w16u(body: str, streaming: bool = False) -> str:
     return body[:i] + helper + W16U.replace("STORE(", store + "(") + body[j + 1:]
 
 
+# sm_90: each channel's whole vectors leave by one bulk copy (cp.async.bulk, shared to global, evict-first),
+# started by one thread, carried out by the copy engine while the warps go on; the ends as in W16E.
+BULK = """#if __CUDA_ARCH__ < 900
+#error "the bulk variant is sm_90 only"
+#endif
+__device__ __forceinline__ void bulk_store(void* dst, const void* src, unsigned bytes) {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\\n" : "=l"(policy));
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group.L2::cache_hint [%0], [%1], %2, %3;\\n"
+               :: "l"(dst), "r"(static_cast<uint32_t>(__cvta_generic_to_shared(src))), "r"(bytes), "l"(policy) : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\\n" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\\n" ::: "memory"); }
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\\n" ::: "memory"); }
+__device__ __forceinline__ void write_out(const unsigned char* out_s, scalar_t* __restrict__ y, const Chunk& c,
+                                          int od, int oh, int ow) {
+  const int shift = out_shift(c, oh, ow), end = shift + (oh - c.oh0 < R ? oh - c.oh0 : R) * ow;
+  const int first = (shift + 7) / 8, last = end / 8;  // whole vectors: [first, last)
+  const long long plane = static_cast<long long>(od) * oh * ow;
+  scalar_t* base = y + static_cast<long long>(c.n) * CO * plane + static_cast<long long>(c.od) * oh * ow +
+                   static_cast<long long>(c.oh0) * ow - shift;
+  constexpr int WARPS = THREADS / 32;
+  const int co = threadIdx.x % 32 * WARPS + threadIdx.x / 32;  // spread over the warps
+  if (co < CO && last > first)
+    bulk_store(base + co * plane + 8 * first, out_s + co * OUT_PITCH + 16 * first, 16u * (last - first));
+  bulk_commit();
+  for (int i = threadIdx.x; i < 2 * CO; i += THREADS) {
+    const int co = i / 2;
+    const int from = i % 2 ? max(8 * last, 8 * first) : shift, to = i % 2 ? end : min(8 * first, end);
+    for (int e = from; e < to; e += 2)
+      *reinterpret_cast<uint32_t*>(base + co * plane + e) = *reinterpret_cast<const uint32_t*>(out_s + co * OUT_PITCH + 2 * e);
+  }
+}
+"""
+
+
+def with_bulk(body: str) -> str:
+    i, j = cut(body, "__device__ __forceinline__ void write_out(", "\n}\n")
+    body = body[:i] + BULK + body[j + 1:]
+    edits = [("    cp_commit();\n    __syncthreads();  // the shifted copies are in",
+              "    cp_commit();\n    bulk_wait_read();\n    __syncthreads();  // the shifted copies are in"),
+             ("    prev = c;\n    pending = true;", "    fence_proxy_async();\n    prev = c;\n    pending = true;"),
+             ("    write_out(out_s, y, prev, od, oh, ow);\n  }\n}", "    write_out(out_s, y, prev, od, oh, ow);\n    bulk_wait_read();\n  }\n}")]
+    for old, new in edits:
+        assert body.count(old) == 1, old
+        body = body.replace(old, new)
+    return body
+
+
+def with_cs(body: str) -> str:
+    old = "*reinterpret_cast<uint4*>(dst + 8 * b) = *reinterpret_cast<const uint4*>(src + 16 * b);"
+    assert body.count(old) == 1
+    return body.replace(old, "__stcs(reinterpret_cast<uint4*>(dst + 8 * b), *reinterpret_cast<const uint4*>(src + 16 * b));")
+
+
 def cut(body: str, start: str, end: str) -> tuple[int, int]:
     i = body.index(start)
     return i, body.index(end, i) + len(end)
@@ -180,6 +237,16 @@ def variants_c(src, args: dict) -> dict:
             "const+w16u": with_const_sizes(with_w16u(b), args), "const+w16u+cs": with_const_sizes(with_w16u(b, True), args)}
 
 
+def variants_d(src, args: dict) -> dict:
+    """Round 4: evict-first stores in the shipped and w16e write-outs, and bulk copies (sm_90)."""
+    b = src.body
+    return {"full": b, "const": with_const_sizes(b, args), "cs": with_cs(b), "const+cs": with_const_sizes(with_cs(b), args),
+            "w16e+cs": with_write_out(b, 8).replace("*reinterpret_cast<uint4*>(dst + 8 * b) = ", "__stcs(reinterpret_cast<uint4*>(dst + 8 * b), ").replace(
+                "*reinterpret_cast<const uint4*>(src + 2 * 8 * b);", "*reinterpret_cast<const uint4*>(src + 2 * 8 * b));"),
+            "bulk": with_bulk(b), "const+bulk": with_const_sizes(with_bulk(b), args),
+            "stage8+div32+bulk": with_stage8(with_div32(with_bulk(b)))}
+
+
 def variants(src, args: dict) -> dict:
     b = src.body
     return {"full": b, "const": with_const_sizes(b, args), "w16e": with_write_out(b, 8), "w8": with_write_out(b, 4),
@@ -196,12 +263,14 @@ def main() -> None:
     args = launch_args(spec, shape)
     target = Target.for_device()
     plan = []
-    round_b, round_c = "--b" in sys.argv, "--c" in sys.argv
+    round_b, round_c, round_d = "--b" in sys.argv, "--c" in sys.argv, "--d" in sys.argv
     others = {"b": ("full", "const", "stage8+div32+w16e", "constw+div32+w16e"), "c": ("full", "w16u", "w16u+cs+stage8+div32"),
-              "a": ("full", "const+w16e", "w16e")}["b" if round_b else "c" if round_c else "a"]
+              "d": ("full", "bulk", "const+bulk", "cs"), "a": ("full", "const+w16e", "w16e")}[
+        "b" if round_b else "c" if round_c else "d" if round_d else "a"]
+    make = variants_b if round_b else variants_c if round_c else variants_d if round_d else variants
     for tiles in TILES[:1] + TILES[3:] if round_b else TILES:
         src = render_rows(spec, tiles)
-        for tag, body in (variants_b if round_b else variants_c if round_c else variants)(src, args).items():
+        for tag, body in make(src, args).items():
             if tiles != TILES[0] and tag not in others:
                 continue
             suffix = f"r{tiles.r}w{tiles.rw}b{tiles.blocks_per_sm}_" + tag.replace("+", "_")
@@ -244,7 +313,7 @@ def main() -> None:
                      f"{'' if checked else ' (part left out)'} | {r['whole']} |")
     text = "\n".join(lines) + "\n"
     print(text, flush=True)
-    stem = "s12_rows_parts" + ("_b" if round_b else "_c" if round_c else "")
+    stem = "s12_rows_parts" + ("_b" if round_b else "_c" if round_c else "_d" if round_d else "")
     (out / f"{stem}.md").write_text(text)
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
 
