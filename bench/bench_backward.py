@@ -42,7 +42,8 @@ def prebuild(dispatcher: Dispatcher, works: list[Workload]) -> None:
     """Forward and dgrad autotuning candidates and the wgrad kernels, all at once."""
     sources = []
     for w in works:
-        sources += [render_tiles(w.spec, t) for t in candidates(w.spec)]
+        sources += [render_tiles(w.spec, t, wide_offsets(w.spec, w.input_shape), tuple(w.input_shape[2:]))
+                    for t in candidates(w.spec)]
         if (dspec := dgrad_spec(w.spec)[0]) is not None:
             sources += [render_tiles(dspec, t) for t in candidates(dspec)]
         if supports_wgrad(w.spec) is None:

@@ -39,9 +39,11 @@ AnyTiles = Tiles | MmaTiles | DepthwiseTiles | MmaStagedTiles | RowsTiles
 TILE_KINDS = (Tiles, MmaTiles, DepthwiseTiles, MmaStagedTiles, RowsTiles)  # a record names its winner's kind by its template
 
 
-def render_tiles(spec: ConvSpec, tiles: AnyTiles | None = None, wide: bool = False) -> Source:
+def render_tiles(spec: ConvSpec, tiles: AnyTiles | None = None, wide: bool = False,
+                 size: tuple[int, int, int] | None = None) -> Source:
     """The forward source of `tiles`: the tensor-core, staged tensor-core, row-product, depthwise or direct
-    template's."""
+    template's. `size` (the input's d, h, w) specializes the row-product template on it; the
+    others take any size."""
     if isinstance(tiles, MmaTiles):
         return render_mma(spec, tiles, wide)
     if isinstance(tiles, MmaStagedTiles):
@@ -49,7 +51,7 @@ def render_tiles(spec: ConvSpec, tiles: AnyTiles | None = None, wide: bool = Fal
     if isinstance(tiles, DepthwiseTiles):
         return render_depthwise(spec, tiles, wide)
     if isinstance(tiles, RowsTiles):
-        return render_rows(spec, tiles, wide)
+        return render_rows(spec, tiles, wide, size)
     return render_direct(spec, tiles, wide)
 
 
@@ -136,8 +138,8 @@ class Tuner:
                 dropped[str(t)] = f"tiles: {problem}"
                 tiles.remove(t)
 
-        wide = wide_offsets(spec, tuple(x.shape))
-        built = self.loader.load_many([render_tiles(spec, t, wide) for t in tiles], target)
+        wide, size = wide_offsets(spec, tuple(x.shape)), tuple(x.shape[2:])
+        built = self.loader.load_many([render_tiles(spec, t, wide, size) for t in tiles], target)
         for t, result in zip(tiles, built):
             if isinstance(result, Exception):
                 dropped[str(t)] = f"build: {str(result).splitlines()[0]}"

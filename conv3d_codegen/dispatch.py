@@ -244,7 +244,8 @@ def source_for(spec: ConvSpec, input_shape: tuple[int, ...] | None = None,
     """The source that serves `spec` (on inputs of `input_shape`, if given), and why it is not
     the specialized one (or None)."""
     if tiles is not None and not isinstance(tiles, Tiles):  # chosen by autotuning, for this input shape
-        return render_tiles(spec, tiles, input_shape is not None and wide_offsets(spec, input_shape)), None
+        return render_tiles(spec, tiles, input_shape is not None and wide_offsets(spec, input_shape),
+                            tuple(input_shape[2:]) if input_shape is not None else None), None
     reason, wide = supports(spec), False
     if input_shape is not None:
         wide = wide_offsets(spec, input_shape)
@@ -357,7 +358,7 @@ class Dispatcher:
         untuned = choice is None and tunable and self.autotune and self.mode != "prebuilt"
         if untuned and not in_capture:
             wide = wide_offsets(spec, shape)
-            return KernelSources([render_tiles(spec, t, wide) for t in candidates(spec)
+            return KernelSources([render_tiles(spec, t, wide, tuple(shape[2:])) for t in candidates(spec)
                                   if Tuner.candidate_problem(spec, t, tuple(shape)) is None], tune=True)
         if choice is not None and choice.winner is None:
             return KernelSources([], choice)

@@ -7,7 +7,11 @@ copy shifted by one element, so every B register is one aligned 32-bit load), an
 stay in registers, so nothing is gathered from global memory (the tensor-core template's lanes
 gather their A elements one load at a time). A chunk of R output rows of one (n, od) is staged
 in shared memory on the way out and leaves as 16-byte vectors of one channel a warp (its rows are
-contiguous in y); bench/probes/s11_fwd_rows.py measured the two stores against each other.
+contiguous in y), or on sm_90 with RowsTiles.bulk as one bulk copy a channel by the copy engine;
+bench/probes/s11_fwd_rows.py and s12_rows_parts.py measured the ways out against each other.
+Rendered with the input's size (d, h, w), the kernel serves inputs of that size only and its
+sizes are compile-time constants (10% faster on seed-b, s12_rows_parts.py); the dispatcher and
+the tuner render it so. Without a size it takes any input rows_shape_problem accepts.
 
 The template serves 16-bit dtypes, NCDHW, groups 1, stride and dilation 1, no padding along w,
 kw <= 4, 32 | out_channels <= 128, and in_channels * kd * kh <= 32 (the weights of a warp's 32
@@ -46,6 +50,7 @@ class RowsTiles:
     r: int              # output rows per chunk (even: a chunk's rows of a channel leave as 4-byte pieces at least)
     rw: int             # warps along rows: a row's warps (channel groups x two halves) repeat rw times
     blocks_per_sm: int  # the registers are fitted to this many blocks an SM
+    bulk: bool = False  # sm_90: each channel's staged output leaves by one bulk copy (elsewhere, by the warps)
 
     def problem(self, spec: ConvSpec) -> str | None:
         """Why these tiles cannot serve `spec`, or None."""
@@ -65,7 +70,7 @@ class RowsTiles:
         return None
 
     def __str__(self) -> str:
-        return f"rows r={self.r} rw={self.rw} blocks_per_sm={self.blocks_per_sm}"
+        return f"rows r={self.r} rw={self.rw} blocks_per_sm={self.blocks_per_sm}" + (" bulk" if self.bulk else "")
 
 
 @dataclass(frozen=True)
@@ -140,12 +145,17 @@ def rows_shape_problem(spec: ConvSpec, input_shape: tuple[int, ...]) -> str | No
     return None
 
 
-# The probe's configurations without spills on seed-b, best first (bench/results/2026-11-22-h100-
-# s11-fwd-rows-run3.md: chunks of 4, 6 and 8 rows at three, two and one blocks an SM), then the
-# same chunks at fewer blocks an SM, for more channels (each 32 more are two more warps).
-PREFERRED = (RowsTiles(r=4, rw=1, blocks_per_sm=3), RowsTiles(r=6, rw=1, blocks_per_sm=2),
-             RowsTiles(r=8, rw=2, blocks_per_sm=1), RowsTiles(r=4, rw=1, blocks_per_sm=2),
-             RowsTiles(r=6, rw=1, blocks_per_sm=1), RowsTiles(r=4, rw=1, blocks_per_sm=1))
+# Fastest first on seed-b with the sizes fixed (bench/results/2026-11-22-h100-s12-rows-parts-run4.md:
+# 0.276, 0.287 and 0.286 ms; r 6 with two warps a row spills ~200 bytes at 128 registers and is the
+# fastest all the same), then chunks at fewer blocks an SM, for more channels (each 32 more are
+# two more warps).
+PREFERRED = (RowsTiles(r=6, rw=2, blocks_per_sm=2, bulk=True), RowsTiles(r=4, rw=1, blocks_per_sm=3),
+             RowsTiles(r=6, rw=1, blocks_per_sm=2, bulk=True), RowsTiles(r=8, rw=2, blocks_per_sm=1),
+             RowsTiles(r=4, rw=1, blocks_per_sm=2), RowsTiles(r=6, rw=1, blocks_per_sm=1),
+             RowsTiles(r=4, rw=1, blocks_per_sm=1))
+# Tiles whose registers do not hold everything at their blocks an SM: at most this many bytes
+# of spill (ptxas, sm_90 and sm_80), checked by the unit tests.
+SPILL_BYTES = {RowsTiles(r=6, rw=2, blocks_per_sm=2, bulk=True): 256}
 
 
 def default_rows_tiles(spec: ConvSpec) -> RowsTiles:
@@ -158,14 +168,18 @@ def rows_candidates(spec: ConvSpec) -> list[RowsTiles]:
     return [t for t in PREFERRED if t.problem(spec) is None][:3]
 
 
-def render_rows(spec: ConvSpec, tiles: RowsTiles | None = None, wide: bool = False) -> Source:
-    """The row-product template for `spec`. Its offsets are 64-bit wherever they can be large, so
-    `wide` (see render.WIDE_INDEX_ELEMENTS) does not change the source."""
+def render_rows(spec: ConvSpec, tiles: RowsTiles | None = None, wide: bool = False,
+                size: tuple[int, int, int] | None = None) -> Source:
+    """The row-product template for `spec`; with `size` (the input's d, h, w) for inputs of that
+    size only. Its offsets are 64-bit wherever they can be large, so `wide` (see
+    render.WIDE_INDEX_ELEMENTS) does not change the source."""
     tiles = serving_tiles(spec, tiles, "row-product template", supports_rows(spec), default_rows_tiles)
     g = geometry(spec, tiles)
-    name = f"conv3d_fwd_rows_{spec.tag}"
+    size = tuple(int(v) for v in size) if size is not None else None
+    name = f"conv3d_fwd_rows_{spec.tag}" + ("_{}x{}x{}".format(*size) if size else "")
     body = _environment(templates_dir()).get_template(ROWS_TEMPLATE).render(
-        spec=spec, tiles=tiles, geometry=g, name=name, entry=f"{name}_launch", arg_names=DIRECT_ARGS)
+        spec=spec, tiles=tiles, geometry=g, name=name, entry=f"{name}_launch", arg_names=DIRECT_ARGS,
+        size=size, out_size=spec.output_size(*size) if size else None)
     params = {
         "spec": spec.canonical_json(),
         "tiles": str(tiles),
@@ -173,6 +187,8 @@ def render_rows(spec: ConvSpec, tiles: RowsTiles | None = None, wide: bool = Fal
                    f"({g.steps} k16 steps; weights in registers)",
         "shared": f"{g.shared_bytes} bytes per block",
         "threads": str(g.threads),
+        "input size": "{}x{}x{} only".format(*size) if size else "any (run-time sizes)",
     }
-    return Source(name=name, template=ROWS_TEMPLATE, body=body, identity=spec.canonical_json(),
+    identity = spec.canonical_json() + (" size={}x{}x{}".format(*size) if size else "")
+    return Source(name=name, template=ROWS_TEMPLATE, body=body, identity=identity,
                   arg_names=DIRECT_ARGS, params=params)

@@ -1,7 +1,9 @@
 """The row-product template against torch.nn.functional.conv3d in float64, on fresh random inputs,
 with outputs poisoned (NaN) before each run: every candidate of every case (test_forward_mma's
-run_and_check: every element written, the first samples compared). Kernels are built through
-the session dispatcher's loader, all of them up front. Last, autotuning seed-b in bfloat16 through
+run_and_check: every element written, the first samples compared), each built twice: for any
+input size (run-time sizes) and for the case's size only (compile-time sizes, as the dispatcher
+and the tuner build it). Kernels are built through the session dispatcher's loader, all of them
+up front. Last, autotuning seed-b in bfloat16 through
 a dispatcher: the row-product candidates are timed beside the others and a winner is kept."""
 from dataclasses import dataclass
 
@@ -61,22 +63,28 @@ WORKLOAD = [Case("seed-b", SEED_B.spec.model_copy(update={"dtype": dtype}), SEED
             for dtype in BOTH for t in rows_candidates(SEED_B.spec.model_copy(update={"dtype": dtype}))]
 
 
+SIZES = {"any-size": False, "sized": True}
+
+
 @pytest.fixture(scope="module")
 def kernels(dispatcher):
-    """Every case's kernel, built at once; a failed build fails its case."""
-    sources = {str(case): render_rows(case.spec, case.tiles) for case in CASES + WORKLOAD}
+    """Every case's kernels (for any size, and for its own), built at once; a failed build fails its case."""
+    sources = {(str(case), sized): render_rows(case.spec, case.tiles, size=case.input_shape[2:] if sized else None)
+               for case in CASES + WORKLOAD for sized in SIZES.values()}
     built = dispatcher.loader.load_many(list(sources.values()), Target.for_device())
     return dict(zip(sources, built))
 
 
+@pytest.mark.parametrize("sized", SIZES.values(), ids=SIZES)
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_rows_kernel_matches_torch(kernels, case: Case):
-    run_and_check(kernels[str(case)], case)
+def test_rows_kernel_matches_torch(kernels, case: Case, sized: bool):
+    run_and_check(kernels[(str(case), sized)], case)
 
 
+@pytest.mark.parametrize("sized", SIZES.values(), ids=SIZES)
 @pytest.mark.parametrize("case", WORKLOAD, ids=str)
-def test_every_seed_b_candidate_matches_torch(kernels, case: Case):
-    run_and_check(kernels[str(case)], case)
+def test_every_seed_b_candidate_matches_torch(kernels, case: Case, sized: bool):
+    run_and_check(kernels[(str(case), sized)], case)
 
 
 def test_an_input_the_template_does_not_take_is_refused_by_the_launcher(kernels):
@@ -85,14 +93,25 @@ def test_an_input_the_template_does_not_take_is_refused_by_the_launcher(kernels)
     x, weight, bias = random_inputs(case.spec, (1, 3, 18, 11, 20))
     out = torch.empty((1, 64, *case.spec.output_size(18, 11, 20)), dtype=x.dtype, device="cuda")
     with pytest.raises(RuntimeError, match="invalid argument"):
-        kernels[str(case)](x, weight, bias, out, launch_args(case.spec, x.shape))
+        kernels[(str(case), False)](x, weight, bias, out, launch_args(case.spec, x.shape))
 
 
-def test_an_empty_batch_launches_nothing(kernels):
+def test_a_kernel_built_for_one_size_refuses_another(kernels):
+    """The case's sized kernel on an input the template takes, of another size: an error, not a wrong result."""
+    case = CASES[0]
+    d, h, w = case.input_shape[2:]
+    x, weight, bias = random_inputs(case.spec, (1, 3, d, h, w + 8))
+    out = torch.empty((1, 64, *case.spec.output_size(d, h, w + 8)), dtype=x.dtype, device="cuda")
+    with pytest.raises(RuntimeError, match="invalid argument"):
+        kernels[(str(case), True)](x, weight, bias, out, launch_args(case.spec, x.shape))
+
+
+@pytest.mark.parametrize("sized", SIZES.values(), ids=SIZES)
+def test_an_empty_batch_launches_nothing(kernels, sized: bool):
     case = CASES[0]
     x, weight, bias = random_inputs(case.spec, (0, *case.input_shape[1:]))
     out = torch.empty((0, case.spec.out_channels, *case.spec.output_size(*x.shape[2:])), dtype=x.dtype, device="cuda")
-    kernels[str(case)](x, weight, bias, out, launch_args(case.spec, x.shape))
+    kernels[(str(case), sized)](x, weight, bias, out, launch_args(case.spec, x.shape))
     torch.cuda.synchronize()
 
 

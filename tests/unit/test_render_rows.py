@@ -1,12 +1,13 @@
 """The row-product template: what it serves and on which inputs, its geometry, the autotuner's
-filter, and nvcc compiling every candidate of seed-b and a few edge specs alone for sm_90 and
-sm_80 without spills (no GPU, no torch headers)."""
+filter, the kernels built for one input size, and nvcc compiling every candidate of seed-b (for
+any size and for seed-b's) and a few edge specs alone for sm_90 and sm_80 without spills beyond
+what SPILL_BYTES allows (no GPU, no torch headers)."""
 import pytest
 
 from conv3d_codegen.autotune import Tuner, candidates, render_tiles
 from conv3d_codegen.build import kernel_key
-from conv3d_codegen.render_rows import (BANKS, RowsTiles, geometry, render_rows, rows_candidates, rows_shape_problem,
-                                        supports_rows)
+from conv3d_codegen.render_rows import (BANKS, SPILL_BYTES, RowsTiles, geometry, render_rows, rows_candidates,
+                                        rows_shape_problem, supports_rows)
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
@@ -75,6 +76,25 @@ def test_names_params_and_keys():
     assert "K = 112 (7 k16 steps" in source.params["product"]
     assert render_rows(SEED_B, a, wide=True).body == source.body  # its offsets are 64-bit throughout
     assert kernel_key(source, SM90) != kernel_key(render_rows(SEED_B, b), SM90)
+    assert str(RowsTiles(6, 2, 2, bulk=True)) == "rows r=6 rw=2 blocks_per_sm=2 bulk"
+
+
+def test_a_kernel_for_one_input_size():
+    tiles = rows_candidates(SEED_B)[0]
+    sized = render_tiles(SEED_B, tiles, size=(64, 64, 64))
+    assert sized.name == f"conv3d_fwd_rows_{SEED_B.tag}_64x64x64" and sized.params["input size"] == "64x64x64 only"
+    assert "size=64x64x64" in sized.identity
+    assert "d = 64; h = 64; w = 64; od = 62; oh = 62; ow = 62;" in sized.body
+    assert "if (d != 64 || h != 64 || w != 64)" in sized.body  # the launcher refuses other sizes
+    other = render_tiles(SEED_B, tiles, size=(64, 64, 56))
+    assert kernel_key(sized, SM90) != kernel_key(other, SM90) != kernel_key(render_tiles(SEED_B, tiles), SM90)
+    assert render_tiles(SEED_B, tiles).params["input size"] == "any (run-time sizes)"
+
+
+def test_only_bulk_tiles_start_bulk_copies_and_only_on_sm90():
+    bulk, plain = render_rows(SEED_B, RowsTiles(6, 2, 2, bulk=True)), render_rows(SEED_B, RowsTiles(4, 1, 3))
+    assert "bulk_store(" in bulk.body and "#if __CUDA_ARCH__ >= 900" in bulk.body
+    assert "bulk_store" not in plain.body
 
 
 EDGE = [
@@ -87,10 +107,10 @@ EDGE = [
 
 
 def _sources():
-    workload = [render_rows(spec, t) for spec in (SEED_B, SEED_B.model_copy(update={"dtype": "float16"}))
-                for t in rows_candidates(spec)]
+    workload = [render_rows(spec, t, size=size) for spec in (SEED_B, SEED_B.model_copy(update={"dtype": "float16"}))
+                for t in rows_candidates(spec) for size in (None, (64, 64, 64))]
     edge = [render_rows(ConvSpec.from_text(t)) for t in EDGE]
-    return [(s, SM90) for s in workload + edge] + [(s, SM80) for s in workload[:1] + edge]
+    return [(s, SM90) for s in workload + edge] + [(s, SM80) for s in workload[:2] + edge]
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +120,9 @@ def reports():
 
 @pytest.mark.slow
 def test_every_variant_compiles_for_sm90_and_sm80_without_spills(reports):
-    assert len(reports) == 2 * len(rows_candidates(SEED_B)) + 2 * len(EDGE) + 1
+    assert len(reports) == 4 * len(rows_candidates(SEED_B)) + 2 * len(EDGE) + 2
     for source, target, report in reports:
         where = (source.name, source.params["tiles"], target.arch, report)
+        allowed = next((b for t, b in SPILL_BYTES.items() if str(t) == source.params["tiles"]), 0)
         assert report.registers > 0, where
-        assert report.spill_store_bytes == report.spill_load_bytes == report.stack_bytes == 0, where
+        assert max(report.spill_store_bytes, report.spill_load_bytes, report.stack_bytes) <= allowed, where
