@@ -42,10 +42,10 @@ TILE_KINDS = (Tiles, MmaTiles, DepthwiseTiles, MmaStagedTiles, RowsTiles)  # a r
 def render_tiles(spec: ConvSpec, tiles: AnyTiles | None = None, wide: bool = False,
                  size: tuple[int, int, int] | None = None) -> Source:
     """The forward source of `tiles`: the tensor-core, staged tensor-core, row-product, depthwise or direct
-    template's. `size` (the input's d, h, w) specializes the row-product template on it; the
-    others take any size."""
+    template's. `size` (the input's d, h, w) specializes the tensor-core and row-product templates on
+    it; the others take any size."""
     if isinstance(tiles, MmaTiles):
-        return render_mma(spec, tiles, wide)
+        return render_mma(spec, tiles, wide, size)
     if isinstance(tiles, MmaStagedTiles):
         return render_mma_staged(spec, tiles, wide)
     if isinstance(tiles, DepthwiseTiles):

@@ -520,14 +520,17 @@ def _column_checks(spec: ConvSpec, layout: KLayout, steps: list[list[Tap]], limi
     return sorted(pairs.items())
 
 
-def render_mma(spec: ConvSpec, tiles: MmaTiles | None = None, wide: bool = False) -> Source:
-    """The tensor-core template for `spec`; `wide` selects 64-bit offsets (see render.WIDE_INDEX_ELEMENTS)."""
+def render_mma(spec: ConvSpec, tiles: MmaTiles | None = None, wide: bool = False,
+               size: tuple[int, int, int] | None = None) -> Source:
+    """The tensor-core template for `spec`; `wide` selects 64-bit offsets (see render.WIDE_INDEX_ELEMENTS);
+    with `size` (the input's d, h, w) for inputs of that size only (sizes known when compiling)."""
     tiles = serving_tiles(spec, tiles, "tensor-core template", supports_mma(spec), default_mma_tiles)
     layout = k_layout(spec)
     shared = _plan(spec, tiles)
     d_bits, h_bits, w_bits, bits = _mask_bits(spec, layout)
     steps = _steps(spec, layout, bits, shared.body_steps)
-    name = f"conv3d_fwd_mma_{spec.tag}" + ("_i64" if wide else "")
+    size = tuple(int(v) for v in size) if size is not None else None
+    name = f"conv3d_fwd_mma_{spec.tag}" + ("_i64" if wide else "") + ("_{}x{}x{}".format(*size) if size else "")
     kd_, kh_, _ = spec.kernel_size
     dd, dh, _ = spec.dilation
     staging = shared.staging
@@ -544,7 +547,8 @@ def render_mma(spec: ConvSpec, tiles: MmaTiles | None = None, wide: bool = False
         pad_d=spec.pad_before[0] + spec.pad_after[0] > 0, pad_h=spec.pad_before[1] + spec.pad_after[1] > 0,
         d_bits=d_bits, h_bits=h_bits, w_bits=w_bits, checks=bool(bits),
         column_checks=_column_checks(spec, layout, steps),
-        name=name, entry=f"{name}_launch", arg_names=DIRECT_ARGS, wide=wide)
+        name=name, entry=f"{name}_launch", arg_names=DIRECT_ARGS, wide=wide,
+        size=size, out_size=spec.output_size(*size) if size else None)
     mma = ("m16n8k16 " + spec.dtype if layout.sixteen_bit else "m16n8k8 tf32" if spec.precision == "tf32"
            else "m16n8k8 3xTF32 (float32 split into tf32 parts, three MMAs)")
     params = {
@@ -562,6 +566,8 @@ def render_mma(spec: ConvSpec, tiles: MmaTiles | None = None, wide: bool = False
               f"{'copies' if staging.copies > 1 else 'copy'}, {'32-bit pairs' if staging.pairs else 'one load an element'}"),
         "shared": f"{shared.total} bytes per block; epilogue {shared.epilogue_n} channels per pass",
         "offsets": "64-bit" if wide else "32-bit",
+        "input size": "{}x{}x{} only".format(*size) if size else "any (run-time sizes)",
     }
-    return Source(name=name, template=MMA_TEMPLATE, body=body, identity=spec.canonical_json(),
+    identity = spec.canonical_json() + (" size={}x{}x{}".format(*size) if size else "")
+    return Source(name=name, template=MMA_TEMPLATE, body=body, identity=identity,
                   arg_names=DIRECT_ARGS, params=params)

@@ -1,7 +1,9 @@
 """The tensor-core template against torch.nn.functional.conv3d in float64, on fresh random
 inputs, with outputs poisoned (NaN) before each run so an unwritten element shows. Kernels are
-built through the session dispatcher's loader (its cache), all of them up front, in parallel."""
-from dataclasses import dataclass
+built through the session dispatcher's loader (its cache), all of them up front, in parallel.
+The seed candidates are built for their input's size (as the dispatcher and the tuner build
+them), and so is every third case of the edge matrices beside its run-time-size build."""
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -25,6 +27,7 @@ class Case:
     input_shape: tuple[int, int, int, int, int]
     tiles: MmaTiles | None = None
     wide: bool = False
+    sized: bool = False  # built for input_shape's size only (compile-time sizes)
 
     def __str__(self) -> str:
         return self.name
@@ -128,14 +131,16 @@ for _name in ("seed-a", "seed-b"):
         _spec_ = WORKLOADS[_name].spec.model_copy(update={"dtype": "float32" if _dtype == "tf32" else _dtype,
                                                            "precision": "tf32" if _dtype == "tf32" else "ieee"})
         _tiles = mma_candidates(_spec_) if _dtype != "float16" else [default_mma_tiles(_spec_)]
-        SEEDS += [Case(f"{_name}-{_dtype}-{'-'.join(str(t).split())}", _spec_, WORKLOADS[_name].input_shape, t)
-                  for t in _tiles]
+        SEEDS += [Case(f"{_name}-{_dtype}-{'-'.join(str(t).split())}", _spec_, WORKLOADS[_name].input_shape, t,
+                       sized=True) for t in _tiles]
+SIZED_CASES = [replace(c, name=f"{c.name}-sized", sized=True) for c in CASES[::3] + SHARED_CASES[::3]]
 
 
 @pytest.fixture(scope="module")
 def kernels(dispatcher):
     """Every case's kernel, built at once (builds dominate); a failed build fails its case."""
-    sources = {case.name: render_mma(case.spec, case.tiles, case.wide) for case in CASES + SHARED_CASES + SEEDS}
+    sources = {case.name: render_mma(case.spec, case.tiles, case.wide, case.input_shape[2:] if case.sized else None)
+               for case in CASES + SHARED_CASES + SEEDS + SIZED_CASES}
     built = dispatcher.loader.load_many(list(sources.values()), Target.for_device())
     return dict(zip(sources, built))
 
@@ -174,6 +179,21 @@ def test_shared_a_kernel_matches_torch(kernels, case: Case):
 @pytest.mark.parametrize("case", SEEDS, ids=str)
 def test_every_seed_candidate_matches_torch(kernels, case: Case):
     run_and_check(kernels[case.name], case)
+
+
+@pytest.mark.parametrize("case", SIZED_CASES, ids=str)
+def test_a_kernel_built_for_its_input_size_matches_torch(kernels, case: Case):
+    run_and_check(kernels[case.name], case)
+
+
+def test_a_kernel_built_for_one_size_refuses_another(kernels):
+    """An error, never a result computed with the wrong sizes."""
+    case = SIZED_CASES[0]
+    n, c, d, h, w = case.input_shape
+    x, weight, bias = random_inputs(case.spec, (n, c, d, h, w + 1))
+    out = torch.empty((n, case.spec.out_channels, *case.spec.output_size(d, h, w + 1)), dtype=x.dtype, device="cuda")
+    with pytest.raises(RuntimeError, match="invalid argument"):
+        kernels[case.name](x, weight, bias, out, launch_args(case.spec, x.shape))
 
 
 def test_a_poisoned_output_fails_the_comparison():

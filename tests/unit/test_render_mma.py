@@ -72,6 +72,18 @@ def test_wide_offsets_are_a_separate_kernel():
     assert wide.name == narrow.name + "_i64" and wide.params["offsets"] == "64-bit"
 
 
+def test_a_kernel_for_one_input_size():
+    for tiles in (default_mma_tiles(SEED_A), shared(SEED_A)):
+        sized, any_size = render_mma(SEED_A, tiles, size=(64, 64, 64)), render_mma(SEED_A, tiles)
+        assert sized.name == any_size.name + "_64x64x64" and sized.params["input size"] == "64x64x64 only"
+        assert sized.identity == SEED_A.canonical_json() + " size=64x64x64"
+        assert "d = 64; h = 64; w = 64; od = 62; oh = 60; ow = 58;" in sized.body
+        assert "if (d != 64 || h != 64 || w != 64)" in sized.body  # the launcher refuses other sizes
+        assert "\n  tiles_per_n = (" in sized.body and "\n  tiles_per_n = (" not in any_size.body
+        assert kernel_key(sized, SM90) != kernel_key(render_mma(SEED_A, tiles, size=(64, 64, 65)), SM90)
+    assert "/ 58u" in render_mma(SEED_A, size=(64, 64, 64)).body  # divisions by constants, not by Divisor
+
+
 def test_tiles_are_in_the_body_so_they_change_the_key():
     a, b = mma_candidates(SEED_A)[:2]
     assert kernel_key(render_mma(SEED_A, a), SM90) != kernel_key(render_mma(SEED_A, b), SM90)
@@ -259,6 +271,8 @@ def _sources():
     both += [render_mma(spec, shared(spec)) for spec in map(ConvSpec.from_text, MATRIX)]
     both += [render_mma(SEED_A, shared(SEED_A), wide=True)]
     only_sm90 = [render_mma(spec, tiles) for spec in SEEDS for tiles in mma_candidates(spec)[1:]]
+    # Built for seed-a's size (as the dispatcher builds them): the default tiles, and shared A.
+    both += [render_mma(spec, tiles, size=(64, 64, 64)) for spec in SEEDS for tiles in (None, shared(spec))]
     return [(s, SM90) for s in both + only_sm90] + [(s, SM80) for s in both]
 
 
@@ -269,7 +283,7 @@ def reports():
 
 @pytest.mark.slow
 def test_every_variant_compiles_for_sm90_and_sm80_without_spills(reports):
-    assert len(reports) == 2 * 2 * (len(MATRIX) + 1) + sum(len(mma_candidates(s)) - 1 for s in SEEDS)
+    assert len(reports) == 2 * (2 * (len(MATRIX) + 1) + 2 * len(SEEDS)) + sum(len(mma_candidates(s)) - 1 for s in SEEDS)
     for source, target, report in reports:
         where = (source.name, source.params["tiles"], target.arch, report)
         assert report.registers > 0, where
