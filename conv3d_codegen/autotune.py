@@ -60,7 +60,8 @@ def candidates(spec: ConvSpec) -> list[AnyTiles]:
     applies (float16, bfloat16, and float32 with precision 'tf32'), then the depthwise
     template's where it applies (groups == in_channels), then the staged tensor-core
     template's (float16, bfloat16, 16 or more input channels per group), then the row-product
-    template's (float16, bfloat16, few input channels, stride 1; render_rows.supports_rows)."""
+    template's (float16, bfloat16 and float32 'tf32', few input channels, stride 1;
+    render_rows.supports_rows)."""
     return (direct_candidates(spec) + (mma_candidates(spec) if supports_mma(spec) is None else [])
             + (depthwise_candidates(spec) if supports_depthwise(spec) is None else [])
             + (mma_staged_candidates(spec) if supports_mma_staged(spec) is None else [])

@@ -13,10 +13,12 @@ Rendered with the input's size (d, h, w), the kernel serves inputs of that size 
 sizes are compile-time constants (10% faster on seed-b, s12_rows_parts.py); the dispatcher and
 the tuner render it so. Without a size it takes any input rows_shape_problem accepts.
 
-The template serves 16-bit dtypes, NCDHW, groups 1, stride and dilation 1, no padding along w,
-kw <= 4, 32 | out_channels <= 128, and in_channels * kd * kh <= 32 (the weights of a warp's 32
-channels in at most 64 registers); on inputs w <= 64 with w % 8 == 0, ow even and od * oh * ow a
-multiple of 8 (rows_shape_problem). Tile sizes are RowsTiles; `rows_candidates` is the
+The template serves 16-bit dtypes and float32 with precision 'tf32' (m16n8k8 MMAs, K with the
+taps unpadded), NCDHW, groups 1, stride and dilation 1, no padding along w, kw <= 4,
+32 | out_channels <= 128, and K small enough for a warp's 32 channels of weights to stay in
+registers (in_channels * kd * kh <= 32 in 16 bits, in_channels * kd * kh * kw <= 88 in tf32); on
+inputs w <= 64 with w a multiple of VEC (8 elements, 4 in float32), ow even and od * oh * ow a
+multiple of VEC (rows_shape_problem). Tile sizes are RowsTiles; `rows_candidates` is the
 autotuning space.
 """
 from __future__ import annotations
@@ -29,10 +31,14 @@ from .spec import ConvSpec
 
 ROWS_TEMPLATE = "conv3d_fwd_rows.cu.j2"
 
-TAPS_W = 4              # taps along w per input row in K (KWP in the template)
+TAPS_W = 4              # taps along w per input row in K (KWP in the template; in tf32 KWP = kw)
 MAX_STEPS = 8           # k16 steps: a warp's 32 channels x 16 * MAX_STEPS K in 64 registers
+MAX_STEPS_TF32 = 11     # k8 steps in tf32: a warp's 32 channels x 8 * 11 K in 88 registers
 MAX_W = 64              # input row length a staged copy holds (two halves of 32 positions)
 COPY_BYTES = 160        # one copy of a row: 64 elements and 16 zeros; 40 words, 8 mod 32
+# tf32: a row of 64 floats and 12 zeros, 76 words (12 mod 32): a warp's B load reads words g + kw of
+# two rows (banks 0-9 and 12-21), so the rows' words fall on distinct banks.
+COPY_BYTES_TF32 = 304
 MAX_CHANNELS = 128      # four warps of 32 channels per half row
 # Shared memory: an H100 SM has 228 KB (1 KB of it reserved per block); a block may have at
 # most 163 KB on an A100, the smallest of the GPUs the template runs on (sm_80 and newer).
@@ -90,32 +96,44 @@ class RowsGeometry:
         return 2 * self.in_bytes + self.out_bytes
 
 
-def _out_pitch(r: int) -> int:
-    """Bytes of one channel's staged rows: room for r rows of MAX_W and a shift of up to 7
-    elements, in words that are 12 or 28 modulo 32 (the accumulators' 32-bit stores, 8 channels
-    by 4 positions, then fall on distinct banks) and 16-byte aligned."""
-    words = (2 * (r * MAX_W + 8) + 3) // 4
-    while words % BANKS not in (12, 28):
+def _out_pitch(r: int, tf32: bool = False) -> int:
+    """Bytes of one channel's staged rows: room for r rows of MAX_W and a shift of up to a
+    16-byte piece, 16-byte aligned, in words whose residue modulo 32 spreads the accumulators'
+    stores (8 channels by 4 position pairs) over distinct banks: 12 or 28 for 16-bit outputs
+    (32-bit stores), 8 or 24 for float32 ones (64-bit stores, two phases of 16 lanes)."""
+    elem = 4 if tf32 else 2
+    words = (elem * (r * MAX_W + 16 // elem) + 3) // 4
+    while words % BANKS not in ((8, 24) if tf32 else (12, 28)):
         words += 1
     return 4 * words
 
 
+def _is_tf32(spec: ConvSpec) -> bool:
+    return spec.dtype == "float32"
+
+
 def geometry(spec: ConvSpec, tiles: RowsTiles) -> RowsGeometry:
-    kd, kh, _ = spec.kernel_size
+    kd, kh, kw = spec.kernel_size
+    tf32 = _is_tf32(spec)
     rows = spec.in_channels * kd * kh
-    steps = -(-rows * TAPS_W // 16)
-    staged = (tiles.r + kh - 1) * spec.in_channels * kd + 4 * steps - rows
+    taps, k_step = (kw, 8) if tf32 else (TAPS_W, 16)
+    steps = -(-rows * taps // k_step)
+    k_rows = (steps * k_step - 1) // taps + 1  # input rows K reaches, the last ones zeros
+    staged = (tiles.r + kh - 1) * spec.in_channels * kd + k_rows - rows
     threads = 32 * (spec.out_channels // 32) * 2 * tiles.rw
-    out_pitch = _out_pitch(tiles.r)
-    return RowsGeometry(steps=steps, threads=threads, copy_bytes=COPY_BYTES, in_bytes=staged * 2 * COPY_BYTES,
-                        out_pitch=out_pitch, out_bytes=spec.out_channels * out_pitch)
+    out_pitch = _out_pitch(tiles.r, tf32)
+    row_bytes = COPY_BYTES_TF32 if tf32 else 2 * COPY_BYTES
+    return RowsGeometry(steps=steps, threads=threads, copy_bytes=COPY_BYTES_TF32 if tf32 else COPY_BYTES,
+                        in_bytes=staged * row_bytes, out_pitch=out_pitch, out_bytes=spec.out_channels * out_pitch,
+                        max_steps=MAX_STEPS_TF32 if tf32 else MAX_STEPS)
 
 
 def supports_rows(spec: ConvSpec) -> str | None:
     """None if the row-product template serves `spec`; otherwise the reason it does not."""
     kd, kh, kw = spec.kernel_size
-    if spec.dtype not in ("bfloat16", "float16"):
-        return f"dtype {spec.dtype}: the row-product template multiplies bfloat16 or float16"
+    if spec.dtype not in ("bfloat16", "float16") and not (spec.dtype == "float32" and spec.precision == "tf32"):
+        return (f"dtype {spec.dtype} with precision {spec.precision!r}: the row-product template multiplies "
+                "bfloat16, float16, or float32 as tf32")
     if spec.layout != "ncdhw":
         return f"layout {spec.layout!r}: the row-product template reads contiguous NCDHW only"
     if spec.groups != 1:
@@ -128,7 +146,11 @@ def supports_rows(spec: ConvSpec) -> str | None:
         return f"kw={kw}: the row-product template takes at most {TAPS_W} taps along w"
     if spec.out_channels % 32 or spec.out_channels > MAX_CHANNELS:
         return f"out_channels={spec.out_channels}: the row-product template needs a multiple of 32, at most {MAX_CHANNELS}"
-    if (rows := spec.in_channels * kd * kh) > MAX_STEPS * 16 // TAPS_W:
+    rows = spec.in_channels * kd * kh
+    if _is_tf32(spec) and rows * kw > MAX_STEPS_TF32 * 8:
+        return (f"K = {rows * kw} ({spec.in_channels} channels x {kd}x{kh}x{kw}): the row-product template takes "
+                f"at most {MAX_STEPS_TF32 * 8} in tf32 (a warp's weights in {MAX_STEPS_TF32 * 8} registers)")
+    if not _is_tf32(spec) and rows > MAX_STEPS * 16 // TAPS_W:
         return (f"{rows} input rows per output row ({spec.in_channels} channels x {kd}x{kh}): the row-product "
                 f"template takes at most {MAX_STEPS * 16 // TAPS_W} (a warp's weights in 64 registers)")
     return default_rows_tiles(spec).problem(spec)
@@ -138,10 +160,12 @@ def rows_shape_problem(spec: ConvSpec, input_shape: tuple[int, ...]) -> str | No
     """Why the template cannot run on inputs of `input_shape`, or None."""
     _, _, d, h, w = input_shape
     od, oh, ow = spec.output_size(d, h, w)
-    if w % 8 or w > MAX_W:
-        return f"input width {w}: the row-product template needs a multiple of 8, at most {MAX_W}"
-    if ow % 2 or (od * oh * ow) % 8:
-        return f"output {od}x{oh}x{ow}: the row-product template needs an even width and a multiple of 8 positions"
+    vec = 4 if _is_tf32(spec) else 8  # elements of a 16-byte piece
+    if w % vec or w > MAX_W:
+        return f"input width {w}: the row-product template needs a multiple of {vec}, at most {MAX_W}"
+    if ow % 2 or (od * oh * ow) % vec:
+        return (f"output {od}x{oh}x{ow}: the row-product template needs an even width and a multiple of {vec} "
+                "positions")
     return None
 
 
@@ -153,19 +177,29 @@ PREFERRED = (RowsTiles(r=6, rw=2, blocks_per_sm=2, bulk=True), RowsTiles(r=4, rw
              RowsTiles(r=6, rw=1, blocks_per_sm=2, bulk=True), RowsTiles(r=8, rw=2, blocks_per_sm=1),
              RowsTiles(r=4, rw=1, blocks_per_sm=2), RowsTiles(r=6, rw=1, blocks_per_sm=1),
              RowsTiles(r=4, rw=1, blocks_per_sm=1))
+# tf32: float32 rows and outputs take twice the shared memory, so chunks are shorter; registers for
+# 88 weights a lane and the accumulators fit 168 (three blocks of four warps an SM).
+PREFERRED_TF32 = (RowsTiles(r=2, rw=1, blocks_per_sm=3, bulk=True), RowsTiles(r=2, rw=1, blocks_per_sm=3),
+                  RowsTiles(r=4, rw=1, blocks_per_sm=2, bulk=True), RowsTiles(r=2, rw=1, blocks_per_sm=1))
 # Tiles whose registers do not hold everything at their blocks an SM: at most this many bytes
 # of spill (ptxas, sm_90 and sm_80), checked by the unit tests.
-SPILL_BYTES = {RowsTiles(r=6, rw=2, blocks_per_sm=2, bulk=True): 256}
+SPILL_BYTES = {RowsTiles(r=6, rw=2, blocks_per_sm=2, bulk=True): 256,
+               RowsTiles(r=2, rw=1, blocks_per_sm=3, bulk=True): 32}  # tf32: 4-12 bytes at 168 registers
+
+
+def _preferred(spec: ConvSpec) -> tuple[RowsTiles, ...]:
+    return PREFERRED_TF32 if _is_tf32(spec) else PREFERRED
 
 
 def default_rows_tiles(spec: ConvSpec) -> RowsTiles:
-    """The first of PREFERRED that fits the spec (the last one, if none does: its problem is the reason)."""
-    return next((t for t in PREFERRED if t.problem(spec) is None), PREFERRED[-1])
+    """The first preferred tiles that fit the spec (the last, if none does: its problem is the reason)."""
+    preferred = _preferred(spec)
+    return next((t for t in preferred if t.problem(spec) is None), preferred[-1])
 
 
 def rows_candidates(spec: ConvSpec) -> list[RowsTiles]:
-    """The autotuning space: the first three of PREFERRED that fit the spec."""
-    return [t for t in PREFERRED if t.problem(spec) is None][:3]
+    """The autotuning space: the first three preferred tiles that fit the spec."""
+    return [t for t in _preferred(spec) if t.problem(spec) is None][:3]
 
 
 def render_rows(spec: ConvSpec, tiles: RowsTiles | None = None, wide: bool = False,
@@ -183,8 +217,10 @@ def render_rows(spec: ConvSpec, tiles: RowsTiles | None = None, wide: bool = Fal
     params = {
         "spec": spec.canonical_json(),
         "tiles": str(tiles),
-        "product": f"per output row: M = {spec.out_channels} channels, N = 64 positions, K = {16 * g.steps} "
-                   f"({g.steps} k16 steps; weights in registers)",
+        "product": (f"per output row: M = {spec.out_channels} channels, N = 64 positions, K = {8 * g.steps} "
+                    f"({g.steps} k8 tf32 steps; weights in registers)" if _is_tf32(spec) else
+                    f"per output row: M = {spec.out_channels} channels, N = 64 positions, K = {16 * g.steps} "
+                    f"({g.steps} k16 steps; weights in registers)"),
         "shared": f"{g.shared_bytes} bytes per block",
         "threads": str(g.threads),
         "input size": "{}x{}x{} only".format(*size) if size else "any (run-time sizes)",

@@ -32,13 +32,14 @@ class Case:
     tiles: RowsTiles
 
     def __str__(self) -> str:
-        return f"{self.name}-{self.spec.dtype}-{'-'.join(str(self.tiles).split()[1:])}"
+        dtype = "tf32" if self.spec.precision == "tf32" else self.spec.dtype
+        return f"{self.name}-{dtype}-{'-'.join(str(self.tiles).split()[1:])}"
 
 
 def _cases(name: str, text: str, dtypes, shape) -> list[Case]:
     found = []
     for dtype in dtypes:
-        spec = ConvSpec.from_text(f"{text} --dtype {dtype}")
+        spec = ConvSpec.from_text(f"{text} --dtype float32 --precision tf32" if dtype == "tf32" else f"{text} --dtype {dtype}")
         input_shape = (shape[0], spec.in_channels, *shape[1:])
         assert rows_shape_problem(spec, input_shape) is None, (name, rows_shape_problem(spec, input_shape))
         found += [Case(name, spec, input_shape, t) for t in rows_candidates(spec)]
@@ -57,10 +58,20 @@ CASES = (
     + _cases("cout128", "3x3x3 --cin 2 --cout 128", ["bfloat16"], (2, 10, 10, 40))
     + _cases("narrow-row", "3x3x3 --cin 3 --cout 64", ["bfloat16"], (2, 10, 6, 16))  # ow 14: the second half idle
     + _cases("many-chunks", "3x3x3 --cin 3 --cout 64", ["bfloat16"], (4, 34, 42, 56))
+    # tf32: K with the taps unpadded, one per-lane offset per (8 s) mod kw, float32 rows and outputs
+    + _cases("k3", "3x3x3 --cin 3 --cout 64", ["tf32"], (2, 18, 11, 32))
+    + _cases("k3-pad1x1x0-nobias", "3x3x3 --cin 3 --cout 64 --padding 1x1x0 --no-bias", ["tf32"], (2, 16, 13, 28))
+    + _cases("k1", "1x1x1 --cin 3 --cout 64", ["tf32"], (2, 5, 5, 12))
+    + _cases("k2x4x3-rows24", "2x4x3 --cin 3 --cout 64", ["tf32"], (2, 9, 12, 48))
+    + _cases("k3x1x3-cout32", "3x1x3 --cin 2 --cout 32", ["tf32"], (2, 6, 8, 40))
+    + _cases("cout128", "3x3x3 --cin 2 --cout 128", ["tf32"], (2, 10, 10, 40))
+    + _cases("narrow-row", "3x3x3 --cin 3 --cout 64", ["tf32"], (2, 10, 6, 16))
+    + _cases("many-chunks", "3x3x3 --cin 3 --cout 64", ["tf32"], (3, 34, 42, 64))
 )
 SEED_B = WORKLOADS["seed-b"]
-WORKLOAD = [Case("seed-b", SEED_B.spec.model_copy(update={"dtype": dtype}), SEED_B.input_shape, t)
-            for dtype in BOTH for t in rows_candidates(SEED_B.spec.model_copy(update={"dtype": dtype}))]
+SEED_B_SPECS = [SEED_B.spec.model_copy(update={"dtype": dtype}) for dtype in BOTH] + [
+    SEED_B.spec.model_copy(update={"precision": "tf32"})]
+WORKLOAD = [Case("seed-b", spec, SEED_B.input_shape, t) for spec in SEED_B_SPECS for t in rows_candidates(spec)]
 
 
 SIZES = {"any-size": False, "sized": True}

@@ -20,7 +20,9 @@ SEED_B = WORKLOADS["seed-b"].spec.model_copy(update={"dtype": "bfloat16"})
     ("3x3x3 --cin 3 --cout 64 --dtype bfloat16", None),
     ("3x3x3 --cin 3 --cout 64 --dtype float16 --padding 1x1x0", None),
     ("2x4x3 --cin 4 --cout 128 --dtype bfloat16", None),                        # 32 input rows, 8 k16 steps
-    ("3x3x3 --cin 3 --cout 64", "dtype float32"),
+    ("3x3x3 --cin 3 --cout 64", "dtype float32 with precision 'ieee'"),
+    ("3x3x3 --cin 3 --cout 64 --precision tf32", None),                          # K = 81 unpadded: 11 k8 steps
+    ("2x4x3 --cin 4 --cout 64 --precision tf32", "K = 96"),                      # over 88 in tf32
     ("3x3x3 --cin 3 --cout 64 --dtype bfloat16 --layout ndhwc", "NCDHW only"),
     ("3x3x3 --cin 4 --cout 64 --groups 2 --dtype bfloat16", "groups=2"),
     ("3x3x3 --cin 3 --cout 64 --dtype bfloat16 --stride 2", "stride 1 and dilation 1"),
@@ -69,6 +71,19 @@ def test_the_geometry_of_seed_b():
     assert 3 * (g.shared_bytes + 1024) <= 228 * 1024
 
 
+def test_tf32_geometry_of_seed_b():
+    spec = SEED_B.model_copy(update={"dtype": "float32", "precision": "tf32"})
+    tiles = rows_candidates(spec)[0]
+    g = geometry(spec, tiles)
+    assert g.steps == 11 and g.max_steps == 11                   # 27 rows x 3 taps = 81 -> 88 of K
+    assert g.in_bytes == ((tiles.r + 2) * 9 + 30 - 27) * 304     # K reaches rows 0..29: three zero rows
+    assert g.out_pitch // 4 % BANKS in (8, 24) and g.out_pitch >= 4 * (tiles.r * 64 + 4)
+    source = render_rows(spec, tiles)
+    assert "m16n8k8.row.col.f32.tf32.tf32.f32" in source.body and "K = 88 (11 k8 tf32 steps" in source.params["product"]
+    assert rows_shape_problem(spec, (1, 3, 8, 8, 12)) is None    # a multiple of 4 elements (16 bytes) in float32
+    assert "multiple of 4" in rows_shape_problem(spec, (1, 3, 8, 8, 14))
+
+
 def test_names_params_and_keys():
     a, b = rows_candidates(SEED_B)[:2]
     source = render_tiles(SEED_B, a)
@@ -99,6 +114,8 @@ def test_only_bulk_tiles_start_bulk_copies_and_only_on_sm90():
 
 EDGE = [
     "3x3x3 --cin 3 --cout 64 --dtype float16 --padding 1x1x0 --no-bias",
+    "1x1x1 --cin 3 --cout 64 --precision tf32",
+    "3x1x3 --cin 2 --cout 128 --precision tf32 --padding 1x0x0",
     "1x1x1 --cin 3 --cout 64 --dtype bfloat16",
     "2x4x3 --cin 4 --cout 64 --dtype bfloat16",
     "3x3x3 --cin 1 --cout 32 --dtype bfloat16",
@@ -107,10 +124,12 @@ EDGE = [
 
 
 def _sources():
-    workload = [render_rows(spec, t, size=size) for spec in (SEED_B, SEED_B.model_copy(update={"dtype": "float16"}))
-                for t in rows_candidates(spec) for size in (None, (64, 64, 64))]
+    seeds = (SEED_B, SEED_B.model_copy(update={"dtype": "float16"}),
+             SEED_B.model_copy(update={"dtype": "float32", "precision": "tf32"}))
+    workload = [render_rows(spec, t, size=size) for spec in seeds for t in rows_candidates(spec) for size in (None, (64, 64, 64))]
     edge = [render_rows(ConvSpec.from_text(t)) for t in EDGE]
-    return [(s, SM90) for s in workload + edge] + [(s, SM80) for s in workload[:2] + edge]
+    tf32 = workload[-2 * len(rows_candidates(seeds[-1])):][:2]
+    return [(s, SM90) for s in workload + edge] + [(s, SM80) for s in workload[:2] + tf32 + edge]
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +139,8 @@ def reports():
 
 @pytest.mark.slow
 def test_every_variant_compiles_for_sm90_and_sm80_without_spills(reports):
-    assert len(reports) == 4 * len(rows_candidates(SEED_B)) + 2 * len(EDGE) + 2
+    tf32 = SEED_B.model_copy(update={"dtype": "float32", "precision": "tf32"})
+    assert len(reports) == 4 * len(rows_candidates(SEED_B)) + 2 * len(rows_candidates(tf32)) + 2 * len(EDGE) + 4
     for source, target, report in reports:
         where = (source.name, source.params["tiles"], target.arch, report)
         allowed = next((b for t, b in SPILL_BYTES.items() if str(t) == source.params["tiles"]), 0)
