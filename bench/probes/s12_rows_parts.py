@@ -22,7 +22,9 @@ shipped write-out (cs) and in w16e, and each channel's whole vectors as one bulk
 cp.async.bulk from shared memory by one thread a channel; the ends as in w16e).
 Checked variants are run on a NaN-poisoned output and compared with float64 torch (first two
 samples; every element finite); every variant is timed like RESULTS.md's rows (median_ms: CUDA
-events, median, L2 flushed). A diagnostic, not a kernel of the package."""
+events, median, L2 flushed). A diagnostic, not a kernel of the package. Its edits match the
+template's text as of commit 0fcccc8 (before the template took sizes, bulk copies and tf32): run it
+from a checkout of that commit."""
 import json
 import sys
 import tempfile
