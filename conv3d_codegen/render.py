@@ -156,6 +156,33 @@ def wide_offsets(spec: ConvSpec, input_shape: tuple[int, ...]) -> bool:
     return max(n * ci * d * h * w, n * spec.out_channels * od * oh * ow) >= WIDE_INDEX_ELEMENTS
 
 
+@dataclass(frozen=True)
+class InputSize:
+    """The input size (d, h, w) a kernel is built for, or None for any: a template built for one
+    size folds it (and the output's size) as constants, and its launcher refuses other sizes."""
+
+    size: tuple[int, int, int] | None
+    out_size: tuple[int, int, int] | None
+
+    @classmethod
+    def of(cls, spec: ConvSpec, size: tuple[int, ...] | None) -> "InputSize":
+        size = tuple(int(v) for v in size) if size is not None else None
+        return cls(size, spec.output_size(*size) if size else None)
+
+    @property
+    def suffix(self) -> str:
+        """What the kernel's name ends with."""
+        return "_{}x{}x{}".format(*self.size) if self.size else ""
+
+    @property
+    def param(self) -> str:
+        """The banner's line."""
+        return "{}x{}x{} only".format(*self.size) if self.size else "any (run-time sizes)"
+
+    def identity(self, spec: ConvSpec) -> str:
+        return spec.canonical_json() + (" size={}x{}x{}".format(*self.size) if self.size else "")
+
+
 def serving_tiles(spec: ConvSpec, tiles, template: str, reason: str | None, default: Callable):
     """`tiles` (or default(spec) if None) for a render of `template` ("the direct template"),
     raising ValueError where the template does not serve the spec (`reason`, from its

@@ -32,7 +32,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from .render import DIRECT_ARGS, Source, _environment, serving_tiles, templates_dir
+from .render import DIRECT_ARGS, InputSize, Source, _environment, serving_tiles, templates_dir
 from .spec import ConvSpec
 
 MMA_TEMPLATE = "conv3d_fwd_mma.cu.j2"
@@ -529,8 +529,8 @@ def render_mma(spec: ConvSpec, tiles: MmaTiles | None = None, wide: bool = False
     shared = _plan(spec, tiles)
     d_bits, h_bits, w_bits, bits = _mask_bits(spec, layout)
     steps = _steps(spec, layout, bits, shared.body_steps)
-    size = tuple(int(v) for v in size) if size is not None else None
-    name = f"conv3d_fwd_mma_{spec.tag}" + ("_i64" if wide else "") + ("_{}x{}x{}".format(*size) if size else "")
+    sized = InputSize.of(spec, size)
+    name = f"conv3d_fwd_mma_{spec.tag}" + ("_i64" if wide else "") + sized.suffix
     kd_, kh_, _ = spec.kernel_size
     dd, dh, _ = spec.dilation
     staging = shared.staging
@@ -548,7 +548,7 @@ def render_mma(spec: ConvSpec, tiles: MmaTiles | None = None, wide: bool = False
         d_bits=d_bits, h_bits=h_bits, w_bits=w_bits, checks=bool(bits),
         column_checks=_column_checks(spec, layout, steps),
         name=name, entry=f"{name}_launch", arg_names=DIRECT_ARGS, wide=wide,
-        size=size, out_size=spec.output_size(*size) if size else None)
+        size=sized.size, out_size=sized.out_size)
     mma = ("m16n8k16 " + spec.dtype if layout.sixteen_bit else "m16n8k8 tf32" if spec.precision == "tf32"
            else "m16n8k8 3xTF32 (float32 split into tf32 parts, three MMAs)")
     params = {
@@ -566,8 +566,7 @@ def render_mma(spec: ConvSpec, tiles: MmaTiles | None = None, wide: bool = False
               f"{'copies' if staging.copies > 1 else 'copy'}, {'32-bit pairs' if staging.pairs else 'one load an element'}"),
         "shared": f"{shared.total} bytes per block; epilogue {shared.epilogue_n} channels per pass",
         "offsets": "64-bit" if wide else "32-bit",
-        "input size": "{}x{}x{} only".format(*size) if size else "any (run-time sizes)",
+        "input size": sized.param,
     }
-    identity = spec.canonical_json() + (" size={}x{}x{}".format(*size) if size else "")
-    return Source(name=name, template=MMA_TEMPLATE, body=body, identity=identity,
+    return Source(name=name, template=MMA_TEMPLATE, body=body, identity=sized.identity(spec),
                   arg_names=DIRECT_ARGS, params=params)

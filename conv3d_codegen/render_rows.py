@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .render import DIRECT_ARGS, Source, _environment, serving_tiles, templates_dir
+from .render import DIRECT_ARGS, InputSize, Source, _environment, serving_tiles, templates_dir
 from .spec import ConvSpec
 
 ROWS_TEMPLATE = "conv3d_fwd_rows.cu.j2"
@@ -209,11 +209,11 @@ def render_rows(spec: ConvSpec, tiles: RowsTiles | None = None, wide: bool = Fal
     render.WIDE_INDEX_ELEMENTS) does not change the source."""
     tiles = serving_tiles(spec, tiles, "row-product template", supports_rows(spec), default_rows_tiles)
     g = geometry(spec, tiles)
-    size = tuple(int(v) for v in size) if size is not None else None
-    name = f"conv3d_fwd_rows_{spec.tag}" + ("_{}x{}x{}".format(*size) if size else "")
+    sized = InputSize.of(spec, size)
+    name = f"conv3d_fwd_rows_{spec.tag}" + sized.suffix
     body = _environment(templates_dir()).get_template(ROWS_TEMPLATE).render(
         spec=spec, tiles=tiles, geometry=g, name=name, entry=f"{name}_launch", arg_names=DIRECT_ARGS,
-        size=size, out_size=spec.output_size(*size) if size else None)
+        size=sized.size, out_size=sized.out_size)
     params = {
         "spec": spec.canonical_json(),
         "tiles": str(tiles),
@@ -223,8 +223,7 @@ def render_rows(spec: ConvSpec, tiles: RowsTiles | None = None, wide: bool = Fal
                     f"({g.steps} k16 steps; weights in registers)"),
         "shared": f"{g.shared_bytes} bytes per block",
         "threads": str(g.threads),
-        "input size": "{}x{}x{} only".format(*size) if size else "any (run-time sizes)",
+        "input size": sized.param,
     }
-    identity = spec.canonical_json() + (" size={}x{}x{}".format(*size) if size else "")
-    return Source(name=name, template=ROWS_TEMPLATE, body=body, identity=identity,
+    return Source(name=name, template=ROWS_TEMPLATE, body=body, identity=sized.identity(spec),
                   arg_names=DIRECT_ARGS, params=params)
