@@ -40,16 +40,17 @@ HOST_CALLS = 10  # steps queued to time the host (torch's fp32 seed-a step takes
 
 def prebuild(dispatcher: Dispatcher, works: list[Workload]) -> None:
     """Forward and dgrad autotuning candidates and the wgrad kernels, all at once."""
-    sources = []
+    sources, target = [], Target.for_device()
     for w in works:
         sources += [render_tiles(w.spec, t, wide_offsets(w.spec, w.input_shape), tuple(w.input_shape[2:]))
-                    for t in candidates(w.spec)]
+                    for t in candidates(w.spec, target.arch)]
         if (dspec := dgrad_spec(w.spec)[0]) is not None:  # a forward convolution of grad_out, built for its size
             grad_out = (w.input_shape[0], w.spec.out_channels, *w.spec.output_size(*w.input_shape[2:]))
-            sources += [render_tiles(dspec, t, wide_offsets(dspec, grad_out), grad_out[2:]) for t in candidates(dspec)]
+            sources += [render_tiles(dspec, t, wide_offsets(dspec, grad_out), grad_out[2:])
+                        for t in candidates(dspec, target.arch)]
         if supports_wgrad(w.spec) is None:
             sources.append(render_wgrad(w.spec, wide=wide_offsets(w.spec, w.input_shape)))
-    dispatcher.loader.load_many(sources, Target.for_device())
+    dispatcher.loader.load_many(sources, target)
 
 
 def size(shape) -> int:

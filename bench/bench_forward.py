@@ -74,8 +74,9 @@ def workload(name: str, dtype: str, layout: str = "ncdhw"):
 
 def prebuild_candidates(dispatcher: Dispatcher, works) -> None:
     """Every autotuning candidate of every row at once: builds are the slow part."""
+    target = Target.for_device()
     dispatcher.loader.load_many([render_tiles(w.spec, t, wide_offsets(w.spec, w.input_shape), tuple(w.input_shape[2:]))
-                                 for w in works for t in candidates(w.spec)], Target.for_device())
+                                 for w in works for t in candidates(w.spec, target.arch)], target)
 
 
 def compiled_conv(conv: dict):

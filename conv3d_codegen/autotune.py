@@ -26,6 +26,7 @@ from .render_depthwise import DepthwiseTiles, depthwise_candidates, render_depth
 from .render_mma import MmaTiles, mma_candidates, render_mma, supports_mma
 from .render_mma_staged import MmaStagedTiles, mma_staged_candidates, render_mma_staged, supports_mma_staged
 from .render_rows import RowsTiles, render_rows, rows_candidates, rows_shape_problem, supports_rows
+from .render_wgmma import HOPPER_ARCHES, WgmmaTiles, render_wgmma, supports_wgmma, wgmma_candidates, wgmma_shape_problem
 from .spec import ConvSpec
 
 log = logging.getLogger("conv3d_codegen")
@@ -35,15 +36,15 @@ TORCH_MARGIN = 0.98  # a candidate must beat torch's time by 2% (more than the t
 TIMING = dict(warmup=5, reps=10, min_total_ms=25.0)
 
 
-AnyTiles = Tiles | MmaTiles | DepthwiseTiles | MmaStagedTiles | RowsTiles
-TILE_KINDS = (Tiles, MmaTiles, DepthwiseTiles, MmaStagedTiles, RowsTiles)  # a record names its winner's kind by its template
+AnyTiles = Tiles | MmaTiles | DepthwiseTiles | MmaStagedTiles | RowsTiles | WgmmaTiles
+TILE_KINDS = (Tiles, MmaTiles, DepthwiseTiles, MmaStagedTiles, RowsTiles, WgmmaTiles)  # a record names its winner's kind by its template
 
 
 def render_tiles(spec: ConvSpec, tiles: AnyTiles | None = None, wide: bool = False,
                  size: tuple[int, int, int] | None = None) -> Source:
-    """The forward source of `tiles`: the tensor-core, staged tensor-core, row-product, depthwise or direct
-    template's. `size` (the input's d, h, w) specializes the tensor-core and row-product templates on
-    it; the others take any size."""
+    """The forward source of `tiles`: the tensor-core, staged tensor-core, row-product (mma.sync or
+    wgmma), depthwise or direct template's. `size` (the input's d, h, w) specializes the tensor-core
+    and row-product templates on it; the others take any size."""
     if isinstance(tiles, MmaTiles):
         return render_mma(spec, tiles, wide, size)
     if isinstance(tiles, MmaStagedTiles):
@@ -52,20 +53,24 @@ def render_tiles(spec: ConvSpec, tiles: AnyTiles | None = None, wide: bool = Fal
         return render_depthwise(spec, tiles, wide)
     if isinstance(tiles, RowsTiles):
         return render_rows(spec, tiles, wide, size)
+    if isinstance(tiles, WgmmaTiles):
+        return render_wgmma(spec, tiles, wide, size)
     return render_direct(spec, tiles, wide)
 
 
-def candidates(spec: ConvSpec) -> list[AnyTiles]:
-    """The search space: the direct template's tiles, then the tensor-core template's where it
-    applies (float16, bfloat16, and float32 with precision 'tf32'), then the depthwise
-    template's where it applies (groups == in_channels), then the staged tensor-core
-    template's (float16, bfloat16, 16 or more input channels per group), then the row-product
-    template's (float16, bfloat16 and float32 'tf32', few input channels, stride 1;
-    render_rows.supports_rows)."""
+def candidates(spec: ConvSpec, arch: str | None = None) -> list[AnyTiles]:
+    """The search space on a GPU of `arch` (Target.arch; None: any GPU): the direct template's
+    tiles, then the tensor-core template's where it applies (float16, bfloat16, and float32 with
+    precision 'tf32'), then the depthwise template's where it applies (groups == in_channels),
+    then the staged tensor-core template's (float16, bfloat16, 16 or more input channels per
+    group), then the row-product template's (float16, bfloat16 and float32 'tf32', few input
+    channels, stride 1; render_rows.supports_rows), then on sm_90 only the wgmma row-product
+    template's (float16, bfloat16, few input channels, 5 to 8 taps along w; render_wgmma)."""
     return (direct_candidates(spec) + (mma_candidates(spec) if supports_mma(spec) is None else [])
             + (depthwise_candidates(spec) if supports_depthwise(spec) is None else [])
             + (mma_staged_candidates(spec) if supports_mma_staged(spec) is None else [])
-            + (rows_candidates(spec) if supports_rows(spec) is None else []))
+            + (rows_candidates(spec) if supports_rows(spec) is None else [])
+            + (wgmma_candidates(spec) if arch in HOPPER_ARCHES and supports_wgmma(spec) is None else []))
 
 
 def direct_candidates(spec: ConvSpec) -> list[Tiles]:
@@ -126,13 +131,15 @@ class Tuner:
         ow = spec.output_size(*input_shape[2:])[2]
         if ow < getattr(tiles, "wt", 1):
             return f"output width {ow} < wt"
+        if isinstance(tiles, WgmmaTiles):
+            return wgmma_shape_problem(spec, tiles, input_shape)
         return rows_shape_problem(spec, input_shape) if isinstance(tiles, RowsTiles) else None
 
     def tune(self, spec: ConvSpec, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
              target: Target, torch_call: Callable[[], torch.Tensor], tiles: list[AnyTiles] | None = None) -> Choice:
-        """Time every candidate (default: candidates(spec)) and torch on these tensors."""
+        """Time every candidate (default: candidates(spec, target.arch)) and torch on these tensors."""
         started = time.perf_counter()
-        tiles = list(candidates(spec) if tiles is None else tiles)
+        tiles = list(candidates(spec, target.arch) if tiles is None else tiles)
         timings, dropped, kernels = {}, {}, {}
         for t in list(tiles):
             if problem := self.candidate_problem(spec, t, tuple(x.shape)):

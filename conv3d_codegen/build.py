@@ -82,7 +82,10 @@ class Target:
 
     @property
     def flags(self) -> list[str]:
+        """nvcc's flags. sm_90 builds for sm_90a, its architecture-specific target, which wgmma
+        needs (render_wgmma); code for either runs on compute capability 9.0 only."""
         cc = self.arch.removeprefix("sm_")
+        cc = "90a" if cc == "90" else cc
         return [*NVCC_FLAGS, f"-gencode=arch=compute_{cc},code=sm_{cc}"]
 
 

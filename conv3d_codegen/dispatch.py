@@ -358,7 +358,7 @@ class Dispatcher:
         untuned = choice is None and tunable and self.autotune and self.mode != "prebuilt"
         if untuned and not in_capture:
             wide = wide_offsets(spec, shape)
-            return KernelSources([render_tiles(spec, t, wide, tuple(shape[2:])) for t in candidates(spec)
+            return KernelSources([render_tiles(spec, t, wide, tuple(shape[2:])) for t in candidates(spec, target.arch)
                                   if Tuner.candidate_problem(spec, t, tuple(shape)) is None], tune=True)
         if choice is not None and choice.winner is None:
             return KernelSources([], choice)

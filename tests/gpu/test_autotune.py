@@ -29,7 +29,7 @@ def test_tuning_keeps_a_verified_winner_that_later_processes_use(tmp_path):
     plan = tuning.plan(x, weight, bias, 1, 1, 1, 1)
     assert plan.tuned and relative_error(out, F.conv3d(x.double(), weight.double(), bias.double(), padding=1)) <= 1e-5
     choice = tuning.tuner.lookup(SPEC, SHAPE, Target.for_device(), torch.cuda.get_device_name())
-    assert set(choice.timings_ms) == {str(t) for t in candidates(SPEC)} | {TORCH}
+    assert set(choice.timings_ms) == {str(t) for t in candidates(SPEC, Target.for_device().arch)} | {TORCH}
     fastest = min(choice.timings_ms.values())
     assert choice.timings_ms[choice.label] == fastest or (choice.winner is None and fastest >= 0.98 * choice.timings_ms[TORCH])
 
@@ -65,14 +65,16 @@ def test_strict_mode_accepts_torch_chosen_by_timing(tmp_path):
 
 CANDIDATE_SPECS = [(w.spec.model_copy(update={"dtype": dt}), (1, w.spec.in_channels, 11, 13, 41))  # ow >= 16 = widest wt
                    for w in WORKLOADS.values() for dt in ("float32", "bfloat16")]
-# The row-product template takes no input 41 wide (a multiple of 8, an even ow): seed-b on one it takes.
+# The row-product templates take no input 41 wide (a multiple of 8, an even ow): seed-b and seed-a on one they take.
 CANDIDATE_SPECS.append((WORKLOADS["seed-b"].spec.model_copy(update={"dtype": "bfloat16"}), (1, 3, 10, 12, 32)))
+CANDIDATE_SPECS.append((WORKLOADS["seed-a"].spec.model_copy(update={"dtype": "bfloat16"}), (1, 3, 10, 12, 32)))
 
 
 @pytest.fixture(scope="module")
 def candidate_kernels(dispatcher):
     """Every candidate of every spec below, built at once."""
-    sources = [render_tiles(spec, tiles) for spec, _ in CANDIDATE_SPECS for tiles in candidates(spec)]
+    arch = Target.for_device().arch
+    sources = [render_tiles(spec, tiles) for spec, _ in CANDIDATE_SPECS for tiles in candidates(spec, arch)]
     built = dispatcher.loader.load_many(sources, Target.for_device())
     assert not [k for k in built if isinstance(k, Exception)]
     return {(source.identity, source.params["tiles"]): kernel for source, kernel in zip(sources, built)}
@@ -82,7 +84,7 @@ def candidate_kernels(dispatcher):
 def test_every_candidate_the_autotuner_can_pick_matches_torch(candidate_kernels, spec, shape):
     x, weight, bias = random_inputs(spec, shape)
     ref = F.conv3d(x.double(), weight.double(), None if bias is None else bias.double(), **spec.functional_args())
-    for tiles in candidates(spec):
+    for tiles in candidates(spec, Target.for_device().arch):
         if Tuner.candidate_problem(spec, tiles, shape) is not None:
             continue  # the tuner drops these tiles for this shape, so it cannot pick them
         kernel = candidate_kernels[(spec.canonical_json(), str(tiles))]
