@@ -128,20 +128,29 @@ def geometry(spec: ConvSpec, tiles: RowsTiles) -> RowsGeometry:
                         max_steps=MAX_STEPS_TF32 if tf32 else MAX_STEPS)
 
 
+def row_product_problem(spec: ConvSpec, template: str) -> str | None:
+    """What a template that stages whole input rows and slides the taps along them (this one,
+    render_wgmma's) cannot take in `spec`, or None: it reads NCDHW rows, with groups 1, stride and
+    dilation 1, and no padding along w."""
+    if spec.layout != "ncdhw":
+        return f"layout {spec.layout!r}: the {template} reads contiguous NCDHW only"
+    if spec.groups != 1:
+        return f"groups={spec.groups}: the {template} needs groups=1"
+    if spec.stride != (1, 1, 1) or spec.dilation != (1, 1, 1):
+        return f"the {template} needs stride 1 and dilation 1"
+    if spec.pad_before[2] or spec.pad_after[2]:
+        return f"the {template} needs no padding along w"
+    return None
+
+
 def supports_rows(spec: ConvSpec) -> str | None:
     """None if the row-product template serves `spec`; otherwise the reason it does not."""
     kd, kh, kw = spec.kernel_size
     if spec.dtype not in ("bfloat16", "float16") and not (spec.dtype == "float32" and spec.precision == "tf32"):
         return (f"dtype {spec.dtype} with precision {spec.precision!r}: the row-product template multiplies "
                 "bfloat16, float16, or float32 as tf32")
-    if spec.layout != "ncdhw":
-        return f"layout {spec.layout!r}: the row-product template reads contiguous NCDHW only"
-    if spec.groups != 1:
-        return f"groups={spec.groups}: the row-product template needs groups=1"
-    if spec.stride != (1, 1, 1) or spec.dilation != (1, 1, 1):
-        return "the row-product template needs stride 1 and dilation 1"
-    if spec.pad_before[2] or spec.pad_after[2]:
-        return "the row-product template needs no padding along w"
+    if problem := row_product_problem(spec, "row-product template"):
+        return problem
     if kw > TAPS_W:
         return f"kw={kw}: the row-product template takes at most {TAPS_W} taps along w"
     if spec.out_channels % 32 or spec.out_channels > MAX_CHANNELS:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .render import DIRECT_ARGS, InputSize, Source, _environment, serving_tiles, templates_dir
+from .render_rows import row_product_problem
 from .spec import ConvSpec
 
 WGMMA_TEMPLATE = "conv3d_fwd_wgmma.cu.j2"
@@ -112,14 +113,8 @@ def supports_wgmma(spec: ConvSpec) -> str | None:
     kd, kh, kw = spec.kernel_size
     if spec.dtype not in ("bfloat16", "float16"):
         return f"dtype {spec.dtype}: the wgmma row-product template multiplies bfloat16 or float16"
-    if spec.layout != "ncdhw":
-        return f"layout {spec.layout!r}: the wgmma row-product template reads contiguous NCDHW only"
-    if spec.groups != 1:
-        return f"groups={spec.groups}: the wgmma row-product template needs groups=1"
-    if spec.stride != (1, 1, 1) or spec.dilation != (1, 1, 1):
-        return "the wgmma row-product template needs stride 1 and dilation 1"
-    if spec.pad_before[2] or spec.pad_after[2]:
-        return "the wgmma row-product template needs no padding along w"
+    if problem := row_product_problem(spec, "wgmma row-product template"):
+        return problem
     if not 5 <= kw <= TAPS_W or kw % 2 == 0:
         return (f"kw={kw}: the wgmma row-product template takes 5 or 7 taps along w (an even kw makes the "
                 "output width odd on every input it takes: w a multiple of 8, no padding along w)")

@@ -165,6 +165,35 @@ def run_and_check(kernel, case: Case):
     assert err <= tolerance(spec), f"relative error {err:.2e} over {tolerance(spec):.0e} (NaN: unwritten output)"
 
 
+SIZES = {"any-size": False, "sized": True}  # the row templates' cases run built both ways
+
+
+def build_both_ways(dispatcher, render, cases) -> dict:
+    """Every case's kernel for any input size and for its own, keyed (str(case), sized), built at once;
+    a failed build fails its case. `render(spec, tiles, size=...)` is the template's."""
+    sources = {(str(case), sized): render(case.spec, case.tiles, size=case.input_shape[2:] if sized else None)
+               for case in cases for sized in SIZES.values()}
+    built = dispatcher.loader.load_many(list(sources.values()), Target.for_device())
+    return dict(zip(sources, built))
+
+
+def assert_refused(kernel, spec: ConvSpec, input_shape: tuple[int, ...]):
+    """The kernel on inputs of `input_shape` returns an error ("invalid argument"), never a wrong result."""
+    x, weight, bias = random_inputs(spec, input_shape)
+    out = torch.empty((input_shape[0], spec.out_channels, *spec.output_size(*input_shape[2:])), dtype=x.dtype,
+                      device="cuda")
+    with pytest.raises(RuntimeError, match="invalid argument"):
+        kernel(x, weight, bias, out, launch_args(spec, x.shape))
+
+
+def launch_empty(kernel, spec: ConvSpec, input_shape: tuple[int, ...]):
+    """The kernel on a batch of 0 samples of `input_shape`'s size: it launches nothing and returns."""
+    x, weight, bias = random_inputs(spec, (0, *input_shape[1:]))
+    out = torch.empty((0, spec.out_channels, *spec.output_size(*x.shape[2:])), dtype=x.dtype, device="cuda")
+    kernel(x, weight, bias, out, launch_args(spec, x.shape))
+    torch.cuda.synchronize()
+
+
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_mma_kernel_matches_torch(kernels, case: Case):
     run_and_check(kernels[case.name], case)

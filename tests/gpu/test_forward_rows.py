@@ -14,14 +14,13 @@ import torch.nn.functional as F
 from conv3d_codegen.build import Target
 from conv3d_codegen.cache import KernelCache
 from conv3d_codegen.dispatch import Dispatcher
-from conv3d_codegen.kernel import launch_args
 from conv3d_codegen.measure import random_inputs, relative_error, tolerance
 from conv3d_codegen.ops import run
 from conv3d_codegen.render_rows import RowsTiles, render_rows, rows_candidates, rows_shape_problem
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
-from .test_forward_mma import run_and_check  # the same check for every template
+from .test_forward_mma import SIZES, assert_refused, build_both_ways, launch_empty, run_and_check  # the same checks for every template
 
 
 @dataclass(frozen=True)
@@ -74,16 +73,10 @@ SEED_B_SPECS = [SEED_B.spec.model_copy(update={"dtype": dtype}) for dtype in BOT
 WORKLOAD = [Case("seed-b", spec, SEED_B.input_shape, t) for spec in SEED_B_SPECS for t in rows_candidates(spec)]
 
 
-SIZES = {"any-size": False, "sized": True}
-
 
 @pytest.fixture(scope="module")
 def kernels(dispatcher):
-    """Every case's kernels (for any size, and for its own), built at once; a failed build fails its case."""
-    sources = {(str(case), sized): render_rows(case.spec, case.tiles, size=case.input_shape[2:] if sized else None)
-               for case in CASES + WORKLOAD for sized in SIZES.values()}
-    built = dispatcher.loader.load_many(list(sources.values()), Target.for_device())
-    return dict(zip(sources, built))
+    return build_both_ways(dispatcher, render_rows, CASES + WORKLOAD)
 
 
 @pytest.mark.parametrize("sized", SIZES.values(), ids=SIZES)
@@ -101,29 +94,20 @@ def test_every_seed_b_candidate_matches_torch(kernels, case: Case, sized: bool):
 def test_an_input_the_template_does_not_take_is_refused_by_the_launcher(kernels):
     """w = 20 is not a multiple of 8: the launcher returns an error, never a wrong result."""
     case = CASES[0]
-    x, weight, bias = random_inputs(case.spec, (1, 3, 18, 11, 20))
-    out = torch.empty((1, 64, *case.spec.output_size(18, 11, 20)), dtype=x.dtype, device="cuda")
-    with pytest.raises(RuntimeError, match="invalid argument"):
-        kernels[(str(case), False)](x, weight, bias, out, launch_args(case.spec, x.shape))
+    assert_refused(kernels[(str(case), False)], case.spec, (1, 3, 18, 11, 20))
 
 
 def test_a_kernel_built_for_one_size_refuses_another(kernels):
     """The case's sized kernel on an input the template takes, of another size: an error, not a wrong result."""
     case = CASES[0]
     d, h, w = case.input_shape[2:]
-    x, weight, bias = random_inputs(case.spec, (1, 3, d, h, w + 8))
-    out = torch.empty((1, 64, *case.spec.output_size(d, h, w + 8)), dtype=x.dtype, device="cuda")
-    with pytest.raises(RuntimeError, match="invalid argument"):
-        kernels[(str(case), True)](x, weight, bias, out, launch_args(case.spec, x.shape))
+    assert_refused(kernels[(str(case), True)], case.spec, (1, 3, d, h, w + 8))
 
 
 @pytest.mark.parametrize("sized", SIZES.values(), ids=SIZES)
 def test_an_empty_batch_launches_nothing(kernels, sized: bool):
     case = CASES[0]
-    x, weight, bias = random_inputs(case.spec, (0, *case.input_shape[1:]))
-    out = torch.empty((0, case.spec.out_channels, *case.spec.output_size(*x.shape[2:])), dtype=x.dtype, device="cuda")
-    kernels[(str(case), sized)](x, weight, bias, out, launch_args(case.spec, x.shape))
-    torch.cuda.synchronize()
+    launch_empty(kernels[(str(case), sized)], case.spec, case.input_shape)
 
 
 def test_autotuning_seed_b_times_the_row_candidates_and_keeps_a_winner(tmp_path):

@@ -15,14 +15,13 @@ from conv3d_codegen.autotune import candidates
 from conv3d_codegen.build import Target
 from conv3d_codegen.cache import KernelCache
 from conv3d_codegen.dispatch import Dispatcher
-from conv3d_codegen.kernel import launch_args
 from conv3d_codegen.measure import random_inputs, relative_error, tolerance
 from conv3d_codegen.ops import run
 from conv3d_codegen.render_wgmma import HOPPER_ARCHES, WgmmaTiles, render_wgmma, wgmma_candidates, wgmma_shape_problem
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
-from .test_forward_mma import run_and_check  # the same check for every template
+from .test_forward_mma import SIZES, assert_refused, build_both_ways, launch_empty, run_and_check  # the same checks for every template
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or Target.for_device().arch not in HOPPER_ARCHES,
@@ -69,16 +68,12 @@ CASES = (
 SEED_A = WORKLOADS["seed-a"]
 WORKLOAD = [Case("seed-a", spec, SEED_A.input_shape, t)
             for spec in [SEED_A.spec.model_copy(update={"dtype": dtype}) for dtype in BOTH] for t in wgmma_candidates(spec)]
-SIZES = {"any-size": False, "sized": True}
+
 
 
 @pytest.fixture(scope="module")
 def kernels(dispatcher):
-    """Every case's kernels (for any size, and for its own), built at once; a failed build fails its case."""
-    sources = {(str(case), sized): render_wgmma(case.spec, case.tiles, size=case.input_shape[2:] if sized else None)
-               for case in CASES + WORKLOAD for sized in SIZES.values()}
-    built = dispatcher.loader.load_many(list(sources.values()), Target.for_device())
-    return dict(zip(sources, built))
+    return build_both_ways(dispatcher, render_wgmma, CASES + WORKLOAD)
 
 
 @pytest.mark.parametrize("sized", SIZES.values(), ids=SIZES)
@@ -96,29 +91,20 @@ def test_every_seed_a_candidate_matches_torch(kernels, case: Case, sized: bool):
 def test_an_input_the_template_does_not_take_is_refused_by_the_launcher(kernels):
     """w = 60 is not a multiple of 8: the launcher returns an error, never a wrong result."""
     case = CASES[0]
-    x, weight, bias = random_inputs(case.spec, (1, 3, 10, 16, 60))
-    out = torch.empty((1, 64, *case.spec.output_size(10, 16, 60)), dtype=x.dtype, device="cuda")
-    with pytest.raises(RuntimeError, match="invalid argument"):
-        kernels[(str(case), False)](x, weight, bias, out, launch_args(case.spec, x.shape))
+    assert_refused(kernels[(str(case), False)], case.spec, (1, 3, 10, 16, 60))
 
 
 def test_a_kernel_built_for_one_size_refuses_another(kernels):
     """The case's sized kernel on an input the template takes, of another size: an error, not a wrong result."""
     case = CASES[0]
     d, h, w = case.input_shape[2:]
-    x, weight, bias = random_inputs(case.spec, (1, 3, d, h + 4, w))
-    out = torch.empty((1, 64, *case.spec.output_size(d, h + 4, w)), dtype=x.dtype, device="cuda")
-    with pytest.raises(RuntimeError, match="invalid argument"):
-        kernels[(str(case), True)](x, weight, bias, out, launch_args(case.spec, x.shape))
+    assert_refused(kernels[(str(case), True)], case.spec, (1, 3, d, h + 4, w))
 
 
 @pytest.mark.parametrize("sized", SIZES.values(), ids=SIZES)
 def test_an_empty_batch_launches_nothing(kernels, sized: bool):
     case = CASES[0]
-    x, weight, bias = random_inputs(case.spec, (0, *case.input_shape[1:]))
-    out = torch.empty((0, case.spec.out_channels, *case.spec.output_size(*x.shape[2:])), dtype=x.dtype, device="cuda")
-    kernels[(str(case), sized)](x, weight, bias, out, launch_args(case.spec, x.shape))
-    torch.cuda.synchronize()
+    launch_empty(kernels[(str(case), sized)], case.spec, case.input_shape)
 
 
 def test_the_tuner_offers_the_wgmma_candidates_on_this_gpu_only():
