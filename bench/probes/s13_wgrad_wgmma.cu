@@ -1,0 +1,236 @@
+// Session 13 probe: the weight gradient of seed-a in bf16 (x 16 x 3 x 64^3, grad_out 16 x 64 x 62x60x58,
+// 3x5x7) as warpgroup matrix products (wgmma, sm_90a) per grad_out row.
+//
+//   dW[co][ci][kd][kh][kw] = sum over (n, od, oh, ow) of dy[n][co][od][oh][ow] * x[n][ci][od + kd][oh + kh][ow + kw]
+//
+// For one grad_out row (n, od, oh) that is a product with M = 64 channels, N = the 45 input rows
+// (kh, ci, kd) that reach it x 8 taps (kw = 7 and a 46th row are padding, dropped at the end), K =
+// the row's 58 positions (64, the last 6 zero in A). A (the grad_out row) comes to the warpgroups'
+// registers straight from global memory, as pairs of neighbours along ow. B[ow][(r, kw)] =
+// x_r[ow + kw]: the Hankel blocks of the forward probe (s13_fwd_wgmma.cu), read the other way: a
+// block (8 taps x 8 positions) is the core matrix of a K-major B with K = positions, so LBO (K) is
+// the block stride and SBO (N) the row stride. Two warpgroups split N (rows 0-22 and 23-45: N = 184
+// each, 92 accumulators a thread) and accumulate over every grad_out row their block owns; at the
+// end each block writes its partial sums (fp32), and a second kernel adds the blocks' partials in a
+// fixed order (deterministic) into dW (fp32).
+//
+// A block owns chunks of R = 4 grad_out rows (n, od, oh0 .. oh0 + 3) in turn. The chunk's x rows
+// ((R + 4) x 9) are built into one of two Hankel buffers while the other chunk's last row's wgmmas
+// run (loads and stores both after those wgmmas are issued: held longer, the loads' registers made
+// ptxas move the accumulators and serialize the wgmmas, C7515). A grad_out row's A registers (16 a
+// thread, a set per row of the chunk) are loaded two rows ahead, each after a wait for every wgmma of
+// the thread: with one group left in flight (wait 1) ptxas serialized the wgmmas (C7513).
+// A diagnostic, not a template: its sizes are seed-a's.
+#include <cuda_bf16.h>
+#include <cstdint>
+
+namespace probe {
+
+constexpr int CI = 3, D = 64, H = 64, W = 64, CO = 64, KD = 3, KH = 5, KW = 7;
+constexpr int OD = D - KD + 1, OH = H - KH + 1, OW = W - KW + 1;  // 62, 60, 58
+constexpr int PER_IH = CI * KD;                  // staged rows of one ih
+constexpr int NROWS_WG = 23;                     // input rows of N a warpgroup takes (the second's last is padding)
+constexpr int NW = NROWS_WG * 8;                 // N of a warpgroup's wgmma: 184
+constexpr int NACC = NW / 2;                     // 92 accumulators a thread
+constexpr int R = 4;
+constexpr int CM = 144, RS = 8 * CM;             // Hankel block stride and row stride (bytes)
+constexpr int ROWS = (R + KH - 1) * PER_IH;      // 72 staged rows a chunk
+constexpr int HANKEL = (ROWS + 1) * RS;          // + a zero row
+constexpr int SMEM = 2 * HANKEL;
+constexpr int CHUNKS_H = OH / R;                 // 15
+constexpr int ITEMS = ROWS * 8;                  // (row, block) pairs a chunk
+constexpr int THREADS = 256;
+constexpr int PER = (ITEMS + THREADS - 1) / THREADS;  // 3
+constexpr int NPART = 2 * NW;                    // partial sums a channel: 368 (46 rows x 8 taps)
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wg_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory");
+}
+__device__ __forceinline__ void keep(float (&d)[NACC]) {
+#pragma unroll
+  for (int i = 0; i < NACC; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
+}
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void sts128(uint32_t addr, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" :: "r"(addr), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
+}
+
+// d += A (64 x 16, this thread's fragment) x B (16 x 184 by descriptor)
+__device__ __forceinline__ void wgmma184(float (&d)[NACC], const uint32_t (&a)[4], uint64_t desc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n184k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,"
+      "%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,"
+      "%58,%59,%60,%61,%62,%63,%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,"
+      "%86,%87,%88,%89,%90,%91}, {%92,%93,%94,%95}, %96, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]),
+        "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]),
+        "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
+        "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]),
+        "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]),
+        "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]),
+        "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]),
+        "+f"(d[89]), "+f"(d[90]), "+f"(d[91])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+}
+
+struct Chunk {
+  int n, od, oh0;
+  __device__ Chunk(int c) : n(c / CHUNKS_H / OD), od(c / CHUNKS_H % OD), oh0(c % CHUNKS_H * R) {}
+};
+
+// This thread's A fragments of grad_out row (n, od, oh): channel 16 warp + g (+ 8), positions 16 s + 2 t (+ 1) (+ 8);
+// zero past OW.
+__device__ __forceinline__ void load_a(uint32_t (&a)[4][4], const __nv_bfloat16* __restrict__ dy, const Chunk& c, int ol,
+                                       int wq, int g, int t) {
+  const __nv_bfloat16* row = dy + ((size_t(c.n) * CO + 16 * wq + g) * OD + c.od) * (OH * OW) + (c.oh0 + ol) * OW;
+#pragma unroll
+  for (int s = 0; s < 4; ++s)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int pos = 16 * s + 2 * t + 8 * (q >> 1);
+      a[s][q] = pos < OW ? __ldg(reinterpret_cast<const unsigned int*>(row + 8 * (q & 1) * (OD * OH * OW) + pos)) : 0u;
+    }
+}
+
+__device__ __forceinline__ void load_x(uint4 (&v0)[PER], uint4 (&v1)[PER], const __nv_bfloat16* __restrict__ x, const Chunk& c) {
+#pragma unroll
+  for (int k = 0; k < PER; ++k) {
+    const int it = threadIdx.x + THREADS * k, j = it >> 3, b = it & 7;
+    v0[k] = v1[k] = make_uint4(0, 0, 0, 0);
+    if (it < ITEMS) {
+      const int ih = c.oh0 + j / PER_IH, ci = (j % PER_IH) / KD, id = c.od + j % KD;
+      const uint4* row = reinterpret_cast<const uint4*>(x + (((size_t(c.n) * CI + ci) * D + id) * H + ih) * W);
+      v0[k] = __ldg(row + b);
+      if (b < 7) v1[k] = __ldg(row + b + 1);
+    }
+  }
+}
+
+__device__ __forceinline__ void store_hankel(uint32_t buf, const uint4 (&v0)[PER], const uint4 (&v1)[PER]) {
+#pragma unroll
+  for (int k = 0; k < PER; ++k) {
+    const int it = threadIdx.x + THREADS * k, j = it >> 3, b = it & 7;
+    if (it < ITEMS) {
+      const uint32_t e[8] = {v0[k].x, v0[k].y, v0[k].z, v0[k].w, v1[k].x, v1[k].y, v1[k].z, v1[k].w};
+      const uint32_t blk = buf + j * RS + b * CM;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        sts128(blk + 32 * q, e[q], e[q + 1], e[q + 2], e[q + 3]);
+        sts128(blk + 32 * q + 16, __byte_perm(e[q], e[q + 1], 0x5432), __byte_perm(e[q + 1], e[q + 2], 0x5432),
+               __byte_perm(e[q + 2], e[q + 3], 0x5432), __byte_perm(e[q + 3], e[q + 4], 0x5432));
+      }
+    }
+  }
+}
+
+// parts (a timing diagnostic; partials unchecked when set): 1 leaves out the Hankel stores. (A flag around the
+// wgmmas made ptxas serialize them, C7513, so the probe has none.)
+__global__ void __launch_bounds__(THREADS, 1)
+wgrad_wgmma(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ dy, float* __restrict__ partial,
+            int n_batch, int parts) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int tid = threadIdx.x, wg = tid / 128, wq = tid / 32 % 4, lane = tid % 32, g = lane / 4, t = lane % 4;
+  for (int i = tid; i < RS / 16; i += THREADS) {  // the zero row after each buffer's staged rows
+    sts128(base + ROWS * RS + 16 * i, 0, 0, 0, 0);
+    sts128(base + HANKEL + ROWS * RS + 16 * i, 0, 0, 0, 0);
+  }
+  // B descriptors: LBO = the next block of positions (K), SBO = the next input row (N), no swizzle
+  const uint64_t desc_base = (uint64_t(CM >> 4) << 16) | (uint64_t(RS >> 4) << 32);
+  float acc[NACC];
+#pragma unroll
+  for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+
+  const int chunks = n_batch * OD * CHUNKS_H;
+  int c = blockIdx.x;
+  uint4 v0[PER], v1[PER];
+  uint32_t a[R][4][4];  // row ol's A in set ol; rows two ahead load while a row's wgmmas run
+  if (c < chunks) {
+    const Chunk first(c);
+    load_x(v0, v1, x, first);
+    store_hankel(base, v0, v1);
+    load_a(a[0], dy, first, 0, wq, g, t);
+    load_a(a[1], dy, first, 1, wq, g, t);
+  }
+  fence_proxy_async();
+  __syncthreads();
+  for (int it = 0; c < chunks; ++it, c += gridDim.x) {
+    const bool more = c + gridDim.x < chunks;
+    const Chunk cur(c), next(more ? c + gridDim.x : c);
+    const uint32_t buf = base + (it & 1) * HANKEL, other = base + ((it + 1) & 1) * HANKEL;
+#pragma unroll
+    for (int ol = 0; ol < R; ++ol) {
+      wg_fence();
+      const uint64_t desc = desc_base | uint64_t(((buf + (PER_IH * ol + NROWS_WG * wg) * RS) & 0x3FFFF) >> 4);
+#pragma unroll
+      for (int s = 0; s < 4; ++s) wgmma184(acc, a[ol][s], desc + uint64_t((2 * s * CM) >> 4));
+      wg_commit();
+      if (ol == R - 1) {  // the next chunk's blocks, while this chunk's last row's wgmmas run
+        load_x(v0, v1, x, next);
+        if (!(parts & 1)) store_hankel(other, v0, v1);
+      }
+      wg_wait<0>();  // every wgmma of this thread is done: A registers may be written (a deeper wait serializes)
+      if (ol + 2 < R) load_a(a[ol + 2], dy, cur, ol + 2, wq, g, t);
+      else if (more) load_a(a[(ol + 2) % R], dy, next, ol + 2 - R, wq, g, t);
+    }
+    fence_proxy_async();
+    __syncthreads();  // the next chunk's blocks are in
+  }
+  wg_wait<0>();
+  keep(acc);
+  // This block's partial sums: channel 16 wq + g (+ 8), N position 184 wg + 8 q + 2 t (+ 1).
+  float* out = partial + size_t(blockIdx.x) * CO * NPART;
+#pragma unroll
+  for (int q = 0; q < NW / 8; ++q)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      *reinterpret_cast<float2*>(out + (16 * wq + g + 8 * h) * NPART + NW * wg + 8 * q + 2 * t) =
+          make_float2(acc[4 * q + 2 * h], acc[4 * q + 2 * h + 1]);
+}
+
+// dW[co][ci][kd][kh][kw] (fp32) = the blocks' partials added in block order.
+__global__ void reduce_partials(const float* __restrict__ partial, int blocks, float* __restrict__ dw) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= CO * CI * KD * KH * KW) return;
+  const int kw = i % KW, kh = i / KW % KH, kd = i / (KW * KH) % KD, ci = i / (KW * KH * KD) % CI, co = i / (KW * KH * KD * CI);
+  const int n = (kh * PER_IH + ci * KD + kd) * 8 + kw;
+  float s = 0.f;
+  for (int b = 0; b < blocks; ++b) s += partial[(size_t(b) * CO + co) * NPART + n];
+  dw[i] = s;
+}
+
+}  // namespace probe
+
+#ifdef PROBE_KERNEL_ONLY  // nvcc alone (no torch), for ptxas's report
+#else
+#include <torch/extension.h>
+#include <c10/cuda/CUDAStream.h>
+
+void wgrad(torch::Tensor x, torch::Tensor dy, torch::Tensor partial, torch::Tensor dw, int64_t parts) {
+  TORCH_CHECK(x.is_contiguous() && dy.is_contiguous() && x.scalar_type() == torch::kBFloat16 && dy.scalar_type() == torch::kBFloat16);
+  TORCH_CHECK(x.size(1) == 3 && x.size(2) == 64 && x.size(3) == 64 && x.size(4) == 64 && dy.size(1) == 64 &&
+              dy.size(2) == 62 && dy.size(3) == 60 && dy.size(4) == 58, "the probe has seed-a's sizes only");
+  static int blocks = 0;
+  if (blocks == 0) {
+    cudaFuncSetAttribute(probe::wgrad_wgmma, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM);
+    cudaDeviceGetAttribute(&blocks, cudaDevAttrMultiProcessorCount, x.get_device());
+    printf("probe wgrad: %d B smem, %d blocks\n", probe::SMEM, blocks);
+  }
+  TORCH_CHECK(partial.numel() >= int64_t(blocks) * probe::CO * probe::NPART && dw.numel() == 64 * 3 * 105);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  probe::wgrad_wgmma<<<blocks, probe::THREADS, probe::SMEM, stream>>>(
+      reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),
+      partial.data_ptr<float>(), int(x.size(0)), int(parts));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  probe::reduce_partials<<<(64 * 3 * 105 + 255) / 256, 256, 0, stream>>>(partial.data_ptr<float>(), blocks, dw.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+#endif
