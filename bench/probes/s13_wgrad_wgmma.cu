@@ -18,7 +18,7 @@
 // ((R + 4) x 9) are built into one of two Hankel buffers while the other chunk's last row's wgmmas
 // run (loads and stores both after those wgmmas are issued: held longer, the loads' registers made
 // ptxas move the accumulators and serialize the wgmmas, C7515). A grad_out row's A registers (16 a
-// thread, a set per row of the chunk) are loaded two rows ahead, each after a wait for every wgmma of
+// thread, a set per row of the chunk) are loaded DIST rows ahead, each after a wait for every wgmma of
 // the thread: with one group left in flight (wait 1) ptxas serialized the wgmmas (C7513).
 // A diagnostic, not a template: its sizes are seed-a's.
 #include <cuda_bf16.h>
@@ -88,9 +88,9 @@ struct Chunk {
 
 // This thread's A fragments of grad_out row (n, od, oh): channel 16 warp + g (+ 8), positions 16 s + 2 t (+ 1) (+ 8);
 // zero past OW.
-__device__ __forceinline__ void load_a(uint32_t (&a)[4][4], const __nv_bfloat16* __restrict__ dy, const Chunk& c, int ol,
+__device__ __forceinline__ void load_a(uint32_t (&a)[4][4], const __nv_bfloat16* __restrict__ dy, int n, int od, int oh,
                                        int wq, int g, int t) {
-  const __nv_bfloat16* row = dy + ((size_t(c.n) * CO + 16 * wq + g) * OD + c.od) * (OH * OW) + (c.oh0 + ol) * OW;
+  const __nv_bfloat16* row = dy + ((size_t(n) * CO + 16 * wq + g) * OD + od) * (OH * OW) + oh * OW;
 #pragma unroll
   for (int s = 0; s < 4; ++s)
 #pragma unroll
@@ -131,8 +131,10 @@ __device__ __forceinline__ void store_hankel(uint32_t buf, const uint4 (&v0)[PER
   }
 }
 
-// parts (a timing diagnostic; partials unchecked when set): 1 leaves out the Hankel stores. (A flag around the
+// parts (timing diagnostics; partials unchecked when set): 1 leaves out the Hankel stores, 2 loads every row's A
+// from the block's first row (cache hits: what the grad_out stream's latency costs). (A flag around the
 // wgmmas made ptxas serialize them, C7513, so the probe has none.)
+template <int DIST>  // rows ahead that A is loaded: 2 or 3 (R = 4 register sets either way)
 __global__ void __launch_bounds__(THREADS, 1)
 wgrad_wgmma(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ dy, float* __restrict__ partial,
             int n_batch, int parts) {
@@ -151,14 +153,15 @@ wgrad_wgmma(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict
 
   const int chunks = n_batch * OD * CHUNKS_H;
   int c = blockIdx.x;
+  const int first_n = Chunk(c).n, first_od = Chunk(c).od, first_oh = Chunk(c).oh0;
   uint4 v0[PER], v1[PER];
   uint32_t a[R][4][4];  // row ol's A in set ol; rows two ahead load while a row's wgmmas run
   if (c < chunks) {
     const Chunk first(c);
     load_x(v0, v1, x, first);
     store_hankel(base, v0, v1);
-    load_a(a[0], dy, first, 0, wq, g, t);
-    load_a(a[1], dy, first, 1, wq, g, t);
+#pragma unroll
+    for (int r = 0; r < DIST; ++r) load_a(a[r], dy, first.n, first.od, first.oh0 + r, wq, g, t);
   }
   fence_proxy_async();
   __syncthreads();
@@ -178,8 +181,11 @@ wgrad_wgmma(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict
         if (!(parts & 1)) store_hankel(other, v0, v1);
       }
       wg_wait<0>();  // every wgmma of this thread is done: A registers may be written (a deeper wait serializes)
-      if (ol + 2 < R) load_a(a[ol + 2], dy, cur, ol + 2, wq, g, t);
-      else if (more) load_a(a[(ol + 2) % R], dy, next, ol + 2 - R, wq, g, t);
+      if (ol + DIST < R || more) {
+        const bool here = ol + DIST < R, fixed = parts & 2;
+        load_a(a[(ol + DIST) % R], dy, fixed ? first_n : here ? cur.n : next.n, fixed ? first_od : here ? cur.od : next.od,
+               fixed ? first_oh : (here ? cur.oh0 : next.oh0) + (ol + DIST) % R, wq, g, t);
+      }
     }
     fence_proxy_async();
     __syncthreads();  // the next chunk's blocks are in
@@ -210,23 +216,27 @@ __global__ void reduce_partials(const float* __restrict__ partial, int blocks, f
 }  // namespace probe
 
 #ifdef PROBE_KERNEL_ONLY  // nvcc alone (no torch), for ptxas's report
+template __global__ void probe::wgrad_wgmma<2>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
+template __global__ void probe::wgrad_wgmma<3>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 #else
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>
 
-void wgrad(torch::Tensor x, torch::Tensor dy, torch::Tensor partial, torch::Tensor dw, int64_t parts) {
+void wgrad(torch::Tensor x, torch::Tensor dy, torch::Tensor partial, torch::Tensor dw, int64_t dist, int64_t parts) {
   TORCH_CHECK(x.is_contiguous() && dy.is_contiguous() && x.scalar_type() == torch::kBFloat16 && dy.scalar_type() == torch::kBFloat16);
   TORCH_CHECK(x.size(1) == 3 && x.size(2) == 64 && x.size(3) == 64 && x.size(4) == 64 && dy.size(1) == 64 &&
               dy.size(2) == 62 && dy.size(3) == 60 && dy.size(4) == 58, "the probe has seed-a's sizes only");
   static int blocks = 0;
   if (blocks == 0) {
-    cudaFuncSetAttribute(probe::wgrad_wgmma, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM);
+    cudaFuncSetAttribute(probe::wgrad_wgmma<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM);
+    cudaFuncSetAttribute(probe::wgrad_wgmma<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM);
     cudaDeviceGetAttribute(&blocks, cudaDevAttrMultiProcessorCount, x.get_device());
     printf("probe wgrad: %d B smem, %d blocks\n", probe::SMEM, blocks);
   }
   TORCH_CHECK(partial.numel() >= int64_t(blocks) * probe::CO * probe::NPART && dw.numel() == 64 * 3 * 105);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  probe::wgrad_wgmma<<<blocks, probe::THREADS, probe::SMEM, stream>>>(
+  auto kernel = dist == 3 ? probe::wgrad_wgmma<3> : probe::wgrad_wgmma<2>;
+  kernel<<<blocks, probe::THREADS, probe::SMEM, stream>>>(
       reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),
       partial.data_ptr<float>(), int(x.size(0)), int(parts));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
