@@ -202,6 +202,123 @@ wgrad_wgmma(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict
           make_float2(acc[4 * q + 2 * h], acc[4 * q + 2 * h + 1]);
 }
 
+// The same product with A from shared memory as well (run 3): both operands by descriptor, so no
+// register of a wgmma is written while a group is in flight, and one group per warpgroup stays in
+// flight over the next row's issue. The grad_out rows come by cp.async (4-byte pieces: a chunk's rows
+// start 116 bytes apart) into a ring of R slots, a row's slot written two rows ahead; a slot holds
+// the core matrices of a K-major A (8 channels x 8 positions, 128 bytes), channel blocks 128 bytes
+// apart (SBO) and position blocks 1040 (LBO: 16 bytes of padding put a warp's 4-byte pieces of one
+// channel's row on distinct banks). Positions 58-63 stay zero from the start.
+constexpr int A_LBO = 1040;                    // bytes from one 8-position block of a slot to the next
+constexpr int SLOT = 8 * A_LBO;                // one grad_out row, 64 channels x 64 positions
+constexpr int SMEM_SS = 2 * HANKEL + R * SLOT;
+
+__device__ __forceinline__ void wgmma184_ss(float (&d)[NACC], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n184k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,"
+      "%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,"
+      "%58,%59,%60,%61,%62,%63,%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,"
+      "%86,%87,%88,%89,%90,%91}, %92, %93, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]),
+        "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]),
+        "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
+        "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]),
+        "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]),
+        "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]),
+        "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]),
+        "+f"(d[89]), "+f"(d[90]), "+f"(d[91])
+      : "l"(desc_a), "l"(desc_b));
+}
+__device__ __forceinline__ void cp_async4(uint32_t dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" :: "r"(dst), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+
+// Grad_out row oh of (n, od) into a slot: warp w copies channels w, w + 8, ..., lane l the pair of positions 2 l (l < 29).
+__device__ __forceinline__ void fetch_row(uint32_t slot, const __nv_bfloat16* __restrict__ dy, int n, int od, int oh) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane >= OW / 2) return;
+#pragma unroll
+  for (int k = 0; k < CO / (THREADS / 32); ++k) {
+    const int co = warp + (THREADS / 32) * k;
+    cp_async4(slot + (lane / 4) * A_LBO + (co / 8) * 128 + (co % 8) * 16 + (lane % 4) * 4,
+              dy + ((size_t(n) * CO + co) * OD + od) * (OH * OW) + oh * OW + 2 * lane);
+  }
+}
+
+__global__ void __launch_bounds__(THREADS, 1)
+wgrad_wgmma_ss(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ dy, float* __restrict__ partial,
+               int n_batch) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem)), slots = base + 2 * HANKEL;
+  const int tid = threadIdx.x, wg = tid / 128, wq = tid / 32 % 4, lane = tid % 32, g = lane / 4, t = lane % 4;
+  for (int i = tid; i < RS / 16; i += THREADS) {
+    sts128(base + ROWS * RS + 16 * i, 0, 0, 0, 0);
+    sts128(base + HANKEL + ROWS * RS + 16 * i, 0, 0, 0, 0);
+  }
+  for (int i = tid; i < R * SLOT / 16; i += THREADS) sts128(slots + 16 * i, 0, 0, 0, 0);
+  __syncthreads();  // the slots' zeros before any copy into them
+  const uint64_t desc_b0 = (uint64_t(CM >> 4) << 16) | (uint64_t(RS >> 4) << 32);
+  const uint64_t desc_a0 = (uint64_t(A_LBO >> 4) << 16) | (uint64_t(128 >> 4) << 32);
+  float acc[NACC];
+#pragma unroll
+  for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+
+  const int chunks = n_batch * OD * CHUNKS_H;
+  int c = blockIdx.x;
+  uint4 v0[PER], v1[PER];
+  if (c < chunks) {
+    const Chunk first(c);
+    load_x(v0, v1, x, first);
+    store_hankel(base, v0, v1);
+    fetch_row(slots, dy, first.n, first.od, first.oh0);
+    cp_commit();
+    fetch_row(slots + SLOT, dy, first.n, first.od, first.oh0 + 1);
+    cp_commit();
+  }
+  for (int it = 0; c < chunks; ++it, c += gridDim.x) {
+    const bool more = c + gridDim.x < chunks;
+    const Chunk cur(c), next(more ? c + gridDim.x : c);
+    const uint32_t buf = base + (it & 1) * HANKEL, other = base + ((it + 1) & 1) * HANKEL;
+#pragma unroll
+    for (int ol = 0; ol < R; ++ol) {
+      cp_wait1();           // this thread's copies of row ol are in (row ol + 1's may not be)
+      fence_proxy_async();  // they, and the chunk's blocks, are read next by the tensor cores
+      __syncthreads();      // every thread's; and both warpgroups are past row ol - 1's wait: row ol - 2's slot is free
+      if (ol + 2 < R) fetch_row(slots + ((ol + 2) % R) * SLOT, dy, cur.n, cur.od, cur.oh0 + ol + 2);
+      else if (more) fetch_row(slots + ((ol + 2) % R) * SLOT, dy, next.n, next.od, next.oh0 + ol + 2 - R);
+      cp_commit();
+      wg_fence();
+      const uint64_t db = desc_b0 | uint64_t(((buf + (PER_IH * ol + NROWS_WG * wg) * RS) & 0x3FFFF) >> 4);
+      const uint64_t da = desc_a0 | uint64_t(((slots + ol * SLOT) & 0x3FFFF) >> 4);
+#pragma unroll
+      for (int s = 0; s < 4; ++s) wgmma184_ss(acc, da + uint64_t((2 * s * A_LBO) >> 4), db + uint64_t((2 * s * CM) >> 4));
+      wg_commit();
+      wg_wait<1>();  // row ol - 1's wgmmas are done (this warpgroup's)
+      if (ol == R - 1) {  // the next chunk's blocks, while this chunk's last row's wgmmas run
+        load_x(v0, v1, x, next);
+        store_hankel(other, v0, v1);
+      }
+    }
+  }
+  wg_wait<0>();
+  keep(acc);
+  float* out = partial + size_t(blockIdx.x) * CO * NPART;
+#pragma unroll
+  for (int q = 0; q < NW / 8; ++q)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      *reinterpret_cast<float2*>(out + (16 * wq + g + 8 * h) * NPART + NW * wg + 8 * q + 2 * t) =
+          make_float2(acc[4 * q + 2 * h], acc[4 * q + 2 * h + 1]);
+}
+
 // dW[co][ci][kd][kh][kw] (fp32) = the blocks' partials added in block order.
 __global__ void reduce_partials(const float* __restrict__ partial, int blocks, float* __restrict__ dw) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -230,15 +347,22 @@ void wgrad(torch::Tensor x, torch::Tensor dy, torch::Tensor partial, torch::Tens
   if (blocks == 0) {
     cudaFuncSetAttribute(probe::wgrad_wgmma<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM);
     cudaFuncSetAttribute(probe::wgrad_wgmma<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM);
+    cudaFuncSetAttribute(probe::wgrad_wgmma_ss, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_SS);
     cudaDeviceGetAttribute(&blocks, cudaDevAttrMultiProcessorCount, x.get_device());
     printf("probe wgrad: %d B smem, %d blocks\n", probe::SMEM, blocks);
   }
   TORCH_CHECK(partial.numel() >= int64_t(blocks) * probe::CO * probe::NPART && dw.numel() == 64 * 3 * 105);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  auto kernel = dist == 3 ? probe::wgrad_wgmma<3> : probe::wgrad_wgmma<2>;
-  kernel<<<blocks, probe::THREADS, probe::SMEM, stream>>>(
-      reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),
-      partial.data_ptr<float>(), int(x.size(0)), int(parts));
+  if (dist == 0) {  // A from shared memory too (wgrad_wgmma_ss)
+    probe::wgrad_wgmma_ss<<<blocks, probe::THREADS, probe::SMEM_SS, stream>>>(
+        reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),
+        partial.data_ptr<float>(), int(x.size(0)));
+  } else {
+    auto kernel = dist == 3 ? probe::wgrad_wgmma<3> : probe::wgrad_wgmma<2>;
+    kernel<<<blocks, probe::THREADS, probe::SMEM, stream>>>(
+        reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),
+        partial.data_ptr<float>(), int(x.size(0)), int(parts));
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   probe::reduce_partials<<<(64 * 3 * 105 + 255) / 256, 256, 0, stream>>>(partial.data_ptr<float>(), blocks, dw.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
