@@ -205,13 +205,13 @@ wgrad_wgmma(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict
 // The same product with A from shared memory as well (run 3): both operands by descriptor, so no
 // register of a wgmma is written while a group is in flight, and one group per warpgroup stays in
 // flight over the next row's issue. The grad_out rows come by cp.async (4-byte pieces: a chunk's rows
-// start 116 bytes apart) into a ring of R slots, a row's slot written two rows ahead; a slot holds
+// start 116 bytes apart) into a ring of S slots, a row's slot written S - 2 rows ahead; a slot holds
 // the core matrices of a K-major A (8 channels x 8 positions, 128 bytes), channel blocks 128 bytes
 // apart (SBO) and position blocks 1040 (LBO: 16 bytes of padding put a warp's 4-byte pieces of one
 // channel's row on distinct banks). Positions 58-63 stay zero from the start.
 constexpr int A_LBO = 1040;                    // bytes from one 8-position block of a slot to the next
 constexpr int SLOT = 8 * A_LBO;                // one grad_out row, 64 channels x 64 positions
-constexpr int SMEM_SS = 2 * HANKEL + R * SLOT;
+template <int S> constexpr int smem_ss() { return 2 * HANKEL + S * SLOT; }  // S row slots
 
 __device__ __forceinline__ void wgmma184_ss(float (&d)[NACC], uint64_t desc_a, uint64_t desc_b) {
   asm volatile(
@@ -239,7 +239,7 @@ __device__ __forceinline__ void cp_async4(uint32_t dst, const void* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" :: "r"(dst), "l"(src) : "memory");
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory"); }
 
 // Grad_out row oh of (n, od) into a slot: warp w copies channels w, w + 8, ..., lane l the pair of positions 2 l (l < 29).
 __device__ __forceinline__ void fetch_row(uint32_t slot, const __nv_bfloat16* __restrict__ dy, int n, int od, int oh) {
@@ -253,9 +253,12 @@ __device__ __forceinline__ void fetch_row(uint32_t slot, const __nv_bfloat16* __
   }
 }
 
+// S slots (run 4: 4 or 5): grad_out row q goes to slot q % S and is fetched S - 2 rows ahead. parts 2 fetches
+// every row from the block's first (cache hits; unchecked).
+template <int S>
 __global__ void __launch_bounds__(THREADS, 1)
 wgrad_wgmma_ss(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ dy, float* __restrict__ partial,
-               int n_batch) {
+               int n_batch, int parts) {
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem)), slots = base + 2 * HANKEL;
   const int tid = threadIdx.x, wg = tid / 128, wq = tid / 32 % 4, lane = tid % 32, g = lane / 4, t = lane % 4;
@@ -263,7 +266,7 @@ wgrad_wgmma_ss(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restr
     sts128(base + ROWS * RS + 16 * i, 0, 0, 0, 0);
     sts128(base + HANKEL + ROWS * RS + 16 * i, 0, 0, 0, 0);
   }
-  for (int i = tid; i < R * SLOT / 16; i += THREADS) sts128(slots + 16 * i, 0, 0, 0, 0);
+  for (int i = tid; i < S * SLOT / 16; i += THREADS) sts128(slots + 16 * i, 0, 0, 0, 0);
   __syncthreads();  // the slots' zeros before any copy into them
   const uint64_t desc_b0 = (uint64_t(CM >> 4) << 16) | (uint64_t(RS >> 4) << 32);
   const uint64_t desc_a0 = (uint64_t(A_LBO >> 4) << 16) | (uint64_t(128 >> 4) << 32);
@@ -278,26 +281,31 @@ wgrad_wgmma_ss(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restr
     const Chunk first(c);
     load_x(v0, v1, x, first);
     store_hankel(base, v0, v1);
-    fetch_row(slots, dy, first.n, first.od, first.oh0);
-    cp_commit();
-    fetch_row(slots + SLOT, dy, first.n, first.od, first.oh0 + 1);
-    cp_commit();
+#pragma unroll
+    for (int r = 0; r < S - 2; ++r) {
+      fetch_row(slots + r * SLOT, dy, first.n, first.od, first.oh0 + r);
+      cp_commit();
+    }
   }
+  const int n0 = Chunk(c).n, od0 = Chunk(c).od, oh00 = Chunk(c).oh0;
   for (int it = 0; c < chunks; ++it, c += gridDim.x) {
     const bool more = c + gridDim.x < chunks;
     const Chunk cur(c), next(more ? c + gridDim.x : c);
     const uint32_t buf = base + (it & 1) * HANKEL, other = base + ((it + 1) & 1) * HANKEL;
 #pragma unroll
     for (int ol = 0; ol < R; ++ol) {
-      cp_wait1();           // this thread's copies of row ol are in (row ol + 1's may not be)
+      const int q = it * R + ol;  // the block's row count
+      cp_wait<S - 3>();     // this thread's copies of row q are in (the S - 3 rows after it may not be)
       fence_proxy_async();  // they, and the chunk's blocks, are read next by the tensor cores
-      __syncthreads();      // every thread's; and both warpgroups are past row ol - 1's wait: row ol - 2's slot is free
-      if (ol + 2 < R) fetch_row(slots + ((ol + 2) % R) * SLOT, dy, cur.n, cur.od, cur.oh0 + ol + 2);
-      else if (more) fetch_row(slots + ((ol + 2) % R) * SLOT, dy, next.n, next.od, next.oh0 + ol + 2 - R);
+      __syncthreads();      // every thread's; and both warpgroups are past row q - 1's wait: row q - 2's slot is free
+      const uint32_t fetch_slot = slots + ((q + S - 2) % S) * SLOT;
+      if (parts & 2) fetch_row(fetch_slot, dy, n0, od0, oh00);
+      else if (ol + S - 2 < R) fetch_row(fetch_slot, dy, cur.n, cur.od, cur.oh0 + ol + S - 2);
+      else if (more) fetch_row(fetch_slot, dy, next.n, next.od, next.oh0 + ol + S - 2 - R);
       cp_commit();
       wg_fence();
       const uint64_t db = desc_b0 | uint64_t(((buf + (PER_IH * ol + NROWS_WG * wg) * RS) & 0x3FFFF) >> 4);
-      const uint64_t da = desc_a0 | uint64_t(((slots + ol * SLOT) & 0x3FFFF) >> 4);
+      const uint64_t da = desc_a0 | uint64_t(((slots + (q % S) * SLOT) & 0x3FFFF) >> 4);
 #pragma unroll
       for (int s = 0; s < 4; ++s) wgmma184_ss(acc, da + uint64_t((2 * s * A_LBO) >> 4), db + uint64_t((2 * s * CM) >> 4));
       wg_commit();
@@ -335,6 +343,8 @@ __global__ void reduce_partials(const float* __restrict__ partial, int blocks, f
 #ifdef PROBE_KERNEL_ONLY  // nvcc alone (no torch), for ptxas's report
 template __global__ void probe::wgrad_wgmma<2>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 template __global__ void probe::wgrad_wgmma<3>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
+template __global__ void probe::wgrad_wgmma_ss<4>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
+template __global__ void probe::wgrad_wgmma_ss<5>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 #else
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>
@@ -347,16 +357,18 @@ void wgrad(torch::Tensor x, torch::Tensor dy, torch::Tensor partial, torch::Tens
   if (blocks == 0) {
     cudaFuncSetAttribute(probe::wgrad_wgmma<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM);
     cudaFuncSetAttribute(probe::wgrad_wgmma<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM);
-    cudaFuncSetAttribute(probe::wgrad_wgmma_ss, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_SS);
+    cudaFuncSetAttribute(probe::wgrad_wgmma_ss<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::smem_ss<4>());
+    cudaFuncSetAttribute(probe::wgrad_wgmma_ss<5>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::smem_ss<5>());
     cudaDeviceGetAttribute(&blocks, cudaDevAttrMultiProcessorCount, x.get_device());
     printf("probe wgrad: %d B smem, %d blocks\n", probe::SMEM, blocks);
   }
   TORCH_CHECK(partial.numel() >= int64_t(blocks) * probe::CO * probe::NPART && dw.numel() == 64 * 3 * 105);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  if (dist == 0) {  // A from shared memory too (wgrad_wgmma_ss)
-    probe::wgrad_wgmma_ss<<<blocks, probe::THREADS, probe::SMEM_SS, stream>>>(
+  if (dist == 14 || dist == 15) {  // A from shared memory too (wgrad_wgmma_ss), 4 or 5 row slots
+    auto kernel = dist == 15 ? probe::wgrad_wgmma_ss<5> : probe::wgrad_wgmma_ss<4>;
+    kernel<<<blocks, probe::THREADS, dist == 15 ? probe::smem_ss<5>() : probe::smem_ss<4>(), stream>>>(
         reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),
-        partial.data_ptr<float>(), int(x.size(0)));
+        partial.data_ptr<float>(), int(x.size(0)), int(parts));
   } else {
     auto kernel = dist == 3 ? probe::wgrad_wgmma<3> : probe::wgrad_wgmma<2>;
     kernel<<<blocks, probe::THREADS, probe::SMEM, stream>>>(
