@@ -176,6 +176,30 @@ def build_entries(plan: list[tuple], target: Target, cache: Path, no_ptxas: bool
     return entries
 
 
+def probe_baseline(name: str, dtype: str, label: str, source, title: str) -> tuple[dict, list[str]]:
+    """A probe's yardstick: one template candidate (`label`, `source`) of workload `name` built and
+    timed beside torch (run_row). Returns its row and the opening lines of the probe's table: the
+    title with the GPU and versions, and the candidate's, torch's and the floor's figures."""
+    entries = build_entries([(name, dtype, label, source)], Target.for_device(),
+                            Path(tempfile.mkdtemp(prefix="conv3d-probe-")), no_ptxas=True)
+    row = run_row(name, dtype, entries[(name, dtype)], measure_ceilings())[0]
+    lines = [f"{header(title, Target.for_device())}", "",
+             f"Template pick ({label}): {row['ms']:.3f} ms, rel err {row['err']:.1e}; torch {row['torch_ms']:.3f} ms; "
+             f"floor {row['floor_ms']:.3f} ms.", ""]
+    return row, lines
+
+
+def check_then_time(call, out: torch.Tensor, ref: torch.Tensor, tol: float) -> dict:
+    """One run of a probe's kernel: `out` poisoned (NaN), call(), its first CHECKED_BATCH samples
+    against `ref` (float64) and every element written; timed (median_ms) only if both hold."""
+    out.fill_(float("nan"))
+    call()
+    torch.cuda.synchronize()
+    err = relative_error(out[:CHECKED_BATCH], ref)
+    whole = bool(torch.isfinite(out).all())
+    return dict(err=err, all_written=whole, ms=median_ms(call) if err <= tol and whole else math.nan)
+
+
 def time_and_write(entries: dict, header: str, out: Path, stem: str) -> None:
     """Check and time every built entry of every (workload, dtype) row next to torch, then write
     OUT/STEM.md and OUT/STEM.json and print the table."""

@@ -25,8 +25,8 @@ from .render import Source, Tiles, default_tiles, fitting_cic, generator_hash, r
 from .render_depthwise import DepthwiseTiles, depthwise_candidates, render_depthwise, supports_depthwise
 from .render_mma import MmaTiles, mma_candidates, render_mma, supports_mma
 from .render_mma_staged import MmaStagedTiles, mma_staged_candidates, render_mma_staged, supports_mma_staged
-from .render_rows import RowsTiles, render_rows, rows_candidates, rows_shape_problem, supports_rows
-from .render_wgmma import HOPPER_ARCHES, WgmmaTiles, render_wgmma, supports_wgmma, wgmma_candidates, wgmma_shape_problem
+from .render_rows import RowsTiles, render_rows, rows_candidates, supports_rows
+from .render_wgmma import HOPPER_ARCHES, WgmmaTiles, render_wgmma, supports_wgmma, wgmma_candidates
 from .spec import ConvSpec
 
 log = logging.getLogger("conv3d_codegen")
@@ -65,7 +65,7 @@ def candidates(spec: ConvSpec, arch: str | None = None) -> list[AnyTiles]:
     then the staged tensor-core template's (float16, bfloat16, 16 or more input channels per
     group), then the row-product template's (float16, bfloat16 and float32 'tf32', few input
     channels, stride 1; render_rows.supports_rows), then on sm_90 only the wgmma row-product
-    template's (float16, bfloat16, few input channels, 5 to 8 taps along w; render_wgmma)."""
+    template's (float16, bfloat16, few input channels, 5 or 7 taps along w; render_wgmma)."""
     return (direct_candidates(spec) + (mma_candidates(spec) if supports_mma(spec) is None else [])
             + (depthwise_candidates(spec) if supports_depthwise(spec) is None else [])
             + (mma_staged_candidates(spec) if supports_mma_staged(spec) is None else [])
@@ -125,15 +125,14 @@ class Tuner:
     def candidate_problem(spec: ConvSpec, tiles: AnyTiles, input_shape: tuple[int, ...]) -> str | None:
         """Why tune() drops `tiles` before building them, for inputs of `input_shape` (None: it
         builds them): the tiles' own problem, fewer outputs along w than a thread computes, or
-        (row-product tiles) an input the template does not take."""
+        an input the template does not take (the tiles' shape_problem, where they have one)."""
         if problem := tiles.problem(spec):
             return problem
         ow = spec.output_size(*input_shape[2:])[2]
         if ow < getattr(tiles, "wt", 1):
             return f"output width {ow} < wt"
-        if isinstance(tiles, WgmmaTiles):
-            return wgmma_shape_problem(spec, tiles, input_shape)
-        return rows_shape_problem(spec, input_shape) if isinstance(tiles, RowsTiles) else None
+        shape_problem = getattr(tiles, "shape_problem", None)
+        return shape_problem(spec, input_shape) if shape_problem else None
 
     def tune(self, spec: ConvSpec, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
              target: Target, torch_call: Callable[[], torch.Tensor], tiles: list[AnyTiles] | None = None) -> Choice:

@@ -144,6 +144,15 @@ class Source:
         return banner + "\n" + self.body
 
 
+# What the templates fit into. Shared memory: an H100 SM has 228 KB (1 KB of it reserved per
+# block); a block may have at most 163 KB on an A100, the smallest of the GPUs the templates run
+# on (sm_80 and newer), and 227 KB on an H100 (for templates that run on sm_90 only).
+SHARED_BYTES_PER_SM = 228 * 1024
+SHARED_BYTES_PER_BLOCK = 163 * 1024
+SHARED_BYTES_PER_BLOCK_SM90 = 227 * 1024
+REGISTERS_PER_SM = 65536
+
+
 # Calls with a tensor of this many elements or more use 64-bit offsets; smaller ones keep
 # 32-bit arithmetic. Half of 2^31 leaves room for offsets idle threads compute past the end.
 WIDE_INDEX_ELEMENTS = 2**30

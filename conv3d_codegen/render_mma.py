@@ -32,7 +32,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from .render import DIRECT_ARGS, InputSize, Source, _environment, serving_tiles, templates_dir
+from .render import (DIRECT_ARGS, InputSize, REGISTERS_PER_SM, SHARED_BYTES_PER_BLOCK, SHARED_BYTES_PER_SM, Source,
+                     _environment, serving_tiles, templates_dir)
 from .spec import ConvSpec
 
 MMA_TEMPLATE = "conv3d_fwd_mma.cu.j2"
@@ -53,11 +54,6 @@ STAGE_GROUP_ROWS = 16
 STAGE_GROUP_ROWS_LOOP = 8
 # Tile choices the autotuner times per spec (each is built and timed once per spec and shape).
 MAX_CANDIDATES = 8
-# Shared memory: an H100 SM has 228 KB (1 KB of it reserved per block); a block may have at
-# most 163 KB on an A100, the smallest of the GPUs the template runs on (sm_80 and newer).
-SHARED_BYTES_PER_SM = 228 * 1024
-SHARED_BYTES_PER_BLOCK = 163 * 1024
-REGISTERS_PER_SM = 65536
 
 
 @dataclass(frozen=True)

@@ -78,16 +78,12 @@ import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .render import DIRECT_ARGS, Source, _environment, serving_tiles, templates_dir
+from .render import (DIRECT_ARGS, REGISTERS_PER_SM, SHARED_BYTES_PER_BLOCK, SHARED_BYTES_PER_SM, Source, _environment,
+                     serving_tiles, templates_dir)
 from .spec import ConvSpec
 
 STAGED_TEMPLATE = "conv3d_fwd_mma_staged.cu.j2"
 
-# Shared memory: an H100 SM has 228 KB (1 KB of it reserved per block); a block may have at
-# most 163 KB on an A100, the smallest of the GPUs the template runs on (sm_80 and newer).
-SHARED_BYTES_PER_SM = 228 * 1024
-SHARED_BYTES_PER_BLOCK = 163 * 1024
-REGISTERS_PER_SM = 65536
 MAX_THREADS = 1024
 MAX_ACCUMULATORS = 96      # MT x NT x 4 floats per thread
 MAX_HALVES = 16            # staged rows a warp holds at once (2 registers each; each is loaded at its first kh)

@@ -26,7 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .render import DIRECT_ARGS, InputSize, Source, _environment, serving_tiles, templates_dir
+from .render import (DIRECT_ARGS, InputSize, SHARED_BYTES_PER_BLOCK, SHARED_BYTES_PER_SM, Source, _environment,
+                     serving_tiles, templates_dir)
 from .spec import ConvSpec
 
 ROWS_TEMPLATE = "conv3d_fwd_rows.cu.j2"
@@ -40,10 +41,6 @@ COPY_BYTES = 160        # one copy of a row: 64 elements and 16 zeros; 40 words,
 # two rows (banks 0-9 and 12-21), so the rows' words fall on distinct banks.
 COPY_BYTES_TF32 = 304
 MAX_CHANNELS = 128      # four warps of 32 channels per half row
-# Shared memory: an H100 SM has 228 KB (1 KB of it reserved per block); a block may have at
-# most 163 KB on an A100, the smallest of the GPUs the template runs on (sm_80 and newer).
-SHARED_BYTES_PER_SM = 228 * 1024
-SHARED_BYTES_PER_BLOCK = 163 * 1024
 BANKS = 32
 
 
@@ -74,6 +71,10 @@ class RowsTiles:
         if g.threads * self.blocks_per_sm > 2048:
             return f"{self.blocks_per_sm} blocks of {g.threads} threads exceed an SM's 2048"
         return None
+
+    def shape_problem(self, spec: ConvSpec, input_shape: tuple[int, ...]) -> str | None:
+        """Why these tiles cannot run on inputs of `input_shape`, or None (rows_shape_problem)."""
+        return rows_shape_problem(spec, input_shape)
 
     def __str__(self) -> str:
         return f"rows r={self.r} rw={self.rw} blocks_per_sm={self.blocks_per_sm}" + (" bulk" if self.bulk else "")

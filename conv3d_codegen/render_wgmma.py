@@ -25,7 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .render import DIRECT_ARGS, InputSize, Source, _environment, serving_tiles, templates_dir
+from .render import (DIRECT_ARGS, InputSize, SHARED_BYTES_PER_BLOCK_SM90, SHARED_BYTES_PER_SM, Source, _environment,
+                     serving_tiles, templates_dir)
 from .render_rows import row_product_problem
 from .spec import ConvSpec
 
@@ -40,8 +41,6 @@ MAX_OW = 64             # N of the wgmma: the output row, at most 64 positions (
 MAX_ROWS = 48           # input rows per output row: the weights take 2 registers a row a thread
 MAX_CHANNELS = 64       # M of the wgmma
 THREADS = 128           # one warpgroup
-SHARED_BYTES_PER_SM = 228 * 1024
-SHARED_BYTES_PER_BLOCK = 227 * 1024
 
 
 @dataclass(frozen=True)
@@ -58,11 +57,15 @@ class WgmmaTiles:
         if self.r < 1 or self.blocks_per_sm < 1:
             return f"r={self.r} and blocks_per_sm={self.blocks_per_sm} must be positive"
         g = geometry(spec, self)  # for any width: N = 64 (wgmma_shape_problem checks an input's)
-        if g.shared_bytes > SHARED_BYTES_PER_BLOCK:
-            return f"{g.shared_bytes} bytes of shared memory per block exceed {SHARED_BYTES_PER_BLOCK}"
+        if g.shared_bytes > SHARED_BYTES_PER_BLOCK_SM90:
+            return f"{g.shared_bytes} bytes of shared memory per block exceed {SHARED_BYTES_PER_BLOCK_SM90}"
         if self.blocks_per_sm > 2:
             return f"blocks_per_sm={self.blocks_per_sm}: the weights and two accumulator sets need over 168 registers"
         return None
+
+    def shape_problem(self, spec: ConvSpec, input_shape: tuple[int, ...]) -> str | None:
+        """Why these tiles cannot run on inputs of `input_shape`, or None (wgmma_shape_problem)."""
+        return wgmma_shape_problem(spec, self, input_shape)
 
     def __str__(self) -> str:
         return f"wgmma r={self.r} blocks_per_sm={self.blocks_per_sm}"

@@ -64,17 +64,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .render import Source, _environment, serving_tiles, templates_dir
+from .render import (REGISTERS_PER_SM, SHARED_BYTES_PER_BLOCK, SHARED_BYTES_PER_SM, Source, _environment, serving_tiles,
+                     templates_dir)
 from .render_grad import WGRAD_ARGS
 from .spec import ConvSpec
 
 WGRAD_MMA_TEMPLATE = "conv3d_wgrad_mma.cu.j2"
 
-# Shared memory: an H100 SM has 228 KB (1 KB of it reserved per block); a block may have at
-# most 163 KB on an A100, the smallest of the GPUs the template runs on.
-SHARED_BYTES_PER_SM = 228 * 1024
-SHARED_BYTES_PER_BLOCK = 163 * 1024
-REGISTERS_PER_SM = 65536
 MAX_ACCUMULATORS = 128        # floats per thread: MT x NT x 4
 # tf32 stages twice the bytes of A a thread: with 128 accumulators it spilled (ptxas, sm_90, CUDA 13:
 # seed-a, 6 warps of 4 x 8 tiles, 255 registers and 16 bytes spilled).

@@ -17,7 +17,6 @@ cannot see; outputs unchecked), as session 9 did for the template; --once R,RW,M
 configuration three times and nothing else (for ncu)."""
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -26,10 +25,8 @@ from torch.utils.cpp_extension import load_inline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from try_mma import build_entries, run_row, work_of  # noqa: E402
-from bench_forward import measure_ceilings  # noqa: E402
-from conv3d_codegen.build import Target  # noqa: E402
-from conv3d_codegen.measure import median_ms, random_inputs, relative_error  # noqa: E402
+from try_mma import check_then_time, probe_baseline, work_of  # noqa: E402
+from conv3d_codegen.measure import median_ms, random_inputs  # noqa: E402
 from conv3d_codegen.render import wide_offsets  # noqa: E402
 from conv3d_codegen.render_mma import mma_candidates, render_mma  # noqa: E402
 
@@ -60,34 +57,22 @@ def main() -> None:
             ext.fwd(x, weight, bias, y, r, rw, minb, bool(staged), 0)
         torch.cuda.synchronize()
         return
-    target = Target.for_device()
     picks = [t for t in mma_candidates(spec) if str(t) == PICK]
     assert len(picks) == 1, "the template's seed-b bf16 pick changed: update the probe"
-    entries = build_entries([("seed-b", "bfloat16", PICK, render_mma(spec, picks[0], wide_offsets(spec, shape)))],
-                            target, Path(tempfile.mkdtemp(prefix="conv3d-s11-rows-")), no_ptxas=True)
-    ceilings = measure_ceilings()
-    template_row = run_row("seed-b", "bfloat16", entries[("seed-b", "bfloat16")], ceilings)[0]
+    template_row, lines = probe_baseline("seed-b", "bfloat16", PICK, render_mma(spec, picks[0], wide_offsets(spec, shape)),
+                                         "seed-b bf16 forward as a product per output row")
     floor_ms = template_row["floor_ms"]
-    props = torch.cuda.get_device_properties(0)
-    lines = [f"## seed-b bf16 forward as a product per output row: {props.name}, torch {torch.__version__}, "
-             f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}", "",
-             f"Template pick ({PICK}): {template_row['ms']:.3f} ms, rel err {template_row['err']:.1e}; "
-             f"torch {template_row['torch_ms']:.3f} ms; floor {floor_ms:.3f} ms.", "",
-             "| R | RW | MINB | output staged | ms | x template pick | x torch | x floor | rel err |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| R | RW | MINB | output staged | ms | x template pick | x torch | x floor | rel err |",
+              "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     x, weight, bias = random_inputs(spec, shape)
     ref = F.conv3d(x[:2].double(), weight.double(), bias.double())
     y = torch.empty((shape[0], spec.out_channels, *spec.output_size(*shape[2:])), dtype=x.dtype, device="cuda")
     rows = []
     for r, rw, minb, staged in CONFIGS:
-        y.fill_(float("nan"))
-        ext.fwd(x, weight, bias, y, r, rw, minb, staged, 0)
-        torch.cuda.synchronize()
-        err = relative_error(y[:2], ref)
-        whole = torch.isfinite(y).all().item()
-        ms = median_ms(lambda: ext.fwd(x, weight, bias, y, r, rw, minb, staged, 0)) if err <= 1e-2 and whole else float("nan")
-        rows.append(dict(r=r, rw=rw, minb=minb, staged=staged, ms=ms, err=err, all_written=whole))
+        run = check_then_time(lambda: ext.fwd(x, weight, bias, y, r, rw, minb, staged, 0), y, ref, 1e-2)
+        ms, err, whole = run["ms"], run["err"], run["all_written"]
+        rows.append(dict(r=r, rw=rw, minb=minb, staged=staged) | run)
         line = (f"| {r} | {rw} | {minb} | {staged} | {ms:.3f} | {template_row['ms'] / ms:.2f}x | "
                 f"{template_row['torch_ms'] / ms:.2f}x | {ms / floor_ms:.2f}x | {err:.1e}{'' if whole else ' (NaN left)'} |")
         lines.append(line)

@@ -14,8 +14,8 @@ flushed). The template's seed-a bf16 pick is built for the input's size and time
 try_mma's run_row. --parts times each configuration again with the Hankel build, the wgmmas or the
 epilogue left out (a runtime flag; outputs unchecked). Needs sm_90a (the H100)."""
 import json
+import math
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -24,10 +24,8 @@ from torch.utils.cpp_extension import load_inline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from try_mma import build_entries, run_row, work_of  # noqa: E402
-from bench_forward import measure_ceilings  # noqa: E402
-from conv3d_codegen.build import Target  # noqa: E402
-from conv3d_codegen.measure import median_ms, random_inputs, relative_error  # noqa: E402
+from try_mma import check_then_time, probe_baseline, work_of  # noqa: E402
+from conv3d_codegen.measure import median_ms, random_inputs  # noqa: E402
 from conv3d_codegen.render import wide_offsets  # noqa: E402
 from conv3d_codegen.render_mma import mma_candidates, render_mma  # noqa: E402
 
@@ -47,37 +45,24 @@ def main() -> None:
                       verbose=False)
     work = work_of("seed-a", "bfloat16")
     spec, shape = work.spec, work.input_shape
-    target = Target.for_device()
     picks = [t for t in mma_candidates(spec) if str(t) == PICK]
     assert len(picks) == 1, "the template's seed-a bf16 pick changed: update the probe"
-    source = render_mma(spec, picks[0], wide_offsets(spec, shape), tuple(shape[2:]))
-    entries = build_entries([("seed-a", "bfloat16", PICK, source)], target,
-                            Path(tempfile.mkdtemp(prefix="conv3d-s13-wgmma-")), no_ptxas=True)
-    ceilings = measure_ceilings()
-    template_row = run_row("seed-a", "bfloat16", entries[("seed-a", "bfloat16")], ceilings)[0]
+    template_row, lines = probe_baseline("seed-a", "bfloat16", PICK + ", built for 64^3",
+                                         render_mma(spec, picks[0], wide_offsets(spec, shape), tuple(shape[2:])),
+                                         "seed-a bf16 forward as a wgmma product per output row")
     floor_ms = template_row["floor_ms"]
-    props = torch.cuda.get_device_properties(0)
-    lines = [f"## seed-a bf16 forward as a wgmma product per output row: {props.name}, torch {torch.__version__}, "
-             f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}", "",
-             f"Template pick ({PICK}, built for 64^3): {template_row['ms']:.3f} ms, rel err {template_row['err']:.1e}; "
-             f"torch {template_row['torch_ms']:.3f} ms; floor {floor_ms:.3f} ms.", "",
-             "| R | CM | MINB | SWAP | ms | x template pick | x torch | x floor | rel err |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| R | CM | MINB | SWAP | ms | x template pick | x torch | x floor | rel err |",
+              "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     x, weight, bias = random_inputs(spec, shape)
     ref = F.conv3d(x[:2].double(), weight.double(), bias.double())
     y = torch.empty((shape[0], spec.out_channels, *spec.output_size(*shape[2:])), dtype=x.dtype, device="cuda")
     rows = []
     for r, cm, minb, swap in CONFIGS:
-        y.fill_(float("nan"))
-        ext.fwd(x, weight, bias, y, r, cm, minb, swap, 0)
-        torch.cuda.synchronize()
-        err = relative_error(y[:2], ref)
-        whole = torch.isfinite(y).all().item()
-        ok = err <= 1e-2 and whole
-        ms = median_ms(lambda: ext.fwd(x, weight, bias, y, r, cm, minb, swap, 0)) if ok else float("nan")
-        row = dict(r=r, cm=cm, minb=minb, swap=swap, ms=ms, err=err, all_written=whole)
-        if not ok:  # where it goes wrong: error by channel group and by position block of sample 0's first row
+        run = check_then_time(lambda: ext.fwd(x, weight, bias, y, r, cm, minb, swap, 0), y, ref, 1e-2)
+        ms, err, whole = run["ms"], run["err"], run["all_written"]
+        row = dict(r=r, cm=cm, minb=minb, swap=swap) | run
+        if math.isnan(ms):  # where it goes wrong: error by channel group and by position block of sample 0's first row
             diff = (y[0, :, 0, 0].double() - ref[0, :, 0, 0]).abs()
             scale = ref[0, :, 0, 0].abs().mean().item()
             row["err_by_co16"] = [round(v / scale, 3) for v in diff.view(4, 16, -1).nan_to_num(99).mean((1, 2)).tolist()]
