@@ -327,6 +327,194 @@ wgrad_wgmma_ss(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restr
           make_float2(acc[4 * q + 2 * h], acc[4 * q + 2 * h + 1]);
 }
 
+// Session 14 (run 5): the grad_out stream by bulk copies. A chunk's 4 rows of one channel are 464 contiguous,
+// 16-byte-aligned bytes, so each chunk arrives as 64 bulk copies (cp.async.bulk, completed on an mbarrier) into
+// one of two staging buffers, issued two chunk-halves before it is needed; each row is then regrouped from the
+// staging buffer into its core-matrix slot with 32-bit shared loads and stores, two rows ahead (warp w: channels
+// w + 8 k; lane l < 29: the pair of positions 2 l). The shared memory that the staging takes is won back by
+// building the Hankel blocks of half a chunk at a time (2 grad_out rows: 54 staged rows, 63 KB a buffer).
+constexpr int HR = 2;                                      // grad_out rows a Hankel buffer serves
+constexpr int HROWS = (HR + KH - 1) * PER_IH;              // 54 staged rows
+constexpr int HANKEL2 = (HROWS + 1) * RS;                  // + a zero row: 63360 bytes
+constexpr int HITEMS = HROWS * 8;
+constexpr int HPER = (HITEMS + THREADS - 1) / THREADS;     // 2
+constexpr int CHUNK_CH = R * OW * 2;                       // 464 bytes: a channel's 4 rows
+constexpr int STAGE = CO * CHUNK_CH;                       // 29696 bytes
+constexpr int BULK_SLOTS = 4;
+constexpr int SLOTS_AT = 2 * HANKEL2, STAGE_AT = SLOTS_AT + BULK_SLOTS * SLOT, BAR_AT = STAGE_AT + 2 * STAGE;
+constexpr int SMEM_BULK = BAR_AT + 16;
+static_assert(SMEM_BULK <= 232448, "over the 227 KB a block may have");
+static_assert(CHUNK_CH % 16 == 0 && (OH * OW * 2) % 16 == 0 && OH % R == 0, "bulk copies need 16-byte pieces");
+
+__device__ __forceinline__ void load_x_half(uint4 (&v0)[HPER], uint4 (&v1)[HPER], const __nv_bfloat16* __restrict__ x,
+                                            int n, int od, int ih0) {
+#pragma unroll
+  for (int k = 0; k < HPER; ++k) {
+    const int it = threadIdx.x + THREADS * k, j = it >> 3, b = it & 7;
+    v0[k] = v1[k] = make_uint4(0, 0, 0, 0);
+    if (it < HITEMS) {
+      const int ih = ih0 + j / PER_IH, ci = (j % PER_IH) / KD, id = od + j % KD;
+      const uint4* row = reinterpret_cast<const uint4*>(x + (((size_t(n) * CI + ci) * D + id) * H + ih) * W);
+      v0[k] = __ldg(row + b);
+      if (b < 7) v1[k] = __ldg(row + b + 1);
+    }
+  }
+}
+
+__device__ __forceinline__ void store_hankel_half(uint32_t buf, const uint4 (&v0)[HPER], const uint4 (&v1)[HPER]) {
+#pragma unroll
+  for (int k = 0; k < HPER; ++k) {
+    const int it = threadIdx.x + THREADS * k, j = it >> 3, b = it & 7;
+    if (it < HITEMS) {
+      const uint32_t e[8] = {v0[k].x, v0[k].y, v0[k].z, v0[k].w, v1[k].x, v1[k].y, v1[k].z, v1[k].w};
+      const uint32_t blk = buf + j * RS + b * CM;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        sts128(blk + 32 * q, e[q], e[q + 1], e[q + 2], e[q + 3]);
+        sts128(blk + 32 * q + 16, __byte_perm(e[q], e[q + 1], 0x5432), __byte_perm(e[q + 1], e[q + 2], 0x5432),
+               __byte_perm(e[q + 2], e[q + 3], 0x5432), __byte_perm(e[q + 3], e[q + 4], 0x5432));
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ void mbar_init(uint32_t bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" :: "r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" :: "r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nwait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_%=;\n}\n" :: "r"(bar), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+               :: "r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+}
+__device__ __forceinline__ uint32_t lds32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+  return v;
+}
+__device__ __forceinline__ void sts32(uint32_t addr, uint32_t v) {
+  asm volatile("st.shared.b32 [%0], %1;\n" :: "r"(addr), "r"(v) : "memory");
+}
+
+// Warp 0 asks for chunk c's grad_out (64 channels x 4 rows) into a staging buffer.
+__device__ __forceinline__ void fetch_chunk(uint32_t stage, uint32_t bar, const __nv_bfloat16* __restrict__ dy, const Chunk& c) {
+  const int lane = threadIdx.x % 32;
+  if (lane == 0) mbar_expect(bar, STAGE);
+  __syncwarp();
+#pragma unroll
+  for (int k = 0; k < CO / 32; ++k) {
+    const int co = lane + 32 * k;
+    bulk_copy(stage + co * CHUNK_CH, dy + ((size_t(c.n) * CO + co) * OD + c.od) * (OH * OW) + c.oh0 * OW, CHUNK_CH, bar);
+  }
+}
+
+// Row r of a staged chunk into a slot (the core matrices of a K-major A); positions 58-63 stay zero.
+__device__ __forceinline__ void regroup_row(uint32_t slot, uint32_t stage, int r) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane >= OW / 2) return;
+#pragma unroll
+  for (int k = 0; k < CO / (THREADS / 32); ++k) {
+    const int co = warp + (THREADS / 32) * k;
+    sts32(slot + (lane / 4) * A_LBO + (co / 8) * 128 + (co % 8) * 16 + (lane % 4) * 4,
+          lds32(stage + co * CHUNK_CH + r * (OW * 2) + 4 * lane));
+  }
+}
+
+// parts 2: every chunk's copies from the block's first chunk (L2 hits; unchecked).
+__global__ void __launch_bounds__(THREADS, 1)
+wgrad_wgmma_bulk(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ dy, float* __restrict__ partial,
+                 int n_batch, int parts) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint32_t slots = base + SLOTS_AT, stage0 = base + STAGE_AT, bar0 = base + BAR_AT;
+  const int tid = threadIdx.x, wg = tid / 128, warp = tid / 32;
+  for (int i = tid; i < RS / 16; i += THREADS) {
+    sts128(base + HROWS * RS + 16 * i, 0, 0, 0, 0);
+    sts128(base + HANKEL2 + HROWS * RS + 16 * i, 0, 0, 0, 0);
+  }
+  for (int i = tid; i < BULK_SLOTS * SLOT / 16; i += THREADS) sts128(slots + 16 * i, 0, 0, 0, 0);
+  if (tid == 0) {
+    mbar_init(bar0);
+    mbar_init(bar0 + 8);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  fence_proxy_async();
+  __syncthreads();
+  const uint64_t desc_b0 = (uint64_t(CM >> 4) << 16) | (uint64_t(RS >> 4) << 32);
+  const uint64_t desc_a0 = (uint64_t(A_LBO >> 4) << 16) | (uint64_t(128 >> 4) << 32);
+  float acc[NACC];
+#pragma unroll
+  for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+
+  const int chunks = n_batch * OD * CHUNKS_H;
+  int c = blockIdx.x;
+  const Chunk origin(c < chunks ? c : 0);
+  auto source = [&](int chunk) { return parts & 2 ? origin : Chunk(chunk); };
+  uint4 v0[HPER], v1[HPER];
+  if (c < chunks) {
+    if (warp == 0) {
+      fetch_chunk(stage0, bar0, dy, source(c));
+      if (c + gridDim.x < chunks) fetch_chunk(stage0 + STAGE, bar0 + 8, dy, source(c + gridDim.x));
+    }
+    const Chunk first(c);
+    load_x_half(v0, v1, x, first.n, first.od, first.oh0);
+    store_hankel_half(base, v0, v1);
+    mbar_wait(bar0, 0);
+    regroup_row(slots, stage0, 0);
+    regroup_row(slots + SLOT, stage0, 1);
+  }
+  for (int it = 0; c < chunks; ++it, c += gridDim.x) {
+    const bool more = c + gridDim.x < chunks;
+    const Chunk cur(c), next(more ? c + gridDim.x : c);
+    const uint32_t stage = stage0 + (it & 1) * STAGE, stage_next = stage0 + ((it + 1) & 1) * STAGE;
+#pragma unroll
+    for (int ol = 0; ol < R; ++ol) {
+      const int q = it * R + ol;
+      fence_proxy_async();  // this thread's regrouped rows and Hankel blocks are read next by the tensor cores
+      __syncthreads();      // everyone's; both warpgroups are past row q - 1's wait, so row q - 2's slot is free
+      if (ol == 2 && warp == 0 && c + 2 * gridDim.x < chunks)  // this chunk's staging was last read at row 1
+        fetch_chunk(stage, bar0 + 8 * (it & 1), dy, source(c + 2 * gridDim.x));
+      wg_fence();
+      const uint64_t db = desc_b0 | uint64_t(((base + (ol / HR) * HANKEL2 + (PER_IH * (ol % HR) + NROWS_WG * wg) * RS) & 0x3FFFF) >> 4);
+      const uint64_t da = desc_a0 | uint64_t(((slots + (q % BULK_SLOTS) * SLOT) & 0x3FFFF) >> 4);
+#pragma unroll
+      for (int s = 0; s < 4; ++s) wgmma184_ss(acc, da + uint64_t((2 * s * A_LBO) >> 4), db + uint64_t((2 * s * CM) >> 4));
+      wg_commit();
+      wg_wait<1>();  // row q - 1's wgmmas are done (this warpgroup's)
+      const uint32_t fill = slots + ((q + 2) % BULK_SLOTS) * SLOT;
+      if (ol + 2 < R) regroup_row(fill, stage, ol + 2);
+      else if (more) {
+        if (ol == 2) mbar_wait(bar0 + 8 * ((it + 1) & 1), ((it + 1) >> 1) & 1);
+        regroup_row(fill, stage_next, ol - 2);
+      }
+      if (ol == 1) {  // the second half's blocks, into the buffer rows 2-3 of the last chunk read
+        load_x_half(v0, v1, x, cur.n, cur.od, cur.oh0 + HR);
+        store_hankel_half(base + HANKEL2, v0, v1);
+      } else if (ol == 3 && more) {  // the next chunk's first half, into the buffer rows 0-1 read
+        load_x_half(v0, v1, x, next.n, next.od, next.oh0);
+        store_hankel_half(base, v0, v1);
+      }
+    }
+  }
+  wg_wait<0>();
+  keep(acc);
+  const int wq = tid / 32 % 4, lane = tid % 32, g = lane / 4, t = lane % 4;
+  float* out = partial + size_t(blockIdx.x) * CO * NPART;
+#pragma unroll
+  for (int q = 0; q < NW / 8; ++q)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      *reinterpret_cast<float2*>(out + (16 * wq + g + 8 * h) * NPART + NW * wg + 8 * q + 2 * t) =
+          make_float2(acc[4 * q + 2 * h], acc[4 * q + 2 * h + 1]);
+}
+
 // dW[co][ci][kd][kh][kw] (fp32) = the blocks' partials added in block order.
 __global__ void reduce_partials(const float* __restrict__ partial, int blocks, float* __restrict__ dw) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -359,12 +547,17 @@ void wgrad(torch::Tensor x, torch::Tensor dy, torch::Tensor partial, torch::Tens
     cudaFuncSetAttribute(probe::wgrad_wgmma<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM);
     cudaFuncSetAttribute(probe::wgrad_wgmma_ss<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::smem_ss<4>());
     cudaFuncSetAttribute(probe::wgrad_wgmma_ss<5>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::smem_ss<5>());
+    cudaFuncSetAttribute(probe::wgrad_wgmma_bulk, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
     cudaDeviceGetAttribute(&blocks, cudaDevAttrMultiProcessorCount, x.get_device());
     printf("probe wgrad: %d B smem, %d blocks\n", probe::SMEM, blocks);
   }
   TORCH_CHECK(partial.numel() >= int64_t(blocks) * probe::CO * probe::NPART && dw.numel() == 64 * 3 * 105);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  if (dist == 14 || dist == 15) {  // A from shared memory too (wgrad_wgmma_ss), 4 or 5 row slots
+  if (dist == 24) {  // grad_out by bulk copies (wgrad_wgmma_bulk, run 5)
+    probe::wgrad_wgmma_bulk<<<blocks, probe::THREADS, probe::SMEM_BULK, stream>>>(
+        reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),
+        partial.data_ptr<float>(), int(x.size(0)), int(parts));
+  } else if (dist == 14 || dist == 15) {  // A from shared memory too (wgrad_wgmma_ss), 4 or 5 row slots
     auto kernel = dist == 15 ? probe::wgrad_wgmma_ss<5> : probe::wgrad_wgmma_ss<4>;
     kernel<<<blocks, probe::THREADS, dist == 15 ? probe::smem_ss<5>() : probe::smem_ss<4>(), stream>>>(
         reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),

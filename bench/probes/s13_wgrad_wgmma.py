@@ -9,9 +9,10 @@ A diagnostic, not a kernel of the package: it asks whether this shape of kernel 
 wgrad within the backward issue's 2x of its floor (0.35 ms; the shipped tensor-core wgrad's pick ran
 0.67 ms in RESULTS' backward v8) before a template is written for it. The gradient of fresh random
 inputs (dW poisoned with NaN first) is checked against float64 torch over the whole batch, then timed
-like every row of RESULTS.md (measure.median_ms: CUDA events, median, L2 flushed), with torch's; with A
-from shared memory through a ring of 4 or 5 row slots (runs 3, 4), and with A in registers loaded 2 or 3
-rows ahead, each also with parts left
+like every row of RESULTS.md (measure.median_ms: CUDA events, median, L2 flushed), with torch's; with
+grad_out by bulk copies of 4-row chunks regrouped into row slots (run 5), with A from shared memory through
+a ring of 4 or 5 row slots (runs 3, 4), and with A in registers loaded 2 or 3 rows ahead (runs 1, 2; set
+DISTS to time them), each also with parts left
 out (a runtime flag; unchecked): the Hankel stores, and the grad_out stream (every row's A from the
 block's first row). A variant that is wrong is reported and not timed. Needs sm_90a (the H100)."""
 import json
@@ -28,9 +29,11 @@ HERE = Path(__file__).resolve().parent
 FLOOR_MS = 0.17   # RESULTS backward v8: seed-a bf16 wgrad's floor (grad_out read once at copy bandwidth)
 SHIPPED_MS = 0.67  # RESULTS backward v8: the shipped wgrad pick (mma warps_n=8 nt=6 owc=64 warps_m=1 mt=4)
 # 2, 3: rows ahead that a grad_out row's A registers are loaded; 14, 15: A from shared memory too, a ring of 4 or 5
-# row slots (runs 3 and 4)
-DISTS = (14, 15, 2, 3)
-PARTS = {0: "", 1: ", without the Hankel stores", 2: ", every A from the block's first row (cache hits)", 3: ", neither"}
+# row slots (runs 3 and 4); 24: grad_out by bulk copies of 4-row chunks, regrouped into 4 slots (run 5)
+DISTS = (24, 14)
+KIND = {2: "A 2 rows ahead", 3: "A 3 rows ahead", 14: "A from shared memory, 4 slots", 15: "A from shared memory, 5 slots",
+        24: "grad_out by bulk copies, 4 slots"}
+PARTS = {0: "", 1: ", without the Hankel stores", 2: ", every A from the block's first row or chunk (cache hits)", 3: ", neither"}
 
 
 def main() -> None:
@@ -71,7 +74,7 @@ def main() -> None:
              f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}", "",
              "| kernel | ms | x torch | / floor | rel err |", "|---|---|---|---|---|",
              f"| torch (convolution_backward, weight only) | {torch_ms:.3f} | 1.00x | {torch_ms / FLOOR_MS:.1f}x | {torch_err:.1e} |",
-             *[f"| probe, {f'A {dist} rows ahead' if dist < 10 else f'A from shared memory, {dist - 10} slots'}{PARTS[parts]} | {ms:.3f} | {torch_ms / ms:.2f}x | {ms / FLOOR_MS:.2f}x | "
+             *[f"| probe, {KIND[dist]}{PARTS[parts]} | {ms:.3f} | {torch_ms / ms:.2f}x | {ms / FLOOR_MS:.2f}x | "
                + (f"{checked[dist][0]:.1e}{'' if checked[dist][1] else ' (NaN left)'} |" if not parts else "unchecked |")
                for (dist, parts), ms in times.items()], "",
              f"Floor {FLOOR_MS} ms and the shipped pick's {SHIPPED_MS} ms are RESULTS' backward v8 figures (another process)."]
