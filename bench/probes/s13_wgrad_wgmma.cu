@@ -403,34 +403,42 @@ __device__ __forceinline__ void sts32(uint32_t addr, uint32_t v) {
   asm volatile("st.shared.b32 [%0], %1;\n" :: "r"(addr), "r"(v) : "memory");
 }
 
-// Warp 0 asks for chunk c's grad_out (64 channels x 4 rows) into a staging buffer.
+// Chunk c's grad_out (64 channels x 4 rows) into a staging buffer: by warp 0 alone (each lane two channels), or
+// (SPREAD) by lanes 0-7 of every warp; the expected bytes were set on the mbarrier before the barrier that
+// precedes this call. (A bulk copy takes uniform operands: per-lane addresses make ptxas loop over the lanes.)
+template <bool SPREAD>
 __device__ __forceinline__ void fetch_chunk(uint32_t stage, uint32_t bar, const __nv_bfloat16* __restrict__ dy, const Chunk& c) {
-  const int lane = threadIdx.x % 32;
-  if (lane == 0) mbar_expect(bar, STAGE);
-  __syncwarp();
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (SPREAD ? lane < 8 : warp == 0)
 #pragma unroll
-  for (int k = 0; k < CO / 32; ++k) {
-    const int co = lane + 32 * k;
-    bulk_copy(stage + co * CHUNK_CH, dy + ((size_t(c.n) * CO + co) * OD + c.od) * (OH * OW) + c.oh0 * OW, CHUNK_CH, bar);
-  }
+    for (int k = 0; k < (SPREAD ? 1 : CO / 32); ++k) {
+      const int co = SPREAD ? warp * 8 + lane : lane + 32 * k;
+      bulk_copy(stage + co * CHUNK_CH, dy + ((size_t(c.n) * CO + co) * OD + c.od) * (OH * OW) + c.oh0 * OW, CHUNK_CH, bar);
+    }
 }
 
 // Row r of a staged chunk into a slot (the core matrices of a K-major A); positions 58-63 stay zero.
 __device__ __forceinline__ void regroup_row(uint32_t slot, uint32_t stage, int r) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   if (lane >= OW / 2) return;
+  uint32_t v[CO / (THREADS / 32)];  // all loads first, then all stores
+#pragma unroll
+  for (int k = 0; k < CO / (THREADS / 32); ++k) v[k] = lds32(stage + (warp + (THREADS / 32) * k) * CHUNK_CH + r * (OW * 2) + 4 * lane);
 #pragma unroll
   for (int k = 0; k < CO / (THREADS / 32); ++k) {
     const int co = warp + (THREADS / 32) * k;
-    sts32(slot + (lane / 4) * A_LBO + (co / 8) * 128 + (co % 8) * 16 + (lane % 4) * 4,
-          lds32(stage + co * CHUNK_CH + r * (OW * 2) + 4 * lane));
+    sts32(slot + (lane / 4) * A_LBO + (co / 8) * 128 + (co % 8) * 16 + (lane % 4) * 4, v[k]);
   }
 }
 
-// parts 2: every chunk's copies from the block's first chunk (L2 hits; unchecked).
+// V (run 6): bit 0 spreads the bulk copies over the 8 warps; bit 1 loads the x rows of the next Hankel half one
+// row before they are stored. parts (timing diagnostics, unchecked): 1 leaves out the Hankel stores, 2 copies
+// every chunk from the block's first (L2 hits), 4 leaves out the regroup.
+template <int V>
 __global__ void __launch_bounds__(THREADS, 1)
 wgrad_wgmma_bulk(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ dy, float* __restrict__ partial,
                  int n_batch, int parts) {
+  constexpr bool SPREAD = V & 1, EARLY = V & 2;
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const uint32_t slots = base + SLOTS_AT, stage0 = base + STAGE_AT, bar0 = base + BAR_AT;
@@ -440,10 +448,14 @@ wgrad_wgmma_bulk(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __res
     sts128(base + HANKEL2 + HROWS * RS + 16 * i, 0, 0, 0, 0);
   }
   for (int i = tid; i < BULK_SLOTS * SLOT / 16; i += THREADS) sts128(slots + 16 * i, 0, 0, 0, 0);
+  const int chunks = n_batch * OD * CHUNKS_H;
+  int c = blockIdx.x;
   if (tid == 0) {
     mbar_init(bar0);
     mbar_init(bar0 + 8);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    if (c < chunks) mbar_expect(bar0, STAGE);
+    if (c + gridDim.x < chunks) mbar_expect(bar0 + 8, STAGE);
   }
   fence_proxy_async();
   __syncthreads();
@@ -453,16 +465,12 @@ wgrad_wgmma_bulk(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __res
 #pragma unroll
   for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
 
-  const int chunks = n_batch * OD * CHUNKS_H;
-  int c = blockIdx.x;
   const Chunk origin(c < chunks ? c : 0);
   auto source = [&](int chunk) { return parts & 2 ? origin : Chunk(chunk); };
   uint4 v0[HPER], v1[HPER];
   if (c < chunks) {
-    if (warp == 0) {
-      fetch_chunk(stage0, bar0, dy, source(c));
-      if (c + gridDim.x < chunks) fetch_chunk(stage0 + STAGE, bar0 + 8, dy, source(c + gridDim.x));
-    }
+    fetch_chunk<SPREAD>(stage0, bar0, dy, source(c));
+    if (c + gridDim.x < chunks) fetch_chunk<SPREAD>(stage0 + STAGE, bar0 + 8, dy, source(c + gridDim.x));
     const Chunk first(c);
     load_x_half(v0, v1, x, first.n, first.od, first.oh0);
     store_hankel_half(base, v0, v1);
@@ -471,16 +479,17 @@ wgrad_wgmma_bulk(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __res
     regroup_row(slots + SLOT, stage0, 1);
   }
   for (int it = 0; c < chunks; ++it, c += gridDim.x) {
-    const bool more = c + gridDim.x < chunks;
+    const bool more = c + gridDim.x < chunks, again = c + 2 * gridDim.x < chunks;
     const Chunk cur(c), next(more ? c + gridDim.x : c);
     const uint32_t stage = stage0 + (it & 1) * STAGE, stage_next = stage0 + ((it + 1) & 1) * STAGE;
 #pragma unroll
     for (int ol = 0; ol < R; ++ol) {
       const int q = it * R + ol;
+      if (ol == 1 && tid == 0 && again) mbar_expect(bar0 + 8 * (it & 1), STAGE);  // for the copies after the barrier
       fence_proxy_async();  // this thread's regrouped rows and Hankel blocks are read next by the tensor cores
       __syncthreads();      // everyone's; both warpgroups are past row q - 1's wait, so row q - 2's slot is free
-      if (ol == 2 && warp == 0 && c + 2 * gridDim.x < chunks)  // this chunk's staging was last read at row 1
-        fetch_chunk(stage, bar0 + 8 * (it & 1), dy, source(c + 2 * gridDim.x));
+      if (ol == 2 && again)  // this chunk's staging was last read at row 1
+        fetch_chunk<SPREAD>(stage, bar0 + 8 * (it & 1), dy, source(c + 2 * gridDim.x));
       wg_fence();
       const uint64_t db = desc_b0 | uint64_t(((base + (ol / HR) * HANKEL2 + (PER_IH * (ol % HR) + NROWS_WG * wg) * RS) & 0x3FFFF) >> 4);
       const uint64_t da = desc_a0 | uint64_t(((slots + (q % BULK_SLOTS) * SLOT) & 0x3FFFF) >> 4);
@@ -489,18 +498,17 @@ wgrad_wgmma_bulk(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __res
       wg_commit();
       wg_wait<1>();  // row q - 1's wgmmas are done (this warpgroup's)
       const uint32_t fill = slots + ((q + 2) % BULK_SLOTS) * SLOT;
-      if (ol + 2 < R) regroup_row(fill, stage, ol + 2);
+      if (parts & 4) {
+      } else if (ol + 2 < R) regroup_row(fill, stage, ol + 2);
       else if (more) {
         if (ol == 2) mbar_wait(bar0 + 8 * ((it + 1) & 1), ((it + 1) >> 1) & 1);
         regroup_row(fill, stage_next, ol - 2);
       }
-      if (ol == 1) {  // the second half's blocks, into the buffer rows 2-3 of the last chunk read
-        load_x_half(v0, v1, x, cur.n, cur.od, cur.oh0 + HR);
-        store_hankel_half(base + HANKEL2, v0, v1);
-      } else if (ol == 3 && more) {  // the next chunk's first half, into the buffer rows 0-1 read
-        load_x_half(v0, v1, x, next.n, next.od, next.oh0);
-        store_hankel_half(base, v0, v1);
-      }
+      // the second half's blocks go into the buffer rows 2-3 of the last chunk read (stored at row 1), the next
+      // chunk's first half into the one rows 0-1 read (stored at row 3); EARLY loads them a row before
+      if (ol == (EARLY ? 0 : 1)) load_x_half(v0, v1, x, cur.n, cur.od, cur.oh0 + HR);
+      if (ol == (EARLY ? 2 : 3) && more) load_x_half(v0, v1, x, next.n, next.od, next.oh0);
+      if (!(parts & 1) && (ol == 1 || (ol == 3 && more))) store_hankel_half(base + (ol == 1) * HANKEL2, v0, v1);
     }
   }
   wg_wait<0>();
@@ -533,6 +541,10 @@ template __global__ void probe::wgrad_wgmma<2>(const __nv_bfloat16*, const __nv_
 template __global__ void probe::wgrad_wgmma<3>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 template __global__ void probe::wgrad_wgmma_ss<4>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 template __global__ void probe::wgrad_wgmma_ss<5>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
+template __global__ void probe::wgrad_wgmma_bulk<0>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
+template __global__ void probe::wgrad_wgmma_bulk<1>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
+template __global__ void probe::wgrad_wgmma_bulk<2>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
+template __global__ void probe::wgrad_wgmma_bulk<3>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 #else
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>
@@ -547,14 +559,19 @@ void wgrad(torch::Tensor x, torch::Tensor dy, torch::Tensor partial, torch::Tens
     cudaFuncSetAttribute(probe::wgrad_wgmma<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM);
     cudaFuncSetAttribute(probe::wgrad_wgmma_ss<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::smem_ss<4>());
     cudaFuncSetAttribute(probe::wgrad_wgmma_ss<5>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::smem_ss<5>());
-    cudaFuncSetAttribute(probe::wgrad_wgmma_bulk, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
+    cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
+    cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
+    cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
+    cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
     cudaDeviceGetAttribute(&blocks, cudaDevAttrMultiProcessorCount, x.get_device());
     printf("probe wgrad: %d B smem, %d blocks\n", probe::SMEM, blocks);
   }
   TORCH_CHECK(partial.numel() >= int64_t(blocks) * probe::CO * probe::NPART && dw.numel() == 64 * 3 * 105);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  if (dist == 24) {  // grad_out by bulk copies (wgrad_wgmma_bulk, run 5)
-    probe::wgrad_wgmma_bulk<<<blocks, probe::THREADS, probe::SMEM_BULK, stream>>>(
+  if (dist >= 24 && dist <= 27) {  // grad_out by bulk copies (wgrad_wgmma_bulk<dist - 24>, runs 5 and 6)
+    auto kernel = dist == 24 ? probe::wgrad_wgmma_bulk<0> : dist == 25 ? probe::wgrad_wgmma_bulk<1>
+                : dist == 26 ? probe::wgrad_wgmma_bulk<2> : probe::wgrad_wgmma_bulk<3>;
+    kernel<<<blocks, probe::THREADS, probe::SMEM_BULK, stream>>>(
         reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),
         partial.data_ptr<float>(), int(x.size(0)), int(parts));
   } else if (dist == 14 || dist == 15) {  // A from shared memory too (wgrad_wgmma_ss), 4 or 5 row slots

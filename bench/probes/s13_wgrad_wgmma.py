@@ -29,11 +29,15 @@ HERE = Path(__file__).resolve().parent
 FLOOR_MS = 0.17   # RESULTS backward v8: seed-a bf16 wgrad's floor (grad_out read once at copy bandwidth)
 SHIPPED_MS = 0.67  # RESULTS backward v8: the shipped wgrad pick (mma warps_n=8 nt=6 owc=64 warps_m=1 mt=4)
 # 2, 3: rows ahead that a grad_out row's A registers are loaded; 14, 15: A from shared memory too, a ring of 4 or 5
-# row slots (runs 3 and 4); 24: grad_out by bulk copies of 4-row chunks, regrouped into 4 slots (run 5)
-DISTS = (24, 14)
+# row slots (runs 3 and 4); 24-27: grad_out by bulk copies of 4-row chunks, regrouped into 4 slots (runs 5, 6), the
+# copies issued by warp 0 or by every warp, the next Hankel half's x rows loaded when stored or a row before
+DISTS = (24, 25, 26, 27, 14)
 KIND = {2: "A 2 rows ahead", 3: "A 3 rows ahead", 14: "A from shared memory, 4 slots", 15: "A from shared memory, 5 slots",
-        24: "grad_out by bulk copies, 4 slots"}
-PARTS = {0: "", 1: ", without the Hankel stores", 2: ", every A from the block's first row or chunk (cache hits)", 3: ", neither"}
+        24: "bulk copies by warp 0", 25: "bulk copies by every warp", 26: "bulk copies by warp 0, x a row early",
+        27: "bulk copies by every warp, x a row early"}
+PARTS_OF = {27: (0, 1, 2, 4, 5)}  # the parts timed for each kernel beside (0, 2); 2, 3 time all four (0, 1, 2, 3)
+PARTS = {0: "", 1: ", without the Hankel stores", 2: ", every A from the block's first row or chunk (cache hits)", 3: ", neither",
+         4: ", without the regroup", 5: ", without the Hankel stores or the regroup"}
 
 
 def main() -> None:
@@ -68,7 +72,7 @@ def main() -> None:
     torch_ms = median_ms(torch_wgrad)
     good = {dist for dist, (e, finite) in checked.items() if finite and e <= 1e-2}  # only these are timed
     times = {(dist, parts): median_ms(lambda: ext.wgrad(x, dy, partial, dw, dist, parts)) if dist in good else float("nan")
-             for dist in DISTS for parts in (PARTS if dist < 10 else [0, 2])}
+             for dist in DISTS for parts in ((0, 1, 2, 3) if dist < 10 else PARTS_OF.get(dist, (0, 2)))}
     props = torch.cuda.get_device_properties(0)
     lines = [f"## seed-a bf16 wgrad as wgmma products per grad_out row: {props.name}, torch {torch.__version__}, "
              f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}", "",
