@@ -523,6 +523,153 @@ wgrad_wgmma_bulk(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __res
           make_float2(acc[4 * q + 2 * h], acc[4 * q + 2 * h + 1]);
 }
 
+// Run 7: the same buffers with the work split by warpgroup. Warpgroups 0 and 1 only issue wgmmas; warpgroup 2
+// (the producer) asks for the grad_out chunks, regroups their rows into the slots and builds the Hankel halves,
+// so none of that waits in the consumers' row. Named barriers hand each slot and each Hankel buffer back and
+// forth: FULL (the producer's 128 threads arrive, the consumers' 256 wait) and EMPTY (the other way). Each
+// producer warp owns channels w + 4 k of the staging buffers, with its own mbarrier per buffer, so a warp
+// reuses a buffer after its own reads alone.
+constexpr int THREADS_WS = 384;
+constexpr int BAR_FULL = 1, BAR_EMPTY = 5, BAR_FULL_H = 9, BAR_EMPTY_H = 11;  // + slot (4) or Hankel buffer (2)
+constexpr int HPER_WS = (HITEMS + 127) / 128;  // 4 (items of a Hankel half a producer thread builds)
+constexpr int SMEM_WS = BAR_AT + 64;            // 8 mbarriers
+static_assert(SMEM_WS <= 232448, "over the 227 KB a block may have");
+
+__device__ __forceinline__ void bar_sync(int id) { asm volatile("bar.sync %0, 384;\n" :: "r"(id) : "memory"); }
+__device__ __forceinline__ void bar_arrive(int id) { asm volatile("bar.arrive %0, 384;\n" :: "r"(id) : "memory"); }
+
+__global__ void __launch_bounds__(THREADS_WS, 1)
+wgrad_wgmma_ws(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ dy, float* __restrict__ partial,
+               int n_batch, int parts) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint32_t slots = base + SLOTS_AT, stage0 = base + STAGE_AT, bar0 = base + BAR_AT;
+  const int tid = threadIdx.x, wg = tid / 128, warp = tid / 32, lane = tid % 32;
+  for (int i = tid; i < RS / 16; i += THREADS_WS) {
+    sts128(base + HROWS * RS + 16 * i, 0, 0, 0, 0);
+    sts128(base + HANKEL2 + HROWS * RS + 16 * i, 0, 0, 0, 0);
+  }
+  for (int i = tid; i < BULK_SLOTS * SLOT / 16; i += THREADS_WS) sts128(slots + 16 * i, 0, 0, 0, 0);
+  if (tid == 0) {
+    for (int i = 0; i < 8; ++i) mbar_init(bar0 + 8 * i);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  fence_proxy_async();
+  __syncthreads();
+  const int chunks = n_batch * OD * CHUNKS_H;
+  const int G = gridDim.x, nc = blockIdx.x < chunks ? (chunks - blockIdx.x + G - 1) / G : 0;
+  auto chunk_of = [&](int it) { return Chunk(parts & 2 ? blockIdx.x : blockIdx.x + it * G); };
+
+  if (wg == 2) {  // the producer
+    const int pw = warp - 8;
+    auto fetch = [&](int it) {  // this warp's 16 channels of chunk it into staging buffer it % 2
+      const uint32_t bar = bar0 + 8 * (4 * (it & 1) + pw), stage = stage0 + (it & 1) * STAGE;
+      const Chunk c = chunk_of(it);
+      if (lane == 0) mbar_expect(bar, STAGE / 4);
+      __syncwarp();
+      if (lane < 16) {
+        const int co = pw + 4 * lane;
+        bulk_copy(stage + co * CHUNK_CH, dy + ((size_t(c.n) * CO + co) * OD + c.od) * (OH * OW) + c.oh0 * OW, CHUNK_CH, bar);
+      }
+    };
+    if (nc > 0) fetch(0);
+    if (nc > 1) fetch(1);
+    for (int it = 0; it < nc; ++it) {
+      const Chunk cur(blockIdx.x + it * G);
+      const uint32_t stage = stage0 + (it & 1) * STAGE;
+      for (int h = 0; h < 2; ++h) {
+        const int k = 2 * it + h;  // the block's Hankel half count; buffer h
+        uint4 v0[HPER_WS], v1[HPER_WS];
+#pragma unroll
+        for (int i = 0; i < HPER_WS; ++i) {
+          const int item = tid - 256 + 128 * i, j = item >> 3, b = item & 7;
+          v0[i] = v1[i] = make_uint4(0, 0, 0, 0);
+          if (item < HITEMS) {
+            const int ih = cur.oh0 + HR * h + j / PER_IH, ci = (j % PER_IH) / KD, id = cur.od + j % KD;
+            const uint4* row = reinterpret_cast<const uint4*>(x + (((size_t(cur.n) * CI + ci) * D + id) * H + ih) * W);
+            v0[i] = __ldg(row + b);
+            if (b < 7) v1[i] = __ldg(row + b + 1);
+          }
+        }
+        if (k >= 2) bar_sync(BAR_EMPTY_H + h);
+#pragma unroll
+        for (int i = 0; i < HPER_WS; ++i) {
+          const int item = tid - 256 + 128 * i, j = item >> 3, b = item & 7;
+          if (item < HITEMS) {
+            const uint32_t e[8] = {v0[i].x, v0[i].y, v0[i].z, v0[i].w, v1[i].x, v1[i].y, v1[i].z, v1[i].w};
+            const uint32_t blk = base + h * HANKEL2 + j * RS + b * CM;
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              sts128(blk + 32 * q, e[q], e[q + 1], e[q + 2], e[q + 3]);
+              sts128(blk + 32 * q + 16, __byte_perm(e[q], e[q + 1], 0x5432), __byte_perm(e[q + 1], e[q + 2], 0x5432),
+                     __byte_perm(e[q + 2], e[q + 3], 0x5432), __byte_perm(e[q + 3], e[q + 4], 0x5432));
+            }
+          }
+        }
+        fence_proxy_async();
+        bar_arrive(BAR_FULL_H + h);
+        if (h == 0) mbar_wait(bar0 + 8 * (4 * (it & 1) + pw), (it >> 1) & 1);  // this warp's channels of the chunk
+        for (int r = 2 * h; r < 2 * h + 2; ++r) {
+          const int q = 4 * it + r, slot = q % BULK_SLOTS;
+          if (q >= BULK_SLOTS) bar_sync(BAR_EMPTY + slot);
+          if (lane < OW / 2) {
+            uint32_t v[CO / 4];
+#pragma unroll
+            for (int m = 0; m < CO / 4; ++m) v[m] = lds32(stage + (pw + 4 * m) * CHUNK_CH + r * (OW * 2) + 4 * lane);
+#pragma unroll
+            for (int m = 0; m < CO / 4; ++m) {
+              const int co = pw + 4 * m;
+              sts32(slots + slot * SLOT + (lane / 4) * A_LBO + (co / 8) * 128 + (co % 8) * 16 + (lane % 4) * 4, v[m]);
+            }
+          }
+          fence_proxy_async();
+          bar_arrive(BAR_FULL + slot);
+        }
+      }
+      __syncwarp();
+      fence_proxy_async();  // this warp's reads of the buffer come before the copies that overwrite it
+      if (it + 2 < nc) fetch(it + 2);
+    }
+    return;
+  }
+
+  // the consumers
+  const uint64_t desc_b0 = (uint64_t(CM >> 4) << 16) | (uint64_t(RS >> 4) << 32);
+  const uint64_t desc_a0 = (uint64_t(A_LBO >> 4) << 16) | (uint64_t(128 >> 4) << 32);
+  float acc[NACC];
+#pragma unroll
+  for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+  for (int it = 0; it < nc; ++it) {
+#pragma unroll
+    for (int ol = 0; ol < R; ++ol) {
+      const int q = 4 * it + ol;
+      if (ol % HR == 0) bar_sync(BAR_FULL_H + ol / HR);
+      bar_sync(BAR_FULL + q % BULK_SLOTS);
+      wg_fence();
+      const uint64_t db = desc_b0 | uint64_t(((base + (ol / HR) * HANKEL2 + (PER_IH * (ol % HR) + NROWS_WG * wg) * RS) & 0x3FFFF) >> 4);
+      const uint64_t da = desc_a0 | uint64_t(((slots + (q % BULK_SLOTS) * SLOT) & 0x3FFFF) >> 4);
+#pragma unroll
+      for (int s = 0; s < 4; ++s) wgmma184_ss(acc, da + uint64_t((2 * s * A_LBO) >> 4), db + uint64_t((2 * s * CM) >> 4));
+      wg_commit();
+      wg_wait<1>();  // row q - 1's wgmmas are done (this warpgroup's)
+      if (q >= 1) {
+        bar_arrive(BAR_EMPTY + (q - 1) % BULK_SLOTS);
+        if (ol % HR == 0) bar_arrive(BAR_EMPTY_H + (ol / HR + 1) % 2);  // row q - 1 was its half's last
+      }
+    }
+  }
+  wg_wait<0>();
+  keep(acc);
+  const int wq = warp % 4, g = lane / 4, t = lane % 4;
+  float* out = partial + size_t(blockIdx.x) * CO * NPART;
+#pragma unroll
+  for (int q = 0; q < NW / 8; ++q)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      *reinterpret_cast<float2*>(out + (16 * wq + g + 8 * h) * NPART + NW * wg + 8 * q + 2 * t) =
+          make_float2(acc[4 * q + 2 * h], acc[4 * q + 2 * h + 1]);
+}
+
 // dW[co][ci][kd][kh][kw] (fp32) = the blocks' partials added in block order.
 __global__ void reduce_partials(const float* __restrict__ partial, int blocks, float* __restrict__ dw) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -563,12 +710,17 @@ void wgrad(torch::Tensor x, torch::Tensor dy, torch::Tensor partial, torch::Tens
     cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
     cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
     cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
+    cudaFuncSetAttribute(probe::wgrad_wgmma_ws, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_WS);
     cudaDeviceGetAttribute(&blocks, cudaDevAttrMultiProcessorCount, x.get_device());
     printf("probe wgrad: %d B smem, %d blocks\n", probe::SMEM, blocks);
   }
   TORCH_CHECK(partial.numel() >= int64_t(blocks) * probe::CO * probe::NPART && dw.numel() == 64 * 3 * 105);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  if (dist >= 24 && dist <= 27) {  // grad_out by bulk copies (wgrad_wgmma_bulk<dist - 24>, runs 5 and 6)
+  if (dist == 34) {  // the work split by warpgroup (wgrad_wgmma_ws, run 7)
+    probe::wgrad_wgmma_ws<<<blocks, probe::THREADS_WS, probe::SMEM_WS, stream>>>(
+        reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),
+        partial.data_ptr<float>(), int(x.size(0)), int(parts));
+  } else if (dist >= 24 && dist <= 27) {  // grad_out by bulk copies (wgrad_wgmma_bulk<dist - 24>, runs 5 and 6)
     auto kernel = dist == 24 ? probe::wgrad_wgmma_bulk<0> : dist == 25 ? probe::wgrad_wgmma_bulk<1>
                 : dist == 26 ? probe::wgrad_wgmma_bulk<2> : probe::wgrad_wgmma_bulk<3>;
     kernel<<<blocks, probe::THREADS, probe::SMEM_BULK, stream>>>(
