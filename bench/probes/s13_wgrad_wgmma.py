@@ -3,7 +3,7 @@
 rows as B, two warpgroups splitting N, per-block partial sums added in a fixed order), against
 torch's weight gradient (convolution_backward) in the same process.
 
-    PYTHONPATH=. python3 bench/probes/s13_wgrad_wgmma.py OUT_DIR
+    PYTHONPATH=. python3 bench/probes/s13_wgrad_wgmma.py OUT_DIR [--once DIST,DIST...]
 
 A diagnostic, not a kernel of the package: it asks whether this shape of kernel brings seed-a's bf16
 wgrad within the backward issue's 2x of its floor (0.35 ms; the shipped tensor-core wgrad's pick ran
@@ -46,13 +46,19 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     ext = load_inline("s13_wgrad_wgmma", cpp_sources="void wgrad(torch::Tensor x, torch::Tensor dy, torch::Tensor partial, "
                       "torch::Tensor dw, int64_t dist, int64_t parts);", cuda_sources=(HERE / "s13_wgrad_wgmma.cu").read_text(),
-                      functions=["wgrad"], extra_cuda_cflags=["-O3", "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a"])
+                      functions=["wgrad"], extra_cuda_cflags=["-O3", "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a",
+                                                              "-lineinfo"])
     torch.manual_seed(13)
     x = torch.randn(16, 3, 64, 64, 64, device="cuda").bfloat16()
     dy = torch.randn(16, 64, 62, 60, 58, device="cuda").bfloat16()
     w = torch.randn(64, 3, 3, 5, 7, device="cuda").bfloat16()
     partial = torch.empty(torch.cuda.get_device_properties(0).multi_processor_count * 64 * 368, device="cuda")
     dw = torch.full((64, 3, 3, 5, 7), float("nan"), device="cuda")
+    if "--once" in sys.argv:
+        for dist in map(int, sys.argv[sys.argv.index("--once") + 1].split(",")):
+            ext.wgrad(x, dy, partial, dw, dist, 0)
+        torch.cuda.synchronize()
+        return
     ref = torch.nn.grad.conv3d_weight(x.double(), w.shape, dy.double())
     checked = {}
     for dist in DISTS:
