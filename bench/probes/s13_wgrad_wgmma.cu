@@ -21,6 +21,7 @@
 // thread, a set per row of the chunk) are loaded DIST rows ahead, each after a wait for every wgmma of
 // the thread: with one group left in flight (wait 1) ptxas serialized the wgmmas (C7513).
 // A diagnostic, not a template: its sizes are seed-a's.
+#include <cuda.h>
 #include <cuda_bf16.h>
 #include <cstdint>
 
@@ -670,6 +671,123 @@ wgrad_wgmma_ws(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restr
           make_float2(acc[4 * q + 2 * h], acc[4 * q + 2 * h + 1]);
 }
 
+// Run 8 (wgrad_wgmma_tma): run 4's schedule (A from shared memory, a ring of S row slots, Hankel blocks of whole
+// chunks in two buffers), each grad_out row fetched by the bulk tensor copy engine straight into its slot's
+// core-matrix layout. The tensor map sees grad_out as (OH * OW positions, OD, CO, N) (every stride a multiple of
+// 16 bytes) and a box is (8 positions, 1, 64 channels, 1): 64 rows of 16 bytes, exactly the 8 core matrices
+// of one 8-position block of A (SBO 128, LBO 1024). A row is 8 boxes at flat positions oh * OW + 8 b, issued
+// by one thread S - 2 rows ahead, completing on the slot's mbarrier. The last block's positions past OW
+// hold the next row's values (or zeros past the tensor's end); the Hankel blocks hold zeros there, so they
+// add nothing.
+constexpr int TSLOT = 8 * 1024;
+template <int S> constexpr int smem_tma() { return 2 * HANKEL + S * TSLOT + 8 * S; }
+
+// Like store_hankel, with the last block's positions past OW (2 of 8) zero.
+__device__ __forceinline__ void store_hankel_masked(uint32_t buf, const uint4 (&v0)[PER], const uint4 (&v1)[PER]) {
+  static_assert(OW - 56 == 2, "the mask keeps one word of a row of the last block");
+#pragma unroll
+  for (int k = 0; k < PER; ++k) {
+    const int it = threadIdx.x + THREADS * k, j = it >> 3, b = it & 7;
+    if (it < ITEMS) {
+      const uint32_t e[8] = {v0[k].x, v0[k].y, v0[k].z, v0[k].w, v1[k].x, v1[k].y, v1[k].z, v1[k].w};
+      const uint32_t blk = buf + j * RS + b * CM, keep = b < 7 ? 0xFFFFFFFFu : 0u;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        sts128(blk + 32 * q, e[q], e[q + 1] & keep, e[q + 2] & keep, e[q + 3] & keep);
+        sts128(blk + 32 * q + 16, __byte_perm(e[q], e[q + 1], 0x5432), __byte_perm(e[q + 1], e[q + 2], 0x5432) & keep,
+               __byte_perm(e[q + 2], e[q + 3], 0x5432) & keep, __byte_perm(e[q + 3], e[q + 4], 0x5432) & keep);
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ void tma_box(uint32_t dst, const CUtensorMap* map, int pos, int od, int n, uint32_t bar) {
+  asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n"
+               :: "r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(pos), "r"(od), "r"(0), "r"(n), "r"(bar) : "memory");
+}
+
+// Thread 0 asks for grad_out row oh of (n, od) into a slot (8 boxes).
+__device__ __forceinline__ void fetch_row_tma(uint32_t slot, uint32_t bar, const CUtensorMap* map, int n, int od, int oh) {
+  mbar_expect(bar, TSLOT);
+#pragma unroll
+  for (int b = 0; b < 8; ++b) tma_box(slot + b * 1024, map, oh * OW + 8 * b, od, n, bar);
+}
+
+template <int S>
+__global__ void __launch_bounds__(THREADS, 1)
+wgrad_wgmma_tma(const __grid_constant__ CUtensorMap dy_map, const __nv_bfloat16* __restrict__ x, float* __restrict__ partial,
+                int n_batch, int parts) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem)), slots = base + 2 * HANKEL;
+  const uint32_t bars = slots + S * TSLOT;
+  const int tid = threadIdx.x, wg = tid / 128;
+  for (int i = tid; i < RS / 16; i += THREADS) {
+    sts128(base + ROWS * RS + 16 * i, 0, 0, 0, 0);
+    sts128(base + HANKEL + ROWS * RS + 16 * i, 0, 0, 0, 0);
+  }
+  if (tid == 0) {
+    for (int i = 0; i < S; ++i) mbar_init(bars + 8 * i);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  const uint64_t desc_b0 = (uint64_t(CM >> 4) << 16) | (uint64_t(RS >> 4) << 32);
+  const uint64_t desc_a0 = (uint64_t(1024 >> 4) << 16) | (uint64_t(128 >> 4) << 32);
+  float acc[NACC];
+#pragma unroll
+  for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+
+  const int chunks = n_batch * OD * CHUNKS_H;
+  int c = blockIdx.x;
+  const Chunk origin(c < chunks ? c : 0);
+  uint4 v0[PER], v1[PER];
+  __syncthreads();  // the mbarriers are initialized
+  if (c < chunks) {
+    const Chunk first(c);
+    load_x(v0, v1, x, first);
+    store_hankel_masked(base, v0, v1);
+    if (tid == 0)
+      for (int r = 0; r < S - 2; ++r) fetch_row_tma(slots + r * TSLOT, bars + 8 * r, &dy_map, first.n, first.od, first.oh0 + r);
+  }
+  for (int it = 0; c < chunks; ++it, c += gridDim.x) {
+    const bool more = c + gridDim.x < chunks;
+    const Chunk cur(c), next(more ? c + gridDim.x : c);
+    const uint32_t buf = base + (it & 1) * HANKEL, other = base + ((it + 1) & 1) * HANKEL;
+#pragma unroll
+    for (int ol = 0; ol < R; ++ol) {
+      const int q = it * R + ol;
+      fence_proxy_async();  // the chunk's Hankel blocks are read next by the tensor cores
+      __syncthreads();      // and both warpgroups are past row q - 1's wait: row q - 2's slot is free
+      if (tid == 0) {
+        const int f = (q + S - 2) % S;
+        if (parts & 2) fetch_row_tma(slots + f * TSLOT, bars + 8 * f, &dy_map, origin.n, origin.od, origin.oh0);
+        else if (ol + S - 2 < R) fetch_row_tma(slots + f * TSLOT, bars + 8 * f, &dy_map, cur.n, cur.od, cur.oh0 + ol + S - 2);
+        else if (more) fetch_row_tma(slots + f * TSLOT, bars + 8 * f, &dy_map, next.n, next.od, next.oh0 + ol + S - 2 - R);
+      }
+      mbar_wait(bars + 8 * (q % S), (q / S) & 1);  // row q is in its slot
+      wg_fence();
+      const uint64_t db = desc_b0 | uint64_t(((buf + (PER_IH * ol + NROWS_WG * wg) * RS) & 0x3FFFF) >> 4);
+      const uint64_t da = desc_a0 | uint64_t(((slots + (q % S) * TSLOT) & 0x3FFFF) >> 4);
+#pragma unroll
+      for (int s = 0; s < 4; ++s) wgmma184_ss(acc, da + uint64_t((2 * s * 1024) >> 4), db + uint64_t((2 * s * CM) >> 4));
+      wg_commit();
+      wg_wait<1>();  // row q - 1's wgmmas are done (this warpgroup's)
+      if (ol == R - 1) {  // the next chunk's blocks, while this chunk's last row's wgmmas run
+        load_x(v0, v1, x, next);
+        store_hankel_masked(other, v0, v1);
+      }
+    }
+  }
+  wg_wait<0>();
+  keep(acc);
+  const int wq = tid / 32 % 4, lane = tid % 32, g = lane / 4, t = lane % 4;
+  float* out = partial + size_t(blockIdx.x) * CO * NPART;
+#pragma unroll
+  for (int q = 0; q < NW / 8; ++q)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      *reinterpret_cast<float2*>(out + (16 * wq + g + 8 * h) * NPART + NW * wg + 8 * q + 2 * t) =
+          make_float2(acc[4 * q + 2 * h], acc[4 * q + 2 * h + 1]);
+}
+
 // dW[co][ci][kd][kh][kw] (fp32) = the blocks' partials added in block order.
 __global__ void reduce_partials(const float* __restrict__ partial, int blocks, float* __restrict__ dw) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -692,9 +810,32 @@ template __global__ void probe::wgrad_wgmma_bulk<0>(const __nv_bfloat16*, const 
 template __global__ void probe::wgrad_wgmma_bulk<1>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 template __global__ void probe::wgrad_wgmma_bulk<2>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 template __global__ void probe::wgrad_wgmma_bulk<3>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
+template __global__ void probe::wgrad_wgmma_tma<4>(const __grid_constant__ CUtensorMap, const __nv_bfloat16*, float*, int, int);
+template __global__ void probe::wgrad_wgmma_tma<5>(const __grid_constant__ CUtensorMap, const __nv_bfloat16*, float*, int, int);
 #else
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cudaTypedefs.h>
+
+// grad_out as (OH * OW, OD, CO, N), boxes of (8, 1, 64, 1), zeros out of bounds
+static CUtensorMap dy_tensor_map(const torch::Tensor& dy) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
+  if (!encode) {
+    cudaDriverEntryPointQueryResult got;
+    TORCH_CHECK(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", reinterpret_cast<void**>(&encode), cudaEnableDefault, &got) ==
+                cudaSuccess && got == cudaDriverEntryPointSuccess, "no cuTensorMapEncodeTiled");
+  }
+  CUtensorMap map;
+  const cuuint64_t dims[4] = {probe::OH * probe::OW, probe::OD, probe::CO, cuuint64_t(dy.size(0))};
+  const cuuint64_t strides[3] = {probe::OH * probe::OW * 2, cuuint64_t(probe::OD) * probe::OH * probe::OW * 2,
+                                 cuuint64_t(probe::CO) * probe::OD * probe::OH * probe::OW * 2};
+  const cuuint32_t box[4] = {8, 1, probe::CO, 1}, elem[4] = {1, 1, 1, 1};
+  const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, dy.data_ptr(), dims, strides, box, elem,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  TORCH_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed: ", int(r));
+  return map;
+}
 
 void wgrad(torch::Tensor x, torch::Tensor dy, torch::Tensor partial, torch::Tensor dw, int64_t dist, int64_t parts) {
   TORCH_CHECK(x.is_contiguous() && dy.is_contiguous() && x.scalar_type() == torch::kBFloat16 && dy.scalar_type() == torch::kBFloat16);
@@ -711,12 +852,19 @@ void wgrad(torch::Tensor x, torch::Tensor dy, torch::Tensor partial, torch::Tens
     cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
     cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
     cudaFuncSetAttribute(probe::wgrad_wgmma_ws, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_WS);
+    cudaFuncSetAttribute(probe::wgrad_wgmma_tma<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::smem_tma<4>());
+    cudaFuncSetAttribute(probe::wgrad_wgmma_tma<5>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::smem_tma<5>());
     cudaDeviceGetAttribute(&blocks, cudaDevAttrMultiProcessorCount, x.get_device());
     printf("probe wgrad: %d B smem, %d blocks\n", probe::SMEM, blocks);
   }
   TORCH_CHECK(partial.numel() >= int64_t(blocks) * probe::CO * probe::NPART && dw.numel() == 64 * 3 * 105);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  if (dist == 34) {  // the work split by warpgroup (wgrad_wgmma_ws, run 7)
+  if (dist == 44 || dist == 45) {  // grad_out rows by the bulk tensor copy engine (wgrad_wgmma_tma<S>, run 8)
+    auto kernel = dist == 45 ? probe::wgrad_wgmma_tma<5> : probe::wgrad_wgmma_tma<4>;
+    kernel<<<blocks, probe::THREADS, dist == 45 ? probe::smem_tma<5>() : probe::smem_tma<4>(), stream>>>(
+        dy_tensor_map(dy), reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), partial.data_ptr<float>(), int(x.size(0)),
+        int(parts));
+  } else if (dist == 34) {  // the work split by warpgroup (wgrad_wgmma_ws, run 7)
     probe::wgrad_wgmma_ws<<<blocks, probe::THREADS_WS, probe::SMEM_WS, stream>>>(
         reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),
         partial.data_ptr<float>(), int(x.size(0)), int(parts));
