@@ -433,13 +433,13 @@ __device__ __forceinline__ void regroup_row(uint32_t slot, uint32_t stage, int r
 }
 
 // V (run 6): bit 0 spreads the bulk copies over the 8 warps; bit 1 loads the x rows of the next Hankel half one
-// row before they are stored. parts (timing diagnostics, unchecked): 1 leaves out the Hankel stores, 2 copies
+// row before they are stored; bit 2 (run 9) issues the copies after the row's wgmmas, not before. parts (timing diagnostics, unchecked): 1 leaves out the Hankel stores, 2 copies
 // every chunk from the block's first (L2 hits), 4 leaves out the regroup.
 template <int V>
 __global__ void __launch_bounds__(THREADS, 1)
 wgrad_wgmma_bulk(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ dy, float* __restrict__ partial,
                  int n_batch, int parts) {
-  constexpr bool SPREAD = V & 1, EARLY = V & 2;
+  constexpr bool SPREAD = V & 1, EARLY = V & 2, LATE = V & 4;
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const uint32_t slots = base + SLOTS_AT, stage0 = base + STAGE_AT, bar0 = base + BAR_AT;
@@ -489,7 +489,7 @@ wgrad_wgmma_bulk(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __res
       if (ol == 1 && tid == 0 && again) mbar_expect(bar0 + 8 * (it & 1), STAGE);  // for the copies after the barrier
       fence_proxy_async();  // this thread's regrouped rows and Hankel blocks are read next by the tensor cores
       __syncthreads();      // everyone's; both warpgroups are past row q - 1's wait, so row q - 2's slot is free
-      if (ol == 2 && again)  // this chunk's staging was last read at row 1
+      if (!LATE && ol == 2 && again)  // this chunk's staging was last read at row 1
         fetch_chunk<SPREAD>(stage, bar0 + 8 * (it & 1), dy, source(c + 2 * gridDim.x));
       wg_fence();
       const uint64_t db = desc_b0 | uint64_t(((base + (ol / HR) * HANKEL2 + (PER_IH * (ol % HR) + NROWS_WG * wg) * RS) & 0x3FFFF) >> 4);
@@ -497,6 +497,7 @@ wgrad_wgmma_bulk(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __res
 #pragma unroll
       for (int s = 0; s < 4; ++s) wgmma184_ss(acc, da + uint64_t((2 * s * A_LBO) >> 4), db + uint64_t((2 * s * CM) >> 4));
       wg_commit();
+      if (LATE && ol == 2 && again) fetch_chunk<SPREAD>(stage, bar0 + 8 * (it & 1), dy, source(c + 2 * gridDim.x));
       wg_wait<1>();  // row q - 1's wgmmas are done (this warpgroup's)
       const uint32_t fill = slots + ((q + 2) % BULK_SLOTS) * SLOT;
       if (parts & 4) {
@@ -810,6 +811,7 @@ template __global__ void probe::wgrad_wgmma_bulk<0>(const __nv_bfloat16*, const 
 template __global__ void probe::wgrad_wgmma_bulk<1>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 template __global__ void probe::wgrad_wgmma_bulk<2>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 template __global__ void probe::wgrad_wgmma_bulk<3>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
+template __global__ void probe::wgrad_wgmma_bulk<7>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 template __global__ void probe::wgrad_wgmma_tma<4>(const __grid_constant__ CUtensorMap, const __nv_bfloat16*, float*, int, int);
 template __global__ void probe::wgrad_wgmma_tma<5>(const __grid_constant__ CUtensorMap, const __nv_bfloat16*, float*, int, int);
 #else
@@ -851,6 +853,7 @@ void wgrad(torch::Tensor x, torch::Tensor dy, torch::Tensor partial, torch::Tens
     cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
     cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
     cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
+    cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<7>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
     cudaFuncSetAttribute(probe::wgrad_wgmma_ws, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_WS);
     cudaFuncSetAttribute(probe::wgrad_wgmma_tma<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::smem_tma<4>());
     cudaFuncSetAttribute(probe::wgrad_wgmma_tma<5>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::smem_tma<5>());
@@ -868,9 +871,9 @@ void wgrad(torch::Tensor x, torch::Tensor dy, torch::Tensor partial, torch::Tens
     probe::wgrad_wgmma_ws<<<blocks, probe::THREADS_WS, probe::SMEM_WS, stream>>>(
         reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),
         partial.data_ptr<float>(), int(x.size(0)), int(parts));
-  } else if (dist >= 24 && dist <= 27) {  // grad_out by bulk copies (wgrad_wgmma_bulk<dist - 24>, runs 5 and 6)
+  } else if (dist >= 24 && dist <= 31) {  // grad_out by bulk copies (wgrad_wgmma_bulk<dist - 24>, runs 5, 6 and 9)
     auto kernel = dist == 24 ? probe::wgrad_wgmma_bulk<0> : dist == 25 ? probe::wgrad_wgmma_bulk<1>
-                : dist == 26 ? probe::wgrad_wgmma_bulk<2> : probe::wgrad_wgmma_bulk<3>;
+                : dist == 26 ? probe::wgrad_wgmma_bulk<2> : dist == 31 ? probe::wgrad_wgmma_bulk<7> : probe::wgrad_wgmma_bulk<3>;
     kernel<<<blocks, probe::THREADS, probe::SMEM_BULK, stream>>>(
         reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),
         partial.data_ptr<float>(), int(x.size(0)), int(parts));
