@@ -540,18 +540,20 @@ static_assert(SMEM_WS <= 232448, "over the 227 KB a block may have");
 __device__ __forceinline__ void bar_sync(int id) { asm volatile("bar.sync %0, 384;\n" :: "r"(id) : "memory"); }
 __device__ __forceinline__ void bar_arrive(int id) { asm volatile("bar.arrive %0, 384;\n" :: "r"(id) : "memory"); }
 
-__global__ void __launch_bounds__(THREADS_WS, 1)
+template <int PRODUCERS>  // 1 (run 7): one warpgroup copies, regroups and builds the Hankel halves; 2 (run 10): one
+                          // copies and regroups, another builds the Hankel halves (registers moved by setmaxnreg)
+__global__ void __launch_bounds__(128 * (2 + PRODUCERS), 1)
 wgrad_wgmma_ws(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ dy, float* __restrict__ partial,
                int n_batch, int parts) {
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const uint32_t slots = base + SLOTS_AT, stage0 = base + STAGE_AT, bar0 = base + BAR_AT;
   const int tid = threadIdx.x, wg = tid / 128, warp = tid / 32, lane = tid % 32;
-  for (int i = tid; i < RS / 16; i += THREADS_WS) {
+  for (int i = tid; i < RS / 16; i += blockDim.x) {
     sts128(base + HROWS * RS + 16 * i, 0, 0, 0, 0);
     sts128(base + HANKEL2 + HROWS * RS + 16 * i, 0, 0, 0, 0);
   }
-  for (int i = tid; i < BULK_SLOTS * SLOT / 16; i += THREADS_WS) sts128(slots + 16 * i, 0, 0, 0, 0);
+  for (int i = tid; i < BULK_SLOTS * SLOT / 16; i += blockDim.x) sts128(slots + 16 * i, 0, 0, 0, 0);
   if (tid == 0) {
     for (int i = 0; i < 8; ++i) mbar_init(bar0 + 8 * i);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -562,8 +564,10 @@ wgrad_wgmma_ws(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restr
   const int G = gridDim.x, nc = blockIdx.x < chunks ? (chunks - blockIdx.x + G - 1) / G : 0;
   auto chunk_of = [&](int it) { return Chunk(parts & 2 ? blockIdx.x : blockIdx.x + it * G); };
 
-  if (wg == 2) {  // the producer
-    const int pw = warp - 8;
+  if (wg >= 2) {  // the producers
+    if (PRODUCERS == 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 72;\n" ::: "memory");
+    const bool rows = PRODUCERS == 1 || wg == 2, blocks = PRODUCERS == 1 || wg == 3;
+    const int pw = warp % 4, ptid = tid % 128;
     auto fetch = [&](int it) {  // this warp's 16 channels of chunk it into staging buffer it % 2
       const uint32_t bar = bar0 + 8 * (4 * (it & 1) + pw), stage = stage0 + (it & 1) * STAGE;
       const Chunk c = chunk_of(it);
@@ -574,17 +578,18 @@ wgrad_wgmma_ws(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restr
         bulk_copy(stage + co * CHUNK_CH, dy + ((size_t(c.n) * CO + co) * OD + c.od) * (OH * OW) + c.oh0 * OW, CHUNK_CH, bar);
       }
     };
-    if (nc > 0) fetch(0);
-    if (nc > 1) fetch(1);
+    if (rows && nc > 0) fetch(0);
+    if (rows && nc > 1) fetch(1);
     for (int it = 0; it < nc; ++it) {
       const Chunk cur(blockIdx.x + it * G);
       const uint32_t stage = stage0 + (it & 1) * STAGE;
       for (int h = 0; h < 2; ++h) {
         const int k = 2 * it + h;  // the block's Hankel half count; buffer h
+        if (blocks) {
         uint4 v0[HPER_WS], v1[HPER_WS];
 #pragma unroll
         for (int i = 0; i < HPER_WS; ++i) {
-          const int item = tid - 256 + 128 * i, j = item >> 3, b = item & 7;
+          const int item = ptid + 128 * i, j = item >> 3, b = item & 7;
           v0[i] = v1[i] = make_uint4(0, 0, 0, 0);
           if (item < HITEMS) {
             const int ih = cur.oh0 + HR * h + j / PER_IH, ci = (j % PER_IH) / KD, id = cur.od + j % KD;
@@ -596,7 +601,7 @@ wgrad_wgmma_ws(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restr
         if (k >= 2) bar_sync(BAR_EMPTY_H + h);
 #pragma unroll
         for (int i = 0; i < HPER_WS; ++i) {
-          const int item = tid - 256 + 128 * i, j = item >> 3, b = item & 7;
+          const int item = ptid + 128 * i, j = item >> 3, b = item & 7;
           if (item < HITEMS) {
             const uint32_t e[8] = {v0[i].x, v0[i].y, v0[i].z, v0[i].w, v1[i].x, v1[i].y, v1[i].z, v1[i].w};
             const uint32_t blk = base + h * HANKEL2 + j * RS + b * CM;
@@ -610,6 +615,8 @@ wgrad_wgmma_ws(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restr
         }
         fence_proxy_async();
         bar_arrive(BAR_FULL_H + h);
+        }
+        if (!rows) continue;
         if (h == 0) mbar_wait(bar0 + 8 * (4 * (it & 1) + pw), (it >> 1) & 1);  // this warp's channels of the chunk
         for (int r = 2 * h; r < 2 * h + 2; ++r) {
           const int q = 4 * it + r, slot = q % BULK_SLOTS;
@@ -628,12 +635,14 @@ wgrad_wgmma_ws(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restr
           bar_arrive(BAR_FULL + slot);
         }
       }
+      if (!rows) continue;
       __syncwarp();
       fence_proxy_async();  // this warp's reads of the buffer come before the copies that overwrite it
       if (it + 2 < nc) fetch(it + 2);
     }
     return;
   }
+  if (PRODUCERS == 2) asm volatile("setmaxnreg.inc.sync.aligned.u32 184;\n" ::: "memory");
 
   // the consumers
   const uint64_t desc_b0 = (uint64_t(CM >> 4) << 16) | (uint64_t(RS >> 4) << 32);
@@ -812,6 +821,8 @@ template __global__ void probe::wgrad_wgmma_bulk<1>(const __nv_bfloat16*, const 
 template __global__ void probe::wgrad_wgmma_bulk<2>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 template __global__ void probe::wgrad_wgmma_bulk<3>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 template __global__ void probe::wgrad_wgmma_bulk<7>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
+template __global__ void probe::wgrad_wgmma_ws<1>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
+template __global__ void probe::wgrad_wgmma_ws<2>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 template __global__ void probe::wgrad_wgmma_tma<4>(const __grid_constant__ CUtensorMap, const __nv_bfloat16*, float*, int, int);
 template __global__ void probe::wgrad_wgmma_tma<5>(const __grid_constant__ CUtensorMap, const __nv_bfloat16*, float*, int, int);
 #else
@@ -854,7 +865,8 @@ void wgrad(torch::Tensor x, torch::Tensor dy, torch::Tensor partial, torch::Tens
     cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
     cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
     cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<7>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
-    cudaFuncSetAttribute(probe::wgrad_wgmma_ws, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_WS);
+    cudaFuncSetAttribute(probe::wgrad_wgmma_ws<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_WS);
+    cudaFuncSetAttribute(probe::wgrad_wgmma_ws<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_WS);
     cudaFuncSetAttribute(probe::wgrad_wgmma_tma<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::smem_tma<4>());
     cudaFuncSetAttribute(probe::wgrad_wgmma_tma<5>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::smem_tma<5>());
     cudaDeviceGetAttribute(&blocks, cudaDevAttrMultiProcessorCount, x.get_device());
@@ -867,8 +879,9 @@ void wgrad(torch::Tensor x, torch::Tensor dy, torch::Tensor partial, torch::Tens
     kernel<<<blocks, probe::THREADS, dist == 45 ? probe::smem_tma<5>() : probe::smem_tma<4>(), stream>>>(
         dy_tensor_map(dy), reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), partial.data_ptr<float>(), int(x.size(0)),
         int(parts));
-  } else if (dist == 34) {  // the work split by warpgroup (wgrad_wgmma_ws, run 7)
-    probe::wgrad_wgmma_ws<<<blocks, probe::THREADS_WS, probe::SMEM_WS, stream>>>(
+  } else if (dist == 34 || dist == 35) {  // the work split by warpgroup (wgrad_wgmma_ws<dist - 33>, runs 7 and 10)
+    auto kernel = dist == 35 ? probe::wgrad_wgmma_ws<2> : probe::wgrad_wgmma_ws<1>;
+    kernel<<<blocks, 128 * (dist - 33 + 2), probe::SMEM_WS, stream>>>(
         reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),
         partial.data_ptr<float>(), int(x.size(0)), int(parts));
   } else if (dist >= 24 && dist <= 31) {  // grad_out by bulk copies (wgrad_wgmma_bulk<dist - 24>, runs 5, 6 and 9)
