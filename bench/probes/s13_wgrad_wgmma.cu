@@ -343,8 +343,8 @@ constexpr int CHUNK_CH = R * OW * 2;                       // 464 bytes: a chann
 constexpr int STAGE = CO * CHUNK_CH;                       // 29696 bytes
 constexpr int BULK_SLOTS = 4;
 constexpr int SLOTS_AT = 2 * HANKEL2, STAGE_AT = SLOTS_AT + BULK_SLOTS * SLOT, BAR_AT = STAGE_AT + 2 * STAGE;
-constexpr int SMEM_BULK = BAR_AT + 16;
-static_assert(SMEM_BULK <= 232448, "over the 227 KB a block may have");
+constexpr int SMEM_BULK = BAR_AT + 16, SMEM_BULK5 = SMEM_BULK + SLOT;
+static_assert(SMEM_BULK5 <= 232448, "over the 227 KB a block may have");
 static_assert(CHUNK_CH % 16 == 0 && (OH * OW * 2) % 16 == 0 && OH % R == 0, "bulk copies need 16-byte pieces");
 
 __device__ __forceinline__ void load_x_half(uint4 (&v0)[HPER], uint4 (&v1)[HPER], const __nv_bfloat16* __restrict__ x,
@@ -433,22 +433,25 @@ __device__ __forceinline__ void regroup_row(uint32_t slot, uint32_t stage, int r
 }
 
 // V (run 6): bit 0 spreads the bulk copies over the 8 warps; bit 1 loads the x rows of the next Hankel half one
-// row before they are stored; bit 2 (run 9) issues the copies after the row's wgmmas, not before. parts (timing diagnostics, unchecked): 1 leaves out the Hankel stores, 2 copies
+// row before they are stored; bit 2 (run 9) issues the copies after the row's wgmmas, not before; bit 3 (run 11)
+// regroups two rows at a time at rows 0 and 2 of a chunk, the rows that store no Hankel blocks (5 slots). parts (timing diagnostics, unchecked): 1 leaves out the Hankel stores, 2 copies
 // every chunk from the block's first (L2 hits), 4 leaves out the regroup.
 template <int V>
 __global__ void __launch_bounds__(THREADS, 1)
 wgrad_wgmma_bulk(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ dy, float* __restrict__ partial,
                  int n_batch, int parts) {
-  constexpr bool SPREAD = V & 1, EARLY = V & 2, LATE = V & 4;
+  constexpr bool SPREAD = V & 1, EARLY = V & 2, LATE = V & 4, PAIRS = V & 8;
+  constexpr int NS = PAIRS ? 5 : BULK_SLOTS;  // row slots
+  constexpr int STAGE_AT_V = SLOTS_AT + NS * SLOT, BAR_AT_V = STAGE_AT_V + 2 * STAGE;
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  const uint32_t slots = base + SLOTS_AT, stage0 = base + STAGE_AT, bar0 = base + BAR_AT;
+  const uint32_t slots = base + SLOTS_AT, stage0 = base + STAGE_AT_V, bar0 = base + BAR_AT_V;
   const int tid = threadIdx.x, wg = tid / 128, warp = tid / 32;
   for (int i = tid; i < RS / 16; i += THREADS) {
     sts128(base + HROWS * RS + 16 * i, 0, 0, 0, 0);
     sts128(base + HANKEL2 + HROWS * RS + 16 * i, 0, 0, 0, 0);
   }
-  for (int i = tid; i < BULK_SLOTS * SLOT / 16; i += THREADS) sts128(slots + 16 * i, 0, 0, 0, 0);
+  for (int i = tid; i < NS * SLOT / 16; i += THREADS) sts128(slots + 16 * i, 0, 0, 0, 0);
   const int chunks = n_batch * OD * CHUNKS_H;
   int c = blockIdx.x;
   if (tid == 0) {
@@ -493,14 +496,23 @@ wgrad_wgmma_bulk(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __res
         fetch_chunk<SPREAD>(stage, bar0 + 8 * (it & 1), dy, source(c + 2 * gridDim.x));
       wg_fence();
       const uint64_t db = desc_b0 | uint64_t(((base + (ol / HR) * HANKEL2 + (PER_IH * (ol % HR) + NROWS_WG * wg) * RS) & 0x3FFFF) >> 4);
-      const uint64_t da = desc_a0 | uint64_t(((slots + (q % BULK_SLOTS) * SLOT) & 0x3FFFF) >> 4);
+      const uint64_t da = desc_a0 | uint64_t(((slots + (q % NS) * SLOT) & 0x3FFFF) >> 4);
 #pragma unroll
       for (int s = 0; s < 4; ++s) wgmma184_ss(acc, da + uint64_t((2 * s * A_LBO) >> 4), db + uint64_t((2 * s * CM) >> 4));
       wg_commit();
       if (LATE && ol == 2 && again) fetch_chunk<SPREAD>(stage, bar0 + 8 * (it & 1), dy, source(c + 2 * gridDim.x));
       wg_wait<1>();  // row q - 1's wgmmas are done (this warpgroup's)
-      const uint32_t fill = slots + ((q + 2) % BULK_SLOTS) * SLOT;
+      const uint32_t fill = slots + ((q + 2) % NS) * SLOT;
       if (parts & 4) {
+      } else if (PAIRS) {  // rows q + 2 and q + 3 at rows 0 and 2 (the rows that store no Hankel blocks)
+        if (ol == 0) {
+          regroup_row(fill, stage, 2);
+          regroup_row(slots + ((q + 3) % NS) * SLOT, stage, 3);
+        } else if (ol == 2 && more) {
+          mbar_wait(bar0 + 8 * ((it + 1) & 1), ((it + 1) >> 1) & 1);
+          regroup_row(fill, stage_next, 0);
+          regroup_row(slots + ((q + 3) % NS) * SLOT, stage_next, 1);
+        }
       } else if (ol + 2 < R) regroup_row(fill, stage, ol + 2);
       else if (more) {
         if (ol == 2) mbar_wait(bar0 + 8 * ((it + 1) & 1), ((it + 1) >> 1) & 1);
@@ -821,6 +833,7 @@ template __global__ void probe::wgrad_wgmma_bulk<1>(const __nv_bfloat16*, const 
 template __global__ void probe::wgrad_wgmma_bulk<2>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 template __global__ void probe::wgrad_wgmma_bulk<3>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 template __global__ void probe::wgrad_wgmma_bulk<7>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
+template __global__ void probe::wgrad_wgmma_bulk<15>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 template __global__ void probe::wgrad_wgmma_ws<1>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 template __global__ void probe::wgrad_wgmma_ws<2>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int);
 template __global__ void probe::wgrad_wgmma_tma<4>(const __grid_constant__ CUtensorMap, const __nv_bfloat16*, float*, int, int);
@@ -865,6 +878,7 @@ void wgrad(torch::Tensor x, torch::Tensor dy, torch::Tensor partial, torch::Tens
     cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
     cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
     cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<7>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK);
+    cudaFuncSetAttribute(probe::wgrad_wgmma_bulk<15>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_BULK5);
     cudaFuncSetAttribute(probe::wgrad_wgmma_ws<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_WS);
     cudaFuncSetAttribute(probe::wgrad_wgmma_ws<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM_WS);
     cudaFuncSetAttribute(probe::wgrad_wgmma_tma<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::smem_tma<4>());
@@ -884,10 +898,11 @@ void wgrad(torch::Tensor x, torch::Tensor dy, torch::Tensor partial, torch::Tens
     kernel<<<blocks, 128 * (dist - 33 + 2), probe::SMEM_WS, stream>>>(
         reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),
         partial.data_ptr<float>(), int(x.size(0)), int(parts));
-  } else if (dist >= 24 && dist <= 31) {  // grad_out by bulk copies (wgrad_wgmma_bulk<dist - 24>, runs 5, 6 and 9)
+  } else if ((dist >= 24 && dist <= 31) || dist == 39) {  // grad_out by bulk copies (wgrad_wgmma_bulk<dist - 24>, runs 5, 6, 9, 11)
     auto kernel = dist == 24 ? probe::wgrad_wgmma_bulk<0> : dist == 25 ? probe::wgrad_wgmma_bulk<1>
                 : dist == 26 ? probe::wgrad_wgmma_bulk<2> : dist == 31 ? probe::wgrad_wgmma_bulk<7> : probe::wgrad_wgmma_bulk<3>;
-    kernel<<<blocks, probe::THREADS, probe::SMEM_BULK, stream>>>(
+    if (dist == 39) kernel = probe::wgrad_wgmma_bulk<15>;
+    kernel<<<blocks, probe::THREADS, dist == 39 ? probe::SMEM_BULK5 : probe::SMEM_BULK, stream>>>(
         reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),
         partial.data_ptr<float>(), int(x.size(0)), int(parts));
   } else if (dist == 14 || dist == 15) {  // A from shared memory too (wgrad_wgmma_ss), 4 or 5 row slots

@@ -35,14 +35,14 @@ SHIPPED_MS = 0.67  # RESULTS backward v8: the shipped wgrad pick (mma warps_n=8 
 # grad_out row by the bulk tensor copy engine straight into its slot, a ring of 4 or 5 slots (run 8: a box whose
 # innermost start is not 16-byte aligned is an illegal instruction, so they fail; set DISTS to see); 31: as 27, the
 # copies issued after the row's wgmmas (run 9); 35: as 34 with two producer warpgroups, one for the stream and the
-# regroup, one for the Hankel halves (run 10)
-DISTS = (35, 31)
+# regroup, one for the Hankel halves (run 10); 39: as 31, two rows regrouped at rows 0 and 2 of a chunk (5 slots; run 11)
+DISTS = (39, 31)
 KIND = {2: "A 2 rows ahead", 3: "A 3 rows ahead", 14: "A from shared memory, 4 slots", 15: "A from shared memory, 5 slots",
         24: "bulk copies by warp 0", 25: "bulk copies by every warp", 26: "bulk copies by warp 0, x a row early",
         27: "bulk copies by every warp, x a row early", 34: "bulk copies, the work split by warpgroup",
-        35: "bulk copies, two producer warpgroups",
+        35: "bulk copies, two producer warpgroups", 39: "as run 9, rows regrouped in pairs",
         31: "bulk copies by every warp after the wgmmas, x a row early", 44: "rows by tensor copies, 4 slots", 45: "rows by tensor copies, 5 slots"}
-PARTS_OF = {31: (0,)}  # the parts timed for each kernel beside (0, 2); 2, 3 time all four (0, 1, 2, 3)
+PARTS_OF = {31: (0,), 39: (0, 1)}  # the parts timed for each kernel beside (0, 2); 2, 3 time all four (0, 1, 2, 3)
 PARTS = {0: "", 1: ", without the Hankel stores", 2: ", every A from the block's first row or chunk (cache hits)", 3: ", neither",
          4: ", without the regroup", 5: ", without the Hankel stores or the regroup"}
 
