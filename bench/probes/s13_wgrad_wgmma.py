@@ -42,7 +42,7 @@ KIND = {2: "A 2 rows ahead", 3: "A 3 rows ahead", 14: "A from shared memory, 4 s
         27: "bulk copies by every warp, x a row early", 34: "bulk copies, the work split by warpgroup",
         35: "bulk copies, two producer warpgroups", 39: "as run 9, rows regrouped in pairs",
         31: "bulk copies by every warp after the wgmmas, x a row early", 44: "rows by tensor copies, 4 slots", 45: "rows by tensor copies, 5 slots"}
-PARTS_OF = {31: (0,), 39: (0, 1)}  # the parts timed for each kernel beside (0, 2); 2, 3 time all four (0, 1, 2, 3)
+PARTS_OF = {31: (0,), 39: (0, 1)}  # the parts timed for a kernel, where not (0, 2); 2 and 3 time all four (0, 1, 2, 3)
 PARTS = {0: "", 1: ", without the Hankel stores", 2: ", every A from the block's first row or chunk (cache hits)", 3: ", neither",
          4: ", without the regroup", 5: ", without the Hankel stores or the regroup"}
 
