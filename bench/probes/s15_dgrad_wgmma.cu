@@ -223,11 +223,143 @@ dgrad_wgmma(const __nv_bfloat16* __restrict__ x, const uint4* __restrict__ wlist
   write_row<3>(acc, sout0 + 1 * SOUT, y, n, d0 + wg, 63, wq, g, t, tw, wg, add);
 }
 
+
+// Run 2: the warpgroups apart. Run 1's block-wide barrier each row kept both warpgroups in step, so both
+// wrote their rows out while the tensor cores idled, and the atomic adds of a slot's columns collided
+// (lanes g + 1 at kw + 1 add into one element). Here each warpgroup stages its own 3 input planes (named
+// barriers, no block-wide one after the start), and a completed slot's 21 columns are stored as they are
+// ([column][position], conflict-free) and summed along kw by the thread that writes the element.
+constexpr int STAGE2 = KD * CI * RS;               // a warpgroup's 3 planes: 27,648
+constexpr int RAWS = 68;                           // floats a raw column (64 positions; 68: conflict-free stores)
+constexpr int RAW = SLOT * RAWS * 4;               // one completed slot: 5,712
+constexpr int WG2 = 2 * STAGE2 + 2 * RAW;          // a warpgroup's shared memory
+constexpr int SMEM2 = WBYTES + 2 * WG2;            // 208,704
+
+// Input row hi of warpgroup wg's planes d0 + wg - 2 .. d0 + wg: warp wq copies channel rows 48 wq .. 48 wq + 47
+// of the 192 (plane, channel) rows.
+__device__ __forceinline__ void stage_row_wg(uint32_t stage, const __nv_bfloat16* __restrict__ x, int n, int d, int hi,
+                                             int wq, int lane) {
+  if (lane >= WI / 2) return;
+#pragma unroll
+  for (int i = 0; i < 48; ++i) {
+    const int row = 48 * wq + i, j = row / CI, ci = row % CI, di = d - PD + j;  // j: the warp's plane (uniform)
+    if (di >= 0 && di < DI)
+      cp_async4(stage + row * RS + 4 * lane, x + ((size_t(n) * CI + ci) * DI + di) * (HI * WI) + hi * WI + 2 * lane);
+  }
+}
+
+template <int S>
+__device__ __forceinline__ void write_row_raw(float (&acc)[NACC], uint32_t raw, __nv_bfloat16* __restrict__ y, int n, int d,
+                                              int h, int wq, int wg, int tw, bool add) {
+  constexpr int lo = SLOT * S, hi = SLOT * S + SLOT;
+  int lane;
+  asm volatile("mov.u32 %0, %%laneid;\n" : "=r"(lane));
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int jn = lo / 8; jn <= (hi - 1) / 8; ++jn)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int col = 8 * jn + 2 * t + e;
+      const bool in = col >= lo && col < hi;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float& v = acc[4 * jn + 2 * r + e];
+        if (add && in) asm volatile("st.shared.f32 [%0], %1;\n" :: "r"(raw + ((col - lo) * RAWS + 16 * wq + g + 8 * r) * 4), "f"(v) : "memory");
+        asm volatile("{\n.reg .pred q;\nsetp.ne.b32 q, %1, 0;\n@q mov.f32 %0, 0f00000000;\n}\n" : "+f"(v) : "r"(int(in)));
+      }
+    }
+  if (!add) return;
+  bar_named(1 + wg, 128);
+  if (h < 0 || h >= HO) return;
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    const int o = tw + 128 * k, co = o / 64, w = o % 64;
+    if (o < CO * 64) {
+      float sum = 0.f;
+#pragma unroll
+      for (int kw = 0; kw < KW; ++kw) {
+        const int m = w + kw - PW;
+        if (m >= 0 && m < WI) {
+          float v;
+          asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(v) : "r"(raw + ((kw * CO + co) * RAWS + m) * 4));
+          sum += v;
+        }
+      }
+      y[(((size_t(n) * CO + co) * DO + d) * HO + h) * WO + w] = __float2bfloat16_rn(sum);
+    }
+  }
+}
+
+template <int V>
+__device__ __forceinline__ void row_step2(float (&acc)[NACC], int hi, uint32_t stages, uint32_t wl, uint32_t raw0,
+                                          const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y, int n, int d,
+                                          int lane, int wg, int wq, int tw, int parts) {
+  cp_async_wait<0>();
+  bar_named(3 + wg, 128);  // row hi is in this warpgroup's view; row hi - 1's stage is free
+  if (hi + 1 < HI && !(parts & 2)) stage_row_wg(stages + ((hi + 1) & 1) * STAGE2, x, n, d, hi + 1, wq, lane);
+  cp_async_commit();
+  const uint32_t st = stages + (hi & 1) * STAGE2;
+  uint32_t a[KD][KSTEPS][4];
+  const int mi = lane >> 3;
+#pragma unroll
+  for (int kd = 0; kd < KD; ++kd)
+#pragma unroll
+    for (int c = 0; c < KSTEPS; ++c)
+      ldsm_x4_trans(a[kd][c], st + (kd * CI + 16 * c + 8 * (mi >> 1) + (lane & 7)) * RS + (16 * wq + 8 * (mi & 1)) * 2);
+  constexpr int R = ((-(V + PH)) % KH + KH) % KH;
+  wg_fence();
+#pragma unroll
+  for (int kd = 0; kd < KD; ++kd)
+#pragma unroll
+    for (int c = 0; c < KSTEPS; ++c) {
+      const uint32_t b = wl + (kd * KSTEPS + c) * 2 * LBO + SLOT * R * 16;
+      const uint64_t desc = (uint64_t((b & 0x3FFFF) >> 4)) | (uint64_t(LBO >> 4) << 16) | (uint64_t(128 >> 4) << 32);
+      wgmma112(acc, a[kd][c], desc);
+    }
+  wg_commit();
+  wg_wait<0>();
+  keep(acc);
+  constexpr int S = ((V + PH - KH + 1) % KH + KH) % KH;
+  const int h = hi + PH - KH + 1;
+  write_row_raw<S>(acc, raw0 + (h & 1) * RAW, y, n, d, h, wq, wg, tw, !(parts & 1));
+}
+
+__global__ void __launch_bounds__(THREADS, 1)
+dgrad_wgmma2(const __nv_bfloat16* __restrict__ x, const uint4* __restrict__ wlist, __nv_bfloat16* __restrict__ y, int parts) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2, wq = warp & 3, tw = tid & 127;
+  const uint32_t wl = static_cast<uint32_t>(__cvta_generic_to_shared(smem)), stages = wl + WBYTES + wg * WG2,
+                 raw0 = stages + 2 * STAGE2;
+  const int n = blockIdx.x / PAIRS, d = blockIdx.x % PAIRS * 2 + wg;
+  for (int i = tid; i < WBYTES / 16; i += THREADS) sts128(wl + 16 * i, __ldg(wlist + i));
+  for (int i = tid; i < 2 * WG2 / 16; i += THREADS) sts128(wl + WBYTES + 16 * i, make_uint4(0, 0, 0, 0));
+  fence_proxy_async();
+  __syncthreads();  // the weights and the stages' zeros land first
+  stage_row_wg(stages, x, n, d, 0, wq, lane);
+  cp_async_commit();
+  float acc[NACC];
+#pragma unroll
+  for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+  for (int hb = 0; hb < HI; hb += KH) {
+    row_step2<0>(acc, hb + 0, stages, wl, raw0, x, y, n, d, lane, wg, wq, tw, parts);
+    row_step2<1>(acc, hb + 1, stages, wl, raw0, x, y, n, d, lane, wg, wq, tw, parts);
+    row_step2<2>(acc, hb + 2, stages, wl, raw0, x, y, n, d, lane, wg, wq, tw, parts);
+    row_step2<3>(acc, hb + 3, stages, wl, raw0, x, y, n, d, lane, wg, wq, tw, parts);
+    row_step2<4>(acc, hb + 4, stages, wl, raw0, x, y, n, d, lane, wg, wq, tw, parts);
+  }
+  const bool add = !(parts & 1);
+  write_row_raw<0>(acc, raw0 + 0 * RAW, y, n, d, 60, wq, wg, tw, add);
+  write_row_raw<1>(acc, raw0 + 1 * RAW, y, n, d, 61, wq, wg, tw, add);
+  write_row_raw<2>(acc, raw0 + 0 * RAW, y, n, d, 62, wq, wg, tw, add);
+  write_row_raw<3>(acc, raw0 + 1 * RAW, y, n, d, 63, wq, wg, tw, add);
+}
+
 }  // namespace probe
 
 #ifdef PROBE_KERNEL_ONLY
 template __global__ void probe::dgrad_wgmma<2>(const __nv_bfloat16*, const uint4*, __nv_bfloat16*, int);
 template __global__ void probe::dgrad_wgmma<3>(const __nv_bfloat16*, const uint4*, __nv_bfloat16*, int);
+__global__ void probe::dgrad_wgmma2(const __nv_bfloat16*, const uint4*, __nv_bfloat16*, int);
 #else
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>
@@ -241,10 +373,18 @@ void dgrad(torch::Tensor x, torch::Tensor wlist, torch::Tensor y, int64_t nbuf, 
   if (!ready) {
     cudaFuncSetAttribute(probe::dgrad_wgmma<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::smem<2>());
     cudaFuncSetAttribute(probe::dgrad_wgmma<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::smem<3>());
+    cudaFuncSetAttribute(probe::dgrad_wgmma2, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM2);
     ready = true;
   }
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int blocks = int(x.size(0)) * probe::PAIRS;
+  if (nbuf == 12) {  // run 2: the warpgroups apart (dgrad_wgmma2)
+    probe::dgrad_wgmma2<<<blocks, probe::THREADS, probe::SMEM2, stream>>>(
+        reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const uint4*>(wlist.data_ptr()),
+        reinterpret_cast<__nv_bfloat16*>(y.data_ptr()), int(parts));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
   auto kernel = nbuf == 3 ? probe::dgrad_wgmma<3> : probe::dgrad_wgmma<2>;
   kernel<<<blocks, probe::THREADS, nbuf == 3 ? probe::smem<3>() : probe::smem<2>(), stream>>>(
       reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const uint4*>(wlist.data_ptr()),

@@ -24,7 +24,10 @@ from conv3d_codegen.measure import median_ms, relative_error  # noqa: E402
 HERE = Path(__file__).resolve().parent
 FLOOR_MS = 0.17    # RESULTS backward v8: seed-a bf16 dgrad's floor
 SHIPPED_MS = 1.19  # RESULTS backward v8: the shipped dgrad pick (staged th=8 tw=64 mt=4 block_co=3 ck=16)
-NBUFS = (2, 3)     # staged input rows: NBUF - 1 rows ahead
+# 2, 3: run 1's kernel with 2 or 3 stages (rows staged NBUF - 1 ahead, both warpgroups in step); 12: run 2, the
+# warpgroups apart (each stages its own planes) and the completed slot stored raw and summed along kw
+NBUFS = (2, 12)
+KIND = {2: "run 1, 2 stages", 3: "run 1, 3 stages", 12: "run 2, warpgroups apart, raw write-out"}
 PARTS = {0: "", 1: ", without the write-out", 2: ", without the staging (A from stale rows)"}
 KD, KH, KW, SLOT, LIST = 3, 5, 7, 21, 196
 
@@ -90,7 +93,7 @@ def main() -> None:
              f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}", "",
              "| kernel | ms | x torch | / floor | rel err |", "|---|---|---|---|---|",
              f"| torch (convolution_backward, input only) | {torch_ms:.3f} | 1.00x | {torch_ms / FLOOR_MS:.1f}x | {torch_err:.1e} |",
-             *[f"| probe, {nbuf} stages{PARTS[parts]} | {ms:.3f} | {torch_ms / ms:.2f}x | {ms / FLOOR_MS:.2f}x | "
+             *[f"| probe, {KIND[nbuf]}{PARTS[parts]} | {ms:.3f} | {torch_ms / ms:.2f}x | {ms / FLOOR_MS:.2f}x | "
                + (f"{checked[nbuf][0]:.1e}{'' if checked[nbuf][1] else ' (NaN left)'} |" if not parts else "unchecked |")
                for (nbuf, parts), ms in times.items()], "",
              f"Floor {FLOOR_MS} ms and the shipped pick's {SHIPPED_MS} ms are RESULTS' backward v8 figures (another process)."]
