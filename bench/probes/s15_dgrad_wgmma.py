@@ -26,11 +26,12 @@ FLOOR_MS = 0.17    # RESULTS backward v8: seed-a bf16 dgrad's floor
 SHIPPED_MS = 1.19  # RESULTS backward v8: the shipped dgrad pick (staged th=8 tw=64 mt=4 block_co=3 ck=16)
 # 2, 3: run 1's kernel with 2 or 3 stages (rows staged NBUF - 1 ahead, both warpgroups in step); 12: run 2, the
 # warpgroups apart (each stages its own planes) and the completed slot stored raw and summed along kw; 22, 23: run 3,
-# run 2's write-out with run 1's shared staging, 2 or 3 stages; 32: run 4, run 3 with the staging through registers
-NBUFS = (22, 32)
+# run 2's write-out with run 1's shared staging, 2 or 3 stages; 32: run 4, run 3 with the staging through registers;
+# 42: run 5, run 4's staging 2 rows ahead into 3 stages, the warpgroups free to drift a row apart (mbarriers)
+NBUFS = (22, 42)
 KIND = {2: "run 1, 2 stages", 3: "run 1, 3 stages", 12: "run 2, warpgroups apart, raw write-out",
         22: "run 3, shared staging, raw write-out, 2 stages", 23: "run 3, shared staging, raw write-out, 3 stages",
-        32: "run 4, run 3 staged through registers"}
+        32: "run 4, run 3 staged through registers", 42: "run 5, staged through registers, warpgroups apart (mbarriers)"}
 PARTS = {0: "", 1: ", without the write-out", 2: ", without the staging (A from stale rows)"}
 KD, KH, KW, SLOT, LIST = 3, 5, 7, 21, 196
 
