@@ -184,7 +184,8 @@ __device__ __forceinline__ void row_step(float (&acc)[NACC], int hi, uint32_t st
 }
 
 // parts (timing diagnostics; output unchecked when set): 1 leaves out the write-out (the slot is still zeroed),
-// 2 the staging of input rows (every row's A from whatever the stages hold).
+// 2 the staging of input rows (every row's A from whatever the stages hold); 4 (run 5's kernel) reads rows 0-3
+// of each plane over and over (L2 hits).
 template <int NBUF>
 __global__ void __launch_bounds__(THREADS, 1)
 dgrad_wgmma(const __nv_bfloat16* __restrict__ x, const uint4* __restrict__ wlist, __nv_bfloat16* __restrict__ y, int parts) {
@@ -539,14 +540,20 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       "@!done bra wait_%=;\n}\n" :: "r"(bar), "r"(parity) : "memory");
 }
 
-template <int V>
+template <int V, bool PREFETCH>
 __device__ __forceinline__ void row_step5(float (&acc)[NACC], uint32_t (&v)[32], int hi, uint32_t stages, uint32_t wl,
                                           uint32_t raw0, uint32_t full, uint32_t empty, const __nv_bfloat16* __restrict__ x,
                                           __nv_bfloat16* __restrict__ y, int n, int d0, int warp, int lane, int wg, int wq,
                                           int tw, int parts) {
   const int s = hi % NB5, ahead = hi + NB5 - 1, sa = ahead % NB5;
   const bool next = ahead < HI;
-  if (next && !(parts & 2)) stage_load(v, x, n, d0, ahead, warp, lane);
+  if (next && !(parts & 2)) stage_load(v, x, n, d0, (parts & 4) ? ahead & 3 : ahead, warp, lane);
+  if (PREFETCH && hi % 4 == 0 && hi + 8 < HI) {  // (run 6) the 4-row chunk 8 rows ahead into L2, 464 aligned bytes
+    const int j = threadIdx.x >> 6, ci = threadIdx.x & 63, di = d0 - PD + j;
+    if (di >= 0 && di < DI)
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], 464;\n"
+                   :: "l"(x + ((size_t(n) * CI + ci) * DI + di) * (HI * WI) + (hi + 8) * WI) : "memory");
+  }
   mbar_wait(full + 8 * s, (hi / NB5) & 1);  // row hi is stored by every thread
   const uint32_t st = stages + s * STAGE;
   uint32_t a[KD][KSTEPS][4];
@@ -580,6 +587,7 @@ __device__ __forceinline__ void row_step5(float (&acc)[NACC], uint32_t (&v)[32],
   }
 }
 
+template <bool PREFETCH>
 __global__ void __launch_bounds__(THREADS, 1)
 dgrad_wgmma5(const __nv_bfloat16* __restrict__ x, const uint4* __restrict__ wlist, __nv_bfloat16* __restrict__ y, int parts) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -604,11 +612,11 @@ dgrad_wgmma5(const __nv_bfloat16* __restrict__ x, const uint4* __restrict__ wlis
 #pragma unroll
   for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
   for (int hb = 0; hb < HI; hb += KH) {
-    row_step5<0>(acc, v, hb + 0, stages, wl, raw0, full, empty, x, y, n, d0, warp, lane, wg, wq, tw, parts);
-    row_step5<1>(acc, v, hb + 1, stages, wl, raw0, full, empty, x, y, n, d0, warp, lane, wg, wq, tw, parts);
-    row_step5<2>(acc, v, hb + 2, stages, wl, raw0, full, empty, x, y, n, d0, warp, lane, wg, wq, tw, parts);
-    row_step5<3>(acc, v, hb + 3, stages, wl, raw0, full, empty, x, y, n, d0, warp, lane, wg, wq, tw, parts);
-    row_step5<4>(acc, v, hb + 4, stages, wl, raw0, full, empty, x, y, n, d0, warp, lane, wg, wq, tw, parts);
+    row_step5<0, PREFETCH>(acc, v, hb + 0, stages, wl, raw0, full, empty, x, y, n, d0, warp, lane, wg, wq, tw, parts);
+    row_step5<1, PREFETCH>(acc, v, hb + 1, stages, wl, raw0, full, empty, x, y, n, d0, warp, lane, wg, wq, tw, parts);
+    row_step5<2, PREFETCH>(acc, v, hb + 2, stages, wl, raw0, full, empty, x, y, n, d0, warp, lane, wg, wq, tw, parts);
+    row_step5<3, PREFETCH>(acc, v, hb + 3, stages, wl, raw0, full, empty, x, y, n, d0, warp, lane, wg, wq, tw, parts);
+    row_step5<4, PREFETCH>(acc, v, hb + 4, stages, wl, raw0, full, empty, x, y, n, d0, warp, lane, wg, wq, tw, parts);
   }
   const bool add = !(parts & 1);
   write_row_raw<0>(acc, raw0 + 0 * RAW, y, n, d0 + wg, 60, wq, wg, tw, add);
@@ -626,7 +634,8 @@ __global__ void probe::dgrad_wgmma2(const __nv_bfloat16*, const uint4*, __nv_bfl
 template __global__ void probe::dgrad_wgmma3<2>(const __nv_bfloat16*, const uint4*, __nv_bfloat16*, int);
 template __global__ void probe::dgrad_wgmma3<3>(const __nv_bfloat16*, const uint4*, __nv_bfloat16*, int);
 __global__ void probe::dgrad_wgmma4(const __nv_bfloat16*, const uint4*, __nv_bfloat16*, int);
-__global__ void probe::dgrad_wgmma5(const __nv_bfloat16*, const uint4*, __nv_bfloat16*, int);
+template __global__ void probe::dgrad_wgmma5<false>(const __nv_bfloat16*, const uint4*, __nv_bfloat16*, int);
+template __global__ void probe::dgrad_wgmma5<true>(const __nv_bfloat16*, const uint4*, __nv_bfloat16*, int);
 #else
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>
@@ -644,13 +653,15 @@ void dgrad(torch::Tensor x, torch::Tensor wlist, torch::Tensor y, int64_t nbuf, 
     cudaFuncSetAttribute(probe::dgrad_wgmma3<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::smem3<2>());
     cudaFuncSetAttribute(probe::dgrad_wgmma3<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::smem3<3>());
     cudaFuncSetAttribute(probe::dgrad_wgmma4, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::smem3<2>());
-    cudaFuncSetAttribute(probe::dgrad_wgmma5, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM5);
+    cudaFuncSetAttribute(probe::dgrad_wgmma5<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM5);
+    cudaFuncSetAttribute(probe::dgrad_wgmma5<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, probe::SMEM5);
     ready = true;
   }
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int blocks = int(x.size(0)) * probe::PAIRS;
-  if (nbuf == 42) {  // run 5: run 4's staging, the warpgroups a row apart through mbarriers (dgrad_wgmma5)
-    probe::dgrad_wgmma5<<<blocks, probe::THREADS, probe::SMEM5, stream>>>(
+  if (nbuf == 42 || nbuf == 43) {  // run 5: run 4's staging, the warpgroups a row apart through mbarriers
+    auto kernel = nbuf == 43 ? probe::dgrad_wgmma5<true> : probe::dgrad_wgmma5<false>;  // 43: + L2 prefetch (run 6)
+    kernel<<<blocks, probe::THREADS, probe::SMEM5, stream>>>(
         reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const uint4*>(wlist.data_ptr()),
         reinterpret_cast<__nv_bfloat16*>(y.data_ptr()), int(parts));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
