@@ -26,6 +26,7 @@ from .render_depthwise import DepthwiseTiles, depthwise_candidates, render_depth
 from .render_mma import MmaTiles, mma_candidates, render_mma, supports_mma
 from .render_mma_staged import MmaStagedTiles, mma_staged_candidates, render_mma_staged, supports_mma_staged
 from .render_rows import RowsTiles, render_rows, rows_candidates, supports_rows
+from .render_slots import SlotsTiles, render_slots, slots_candidates, supports_slots
 from .render_wgmma import HOPPER_ARCHES, WgmmaTiles, render_wgmma, supports_wgmma, wgmma_candidates
 from .spec import ConvSpec
 
@@ -36,15 +37,16 @@ TORCH_MARGIN = 0.98  # a candidate must beat torch's time by 2% (more than the t
 TIMING = dict(warmup=5, reps=10, min_total_ms=25.0)
 
 
-AnyTiles = Tiles | MmaTiles | DepthwiseTiles | MmaStagedTiles | RowsTiles | WgmmaTiles
-TILE_KINDS = (Tiles, MmaTiles, DepthwiseTiles, MmaStagedTiles, RowsTiles, WgmmaTiles)  # a record names its winner's kind by its template
+AnyTiles = Tiles | MmaTiles | DepthwiseTiles | MmaStagedTiles | RowsTiles | WgmmaTiles | SlotsTiles
+TILE_KINDS = (Tiles, MmaTiles, DepthwiseTiles, MmaStagedTiles, RowsTiles, WgmmaTiles, SlotsTiles)  # a record names its winner's kind by its template
 
 
 def render_tiles(spec: ConvSpec, tiles: AnyTiles | None = None, wide: bool = False,
                  size: tuple[int, int, int] | None = None) -> Source:
     """The forward source of `tiles`: the tensor-core, staged tensor-core, row-product (mma.sync or
-    wgmma), depthwise or direct template's. `size` (the input's d, h, w) specializes the tensor-core
-    and row-product templates on it; the others take any size."""
+    wgmma), rotating-slots, depthwise or direct template's. `size` (the input's d, h, w) specializes
+    the tensor-core and row-product templates on it, and the rotating-slots template needs it; the
+    others take any size."""
     if isinstance(tiles, MmaTiles):
         return render_mma(spec, tiles, wide, size)
     if isinstance(tiles, MmaStagedTiles):
@@ -55,6 +57,8 @@ def render_tiles(spec: ConvSpec, tiles: AnyTiles | None = None, wide: bool = Fal
         return render_rows(spec, tiles, wide, size)
     if isinstance(tiles, WgmmaTiles):
         return render_wgmma(spec, tiles, wide, size)
+    if isinstance(tiles, SlotsTiles):
+        return render_slots(spec, tiles, wide, size)
     return render_direct(spec, tiles, wide)
 
 
@@ -65,12 +69,15 @@ def candidates(spec: ConvSpec, arch: str | None = None) -> list[AnyTiles]:
     then the staged tensor-core template's (float16, bfloat16, 16 or more input channels per
     group), then the row-product template's (float16, bfloat16 and float32 'tf32', few input
     channels, stride 1; render_rows.supports_rows), then on sm_90 only the wgmma row-product
-    template's (float16, bfloat16, few input channels, 5 or 7 taps along w; render_wgmma)."""
+    template's (float16, bfloat16, few input channels, 5 or 7 taps along w; render_wgmma) and the
+    rotating-slots template's (float16, bfloat16, few output channels, input channels a multiple of
+    16: dgrad on a 3-channel input; render_slots)."""
     return (direct_candidates(spec) + (mma_candidates(spec) if supports_mma(spec) is None else [])
             + (depthwise_candidates(spec) if supports_depthwise(spec) is None else [])
             + (mma_staged_candidates(spec) if supports_mma_staged(spec) is None else [])
             + (rows_candidates(spec) if supports_rows(spec) is None else [])
-            + (wgmma_candidates(spec) if arch in HOPPER_ARCHES and supports_wgmma(spec) is None else []))
+            + (wgmma_candidates(spec) if arch in HOPPER_ARCHES and supports_wgmma(spec) is None else [])
+            + (slots_candidates(spec) if arch in HOPPER_ARCHES and supports_slots(spec) is None else []))
 
 
 def direct_candidates(spec: ConvSpec) -> list[Tiles]:

@@ -142,6 +142,7 @@ class PtxasReport:
     spill_load_bytes: int
     shared_bytes: int
     seconds: float
+    serialized_wgmma: bool = False  # ptxas's C7511-C7515: it made the wgmmas wait on each other
 
 
 def compile_cubin(source: Source, target: Target, key: str = "standalone") -> PtxasReport:
@@ -156,7 +157,8 @@ def compile_cubin(source: Source, target: Target, key: str = "standalone") -> Pt
                        stack_bytes=most(r"(\d+) bytes stack frame"),
                        spill_store_bytes=most(r"(\d+) bytes spill stores"),
                        spill_load_bytes=most(r"(\d+) bytes spill loads"),
-                       shared_bytes=most(r"(\d+) bytes smem"), seconds=seconds)
+                       shared_bytes=most(r"(\d+) bytes smem"), seconds=seconds,
+                       serialized_wgmma="wgmma.mma_async instructions are serialized" in log)
 
 
 def compile_shared_library(source: Source, target: Target, out: Path, key: str = "standalone") -> Path:

@@ -1,0 +1,97 @@
+"""The rotating-slots template (sm_90a) against torch.nn.functional.conv3d in float64, on fresh random
+inputs, with outputs poisoned (NaN) before each run (test_forward_mma's run_and_check: every element
+written, the first samples compared), each kernel built for its case's input size. The cases cover
+seed-a's and seed-b's dgrad shapes, input heights that are not a multiple of kh (zero rows walked),
+an odd number of output planes (a warpgroup with no plane), no padding (output rows before the
+first input row's), one output channel, kh 1, 128 input channels, and both 16-bit types. Skipped,
+saying so, on GPUs other than compute capability 9.0. Last, the dgrad of seed-a through autotuning:
+the slots candidate is timed beside the others and the kept winner is correct."""
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conv3d_codegen.build import Target
+from conv3d_codegen.cache import KernelCache
+from conv3d_codegen.dispatch import Dispatcher
+from conv3d_codegen.measure import random_inputs, relative_error, tolerance
+from conv3d_codegen.ops import run
+from conv3d_codegen.render_grad import dgrad_spec
+from conv3d_codegen.render_slots import SlotsTiles, render_slots, slots_shape_problem
+from conv3d_codegen.render_wgmma import HOPPER_ARCHES
+from conv3d_codegen.spec import ConvSpec
+from conv3d_codegen.workloads import WORKLOADS
+
+from .test_forward_mma import assert_refused, launch_empty, run_and_check  # the same checks for every template
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or Target.for_device().arch not in HOPPER_ARCHES,
+    reason="the rotating-slots template runs on compute capability 9.0 (H100, H200) only; this GPU is another")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    spec: ConvSpec
+    input_shape: tuple[int, int, int, int, int]
+    tiles: SlotsTiles = SlotsTiles()
+
+    def __str__(self) -> str:
+        return f"{self.name}-{self.spec.dtype}"
+
+
+def _case(name: str, text: str, dtype: str, shape) -> Case:
+    spec = ConvSpec.from_text(f"{text} --dtype {dtype}")
+    input_shape = (shape[0], spec.in_channels, *shape[1:])
+    assert slots_shape_problem(spec, input_shape) is None, name
+    return Case(name, spec, input_shape)
+
+
+CASES = (
+    [_case("dgrad-a", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", dtype, (2, 10, 13, 58)) for dtype in ("bfloat16", "float16")]
+    + [_case("dgrad-b-odd-planes", "3x3x3 --cin 64 --cout 3 --padding 2", "bfloat16", (2, 7, 9, 62)),  # 9 output planes
+       _case("no-padding", "3x5x7 --cin 32 --cout 3", "float16", (2, 8, 12, 64)),
+       _case("cout1-nobias", "3x3x3 --cin 16 --cout 1 --padding 1 --no-bias", "bfloat16", (1, 5, 6, 20)),
+       _case("kh1", "1x1x5 --cin 16 --cout 8 --padding 0x0x2", "bfloat16", (2, 3, 4, 30)),
+       _case("cin128", "1x3x3 --cin 128 --cout 2 --padding 0x1x1", "float16", (2, 3, 5, 8)),
+       _case("cout4", "3x3x5 --cin 48 --cout 4 --padding 1x1x2", "bfloat16", (1, 4, 7, 16)),
+       _case("many-items", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", "bfloat16", (3, 40, 20, 58))]  # several a block
+)
+
+
+@pytest.fixture(scope="module")
+def kernels(dispatcher):
+    sources = {str(case): render_slots(case.spec, size=case.input_shape[2:]) for case in CASES}
+    return dict(zip(sources, dispatcher.loader.load_many(list(sources.values()), Target.for_device())))
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_slots_kernel_matches_torch(kernels, case: Case):
+    run_and_check(kernels[str(case)], case)
+
+
+def test_a_kernel_built_for_one_size_refuses_another(kernels):
+    case = CASES[0]
+    d, h, w = case.input_shape[2:]
+    assert_refused(kernels[str(case)], case.spec, (1, case.spec.in_channels, d, h + 5, w))
+
+
+def test_an_empty_batch_launches_nothing(kernels):
+    case = CASES[0]
+    launch_empty(kernels[str(case)], case.spec, case.input_shape)
+
+
+def test_autotuning_seed_a_dgrad_times_the_slots_candidate_and_keeps_a_winner(tmp_path):
+    seed = WORKLOADS["seed-a"]
+    spec = dgrad_spec(seed.spec.model_copy(update={"dtype": "bfloat16"}))[0]
+    shape = (4, 64, *seed.spec.output_size(*seed.input_shape[2:]))  # grad_out of 4 samples
+    tuning = Dispatcher(KernelCache(tmp_path), autotune=True)
+    x, weight, bias = random_inputs(spec, shape)
+    out = run(tuning, x, weight, bias, padding=spec.padding)
+    ref = F.conv3d(x.double(), weight.double(), bias.double(), padding=spec.padding)
+    assert tuning.plan(x, weight, bias, 1, spec.padding, 1, 1).tuned and relative_error(out, ref) <= tolerance(spec)
+    choice = tuning.tuner.lookup(spec, shape, Target.for_device(), torch.cuda.get_device_name())
+    assert str(SlotsTiles()) in choice.timings_ms and str(SlotsTiles()) not in choice.dropped, choice.dropped
+    print(f"\n{spec.tag}: winner {choice.label}; " + ", ".join(
+        f"{k} {v:.4f} ms" for k, v in sorted(choice.timings_ms.items(), key=lambda kv: kv[1] or 1e9)[:6]))

@@ -1,0 +1,132 @@
+"""The rotating-slots template (dgrad on a 3-channel input): what it serves and on which inputs, on
+which GPUs the tuner offers it, its geometry and weight lists, and nvcc compiling seed-a's and
+seed-b's dgrad and a few edge specs alone for sm_90 (built as sm_90a) without spills and without
+ptxas serializing the wgmmas, and refusing to compile for sm_80 (no GPU, no torch headers)."""
+import pytest
+
+from conv3d_codegen.autotune import Tuner, candidates, render_tiles
+from conv3d_codegen.build import KernelBuildError, compile_cubin
+from conv3d_codegen.render_grad import dgrad_spec
+from conv3d_codegen.render_slots import SlotsTiles, geometry, render_slots, slots_shape_problem, supports_slots
+from conv3d_codegen.spec import ConvSpec
+from conv3d_codegen.workloads import WORKLOADS
+
+from .cubins import SM80, SM90, compile_all
+
+
+def dgrad_of(workload: str, dtype: str = "bfloat16") -> tuple[ConvSpec, tuple[int, int, int]]:
+    """The dgrad convolution of a seed workload and its input's size (grad_out's d, h, w)."""
+    w = WORKLOADS[workload]
+    spec = w.spec.model_copy(update={"dtype": dtype})
+    return dgrad_spec(spec)[0], spec.output_size(*w.input_shape[2:])
+
+
+DGRAD_A, SIZE_A = dgrad_of("seed-a")
+DGRAD_B, SIZE_B = dgrad_of("seed-b")
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("3x5x7 --cin 64 --cout 3 --padding 2x4x6 --dtype bfloat16", None),      # seed-a's dgrad
+    ("3x3x3 --cin 64 --cout 3 --padding 2 --dtype float16", None),           # seed-b's
+    ("1x3x3 --cin 128 --cout 2 --padding 0x1x1 --dtype bfloat16 --no-bias", None),
+    ("3x5x7 --cin 64 --cout 3 --padding 2x4x6", "dtype float32"),
+    ("3x5x7 --cin 64 --cout 3 --padding 2x4x6 --dtype bfloat16 --layout ndhwc", "NCDHW only"),
+    ("3x5x7 --cin 64 --cout 4 --groups 2 --dtype bfloat16", "groups=2"),
+    ("3x5x7 --cin 64 --cout 3 --dtype bfloat16 --stride 2", "stride 1 and dilation 1"),
+    ("3x5x7 --cin 64 --cout 3 --dtype bfloat16 --padding 3x4x6", "below the kernel's size"),
+    ("3x5x7 --cin 48 --cout 3 --dtype bfloat16 --padding 2x4x6", None),
+    ("3x5x7 --cin 40 --cout 3 --dtype bfloat16", "in_channels=40"),
+    ("3x5x7 --cin 80 --cout 3 --dtype bfloat16", "15 A fragments"),
+    ("3x5x7 --cin 64 --cout 4 --dtype bfloat16", "N = 144"),
+])
+def test_supports_slots_gives_the_reason(text, reason):
+    found = supports_slots(ConvSpec.from_text(text))
+    assert found is None if reason is None else reason in found
+
+
+def test_uneven_padding_is_refused():
+    spec = ConvSpec.from_text("3x4x3 --cin 16 --cout 2 --padding same --dtype bfloat16")  # kh 4: 1 before, 2 after
+    assert spec.pad_before != spec.pad_after and "same padding on both sides" in supports_slots(spec)
+
+
+@pytest.mark.parametrize("shape, reason", [
+    ((16, 64, 62, 60, 58), None),
+    ((1, 64, 5, 7, 2), None),
+    ((1, 64, 5, 7, 57), "input width 57"),     # odd: rows are copied in 4-byte pieces
+    ((1, 64, 5, 7, 66), "input width 66"),     # over one M tile
+    ((1, 64, 5, 7, 62), "output width 68"),    # over the sums' 64 positions
+])
+def test_slots_shape_problem_names_the_input_it_refuses(shape, reason):
+    found = slots_shape_problem(DGRAD_A, shape)
+    assert found is None if reason is None else reason in found
+
+
+def test_the_tuner_offers_the_slots_tiles_on_sm90_only():
+    assert SlotsTiles() in candidates(DGRAD_A, "sm_90") and SlotsTiles() in candidates(DGRAD_A, "sm_90a")
+    for arch in ("sm_80", "sm_86", "sm_100", None):
+        assert SlotsTiles() not in candidates(DGRAD_A, arch)
+    assert Tuner.candidate_problem(DGRAD_A, SlotsTiles(), (2, 64, 62, 60, 58)) is None
+    assert "input width 66" in Tuner.candidate_problem(DGRAD_A, SlotsTiles(), (2, 64, 62, 60, 66))
+    assert "planes=3" in SlotsTiles(planes=3).problem(DGRAD_A)
+
+
+def test_the_geometry_of_the_seeds_dgrad():
+    a, b = geometry(DGRAD_A), geometry(DGRAD_B)
+    assert (a.slot, a.ncol, a.list_rows) == (21, 112, 21 * 4 + 112)   # 105 columns of 112; windows at 21 r, r < 5
+    assert a.weight_bytes == 3 * 4 * 2 * 196 * 16 and a.stage_bytes == 4 * 64 * 144
+    assert a.shared_bytes == 75264 + 2 * 36864 + 4 * 21 * 68 * 4 <= 227 * 1024
+    assert (b.slot, b.ncol, b.list_rows) == (9, 32, 9 * 2 + 32)       # 27 columns of 32
+
+
+def test_every_window_puts_each_tap_row_in_its_slot():
+    """Row hi's window starts at list row SLOT r, r = -(hi + PH) mod KH, and list row i holds kh = -(i // SLOT)
+    mod KH: slot s then takes kh = (hi + PH - s) mod KH, the tap that carries input row hi to output row h = s
+    (mod KH), h = hi + PH - kh. The template's arithmetic, checked for every row position and slot."""
+    for kh_size, ph in [(5, 4), (3, 2), (3, 0), (1, 0), (4, 1)]:
+        for hi in range(2 * kh_size + 3):
+            r = (-(hi + ph)) % kh_size
+            for s in range(kh_size):
+                kh = (-(r + s)) % kh_size
+                h = hi + ph - kh
+                assert 0 <= kh < kh_size and h % kh_size == s and hi + ph - kh_size + 1 <= h <= hi + ph
+
+
+def test_a_render_needs_the_input_size_and_folds_it():
+    with pytest.raises(ValueError, match="built for one input size"):
+        render_slots(DGRAD_A)
+    with pytest.raises(ValueError, match="input width 66"):
+        render_slots(DGRAD_A, size=(10, 10, 66))
+    src = render_slots(DGRAD_A, size=SIZE_A)
+    assert src.name.endswith("_62x60x58") and "m64n112k16.f32.bf16.bf16" in src.body
+    assert "constexpr int DI = 62, HI = 60, WI = 58;" in src.body and "DO = 64, HO = 64, WO = 64;" in src.body
+    flushed = [h for h in range(64) if f"write_row<{h % 5}>(acc, raw0 + {h % 2} * RAW, bias, y, cn, d0 + wg, {h}," in src.body]
+    assert flushed == [60, 61, 62, 63]  # the output rows after the last input row's (59)
+    assert "m64n32k16.f32.f16.f16" in render_slots(dgrad_of("seed-b", "float16")[0], size=SIZE_B).body
+    assert render_tiles(DGRAD_A, SlotsTiles(), size=SIZE_A).body == src.body
+
+
+def _sources():
+    return [render_slots(spec, size=size) for spec, size in [
+        (DGRAD_A, SIZE_A),
+        (DGRAD_B, SIZE_B),
+        (ConvSpec.from_text("3x5x7 --cin 32 --cout 3 --dtype float16"), (8, 13, 64)),        # no padding: rows h < 0
+        (ConvSpec.from_text("1x3x3 --cin 128 --cout 2 --padding 0x1x1 --dtype bfloat16 --no-bias"), (3, 5, 8)),
+        (ConvSpec.from_text("3x3x5 --cin 48 --cout 4 --padding 1x1x2 --dtype bfloat16"), (4, 7, 16)),  # N = 64 of 60
+    ]]
+
+
+@pytest.fixture(scope="module")
+def reports():
+    return compile_all([(source, SM90) for source in _sources()])
+
+
+def test_every_variant_compiles_for_sm90a_without_spills_or_serialized_wgmmas(reports):
+    for source, target, report in reports:
+        where = f"{source.name} for {target.arch}: {report}"
+        assert report.registers <= 255 and not report.serialized_wgmma, where
+        assert max(report.spill_store_bytes, report.spill_load_bytes, report.stack_bytes) == 0, where
+
+
+def test_it_refuses_to_compile_for_other_gpus():
+    with pytest.raises(KernelBuildError, match="build it for sm_90a"):
+        compile_cubin(render_slots(DGRAD_A, size=SIZE_A), SM80)
