@@ -19,7 +19,7 @@ from conv3d_codegen.render_depthwise import DepthwiseTiles, depthwise_candidates
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
-from .test_forward_mma import CHECKED_BATCH, reference, run_and_check  # the same check for every template
+from .test_forward_mma import CHECKED_BATCH, reference, run_and_check, timings_line  # the same check for every template
 
 ODD = (17, 9, 33)  # d, h, w: no size a multiple of a tile; w = 33 takes the element-wise stores
 
@@ -127,8 +127,7 @@ def test_autotuning_times_the_depthwise_candidates_and_keeps_a_winner(tmp_path, 
     choice = tuning.tuner.lookup(spec, shape, Target.for_device(), torch.cuda.get_device_name())
     assert {str(t) for t in depthwise_candidates(spec)} <= set(choice.timings_ms)
     assert not {str(t) for t in depthwise_candidates(spec)} & set(choice.dropped), choice.dropped
-    print(f"\n{spec.tag}: winner {choice.label}; " + ", ".join(
-        f"{k} {v:.4f} ms" for k, v in sorted(choice.timings_ms.items(), key=lambda kv: kv[1] or 1e9)))
+    print(f"\n{spec.tag}: winner {choice.label}; " + timings_line(choice))
     later = Dispatcher(KernelCache(tmp_path), autotune=False)
     reused = later.plan(x, weight, bias, 1, 1, 1, 16)
     assert reused.tuned and later.cache.stats.builds == 0

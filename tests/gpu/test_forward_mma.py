@@ -177,6 +177,13 @@ def build_both_ways(dispatcher, render, cases) -> dict:
     return dict(zip(sources, built))
 
 
+def timings_line(choice, most: int | None = None) -> str:
+    """A tuning record's timings, fastest first: "dropped" where the tuner did not time a candidate
+    (a record stores a dropped one's time as null)."""
+    ranked = sorted(choice.timings_ms.items(), key=lambda kv: kv[1] if kv[1] is not None else float("inf"))[:most]
+    return ", ".join(f"{k} {'dropped' if v is None else f'{v:.4f} ms'}" for k, v in ranked)
+
+
 def assert_refused(kernel, spec: ConvSpec, input_shape: tuple[int, ...]):
     """The kernel on inputs of `input_shape` returns an error ("invalid argument"), never a wrong result."""
     x, weight, bias = random_inputs(spec, input_shape)

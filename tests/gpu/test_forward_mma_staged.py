@@ -22,7 +22,7 @@ from conv3d_codegen.render_mma_staged import MmaStagedTiles, mma_staged_candidat
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
-from .test_forward_mma import CHECKED_BATCH, reference, run_and_check  # the same check for every template
+from .test_forward_mma import CHECKED_BATCH, reference, run_and_check, timings_line  # the same check for every template
 
 
 @dataclass(frozen=True)
@@ -198,5 +198,4 @@ def test_autotuning_the_gradient_convolution_verifies_every_staged_candidate(dis
     staged = {str(t) for t in mma_staged_candidates(spec)}
     assert plan.tuned and staged <= set(choice.timings_ms)
     assert not staged & set(choice.dropped), choice.dropped
-    print(f"\n{spec.tag} {shape}: winner {choice.label}; " + ", ".join(
-        f"{k} {v:.4f} ms" for k, v in sorted(choice.timings_ms.items(), key=lambda kv: kv[1] or 1e9)))
+    print(f"\n{spec.tag} {shape}: winner {choice.label}; " + timings_line(choice))

@@ -20,7 +20,7 @@ from conv3d_codegen.render_rows import RowsTiles, render_rows, rows_candidates, 
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
-from .test_forward_mma import SIZES, assert_refused, build_both_ways, launch_empty, run_and_check  # the same checks for every template
+from .test_forward_mma import SIZES, assert_refused, build_both_ways, launch_empty, run_and_check, timings_line  # the same checks for every template
 
 
 @dataclass(frozen=True)
@@ -122,5 +122,4 @@ def test_autotuning_seed_b_times_the_row_candidates_and_keeps_a_winner(tmp_path)
     choice = tuning.tuner.lookup(spec, shape, Target.for_device(), torch.cuda.get_device_name())
     rows = {str(t) for t in rows_candidates(spec)}
     assert rows <= set(choice.timings_ms) and not rows & set(choice.dropped), choice.dropped
-    print(f"\n{spec.tag}: winner {choice.label}; " + ", ".join(
-        f"{k} {v:.4f} ms" for k, v in sorted(choice.timings_ms.items(), key=lambda kv: kv[1] or 1e9)))
+    print(f"\n{spec.tag}: winner {choice.label}; " + timings_line(choice))

@@ -23,7 +23,7 @@ from conv3d_codegen.render_wgmma import HOPPER_ARCHES
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
-from .test_forward_mma import assert_refused, launch_empty, run_and_check  # the same checks for every template
+from .test_forward_mma import assert_refused, launch_empty, run_and_check, timings_line  # the same checks for every template
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or Target.for_device().arch not in HOPPER_ARCHES,
@@ -94,5 +94,4 @@ def test_autotuning_seed_a_dgrad_times_the_slots_candidate_and_keeps_a_winner(tm
     assert tuning.plan(x, weight, bias, 1, spec.padding, 1, 1).tuned and relative_error(out, ref) <= tolerance(spec)
     choice = tuning.tuner.lookup(spec, shape, Target.for_device(), torch.cuda.get_device_name())
     assert str(SlotsTiles()) in choice.timings_ms and str(SlotsTiles()) not in choice.dropped, choice.dropped
-    print(f"\n{spec.tag}: winner {choice.label}; " + ", ".join(
-        f"{k} {v:.4f} ms" for k, v in sorted(choice.timings_ms.items(), key=lambda kv: kv[1] or 1e9)[:6]))
+    print(f"\n{spec.tag}: winner {choice.label}; " + timings_line(choice, 6))

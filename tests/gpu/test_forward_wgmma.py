@@ -21,7 +21,7 @@ from conv3d_codegen.render_wgmma import HOPPER_ARCHES, WgmmaTiles, render_wgmma,
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
-from .test_forward_mma import SIZES, assert_refused, build_both_ways, launch_empty, run_and_check  # the same checks for every template
+from .test_forward_mma import SIZES, assert_refused, build_both_ways, launch_empty, run_and_check, timings_line  # the same checks for every template
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or Target.for_device().arch not in HOPPER_ARCHES,
@@ -126,5 +126,4 @@ def test_autotuning_seed_a_times_the_wgmma_candidates_and_keeps_a_winner(tmp_pat
     choice = tuning.tuner.lookup(spec, shape, Target.for_device(), torch.cuda.get_device_name())
     wgmma = {str(t) for t in wgmma_candidates(spec)}
     assert wgmma <= set(choice.timings_ms) and not wgmma & set(choice.dropped), choice.dropped
-    print(f"\n{spec.tag}: winner {choice.label}; " + ", ".join(
-        f"{k} {v:.4f} ms" for k, v in sorted(choice.timings_ms.items(), key=lambda kv: kv[1] or 1e9)))
+    print(f"\n{spec.tag}: winner {choice.label}; " + timings_line(choice))
