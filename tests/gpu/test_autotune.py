@@ -15,6 +15,7 @@ from conv3d_codegen.kernel import launch_args
 from conv3d_codegen.measure import random_inputs, relative_error, tolerance
 from conv3d_codegen.ops import run
 from conv3d_codegen.render import default_tiles
+from conv3d_codegen.render_slots import SlotsTiles
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
@@ -68,16 +69,24 @@ CANDIDATE_SPECS = [(w.spec.model_copy(update={"dtype": dt}), (1, w.spec.in_chann
 # The row-product templates take no input 41 wide (a multiple of 8, an even ow): seed-b and seed-a on one they take.
 CANDIDATE_SPECS.append((WORKLOADS["seed-b"].spec.model_copy(update={"dtype": "bfloat16"}), (1, 3, 10, 12, 32)))
 CANDIDATE_SPECS.append((WORKLOADS["seed-a"].spec.model_copy(update={"dtype": "bfloat16"}), (1, 3, 10, 12, 32)))
+# The rotating-slots template (sm_90) takes an even width: pointwise (64 -> 128 channels, N = 128) on one.
+CANDIDATE_SPECS.append((WORKLOADS["pointwise"].spec.model_copy(update={"dtype": "bfloat16"}), (1, 64, 5, 6, 40)))
+
+
+def _render(spec: ConvSpec, tiles, shape: tuple[int, ...]):
+    """A candidate's kernel for any input size; the rotating-slots template's for the shape's (it has no other)."""
+    return render_tiles(spec, tiles, size=shape[2:] if isinstance(tiles, SlotsTiles) else None)
 
 
 @pytest.fixture(scope="module")
 def candidate_kernels(dispatcher):
-    """Every candidate of every spec below, built at once."""
+    """Every candidate of every spec below that the tuner may pick for its shape, built at once."""
     arch = Target.for_device().arch
-    sources = [render_tiles(spec, tiles) for spec, _ in CANDIDATE_SPECS for tiles in candidates(spec, arch)]
-    built = dispatcher.loader.load_many(sources, Target.for_device())
+    jobs = [(spec, shape, tiles) for spec, shape in CANDIDATE_SPECS for tiles in candidates(spec, arch)
+            if Tuner.candidate_problem(spec, tiles, shape) is None]
+    built = dispatcher.loader.load_many([_render(spec, tiles, shape) for spec, shape, tiles in jobs], Target.for_device())
     assert not [k for k in built if isinstance(k, Exception)]
-    return {(source.identity, source.params["tiles"]): kernel for source, kernel in zip(sources, built)}
+    return {(spec.canonical_json(), shape, str(tiles)): kernel for (spec, shape, tiles), kernel in zip(jobs, built)}
 
 
 @pytest.mark.parametrize("spec, shape", CANDIDATE_SPECS, ids=lambda v: v.tag if isinstance(v, ConvSpec) else "")
@@ -87,7 +96,7 @@ def test_every_candidate_the_autotuner_can_pick_matches_torch(candidate_kernels,
     for tiles in candidates(spec, Target.for_device().arch):
         if Tuner.candidate_problem(spec, tiles, shape) is not None:
             continue  # the tuner drops these tiles for this shape, so it cannot pick them
-        kernel = candidate_kernels[(spec.canonical_json(), str(tiles))]
+        kernel = candidate_kernels[(spec.canonical_json(), shape, str(tiles))]
         out = torch.full(ref.shape, float("nan"), dtype=x.dtype, device=x.device)
         kernel(x, weight, bias, out, launch_args(spec, x.shape))
         assert relative_error(out, ref) <= tolerance(spec), tiles
