@@ -56,7 +56,10 @@ CASES = (
        _case("kh1", "1x1x5 --cin 16 --cout 8 --padding 0x0x2", "bfloat16", (2, 3, 4, 30)),
        _case("cin128", "1x3x3 --cin 128 --cout 2 --padding 0x1x1", "float16", (2, 3, 5, 8)),
        _case("cout4", "3x3x5 --cin 48 --cout 4 --padding 1x1x2", "bfloat16", (1, 4, 7, 16)),
-       _case("many-items", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", "bfloat16", (3, 40, 20, 58))]  # several a block
+       _case("many-items", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", "bfloat16", (3, 40, 20, 58)),
+       # 300 items: more than an H100 holds blocks, so blocks walk several (and stage the next one's first row); 5 rows an item
+       _case("items-per-block", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", "bfloat16", (2, 298, 3, 58)),
+       _case("items-per-block-even-rows", "3x3x3 --cin 16 --cout 3 --padding 1", "float16", (3, 200, 4, 30))]  # 6 rows an item
 )
 
 
