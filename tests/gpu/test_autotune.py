@@ -15,7 +15,6 @@ from conv3d_codegen.kernel import launch_args
 from conv3d_codegen.measure import random_inputs, relative_error, tolerance
 from conv3d_codegen.ops import run
 from conv3d_codegen.render import default_tiles
-from conv3d_codegen.render_slots import SlotsTiles
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
@@ -73,18 +72,15 @@ CANDIDATE_SPECS.append((WORKLOADS["seed-a"].spec.model_copy(update={"dtype": "bf
 CANDIDATE_SPECS.append((WORKLOADS["pointwise"].spec.model_copy(update={"dtype": "bfloat16"}), (1, 64, 5, 6, 40)))
 
 
-def _render(spec: ConvSpec, tiles, shape: tuple[int, ...]):
-    """A candidate's kernel for any input size; the rotating-slots template's for the shape's (it has no other)."""
-    return render_tiles(spec, tiles, size=shape[2:] if isinstance(tiles, SlotsTiles) else None)
-
-
 @pytest.fixture(scope="module")
 def candidate_kernels(dispatcher):
-    """Every candidate of every spec below that the tuner may pick for its shape, built at once."""
+    """Every candidate of every spec below that the tuner may pick for its shape, built at once for the shape's size,
+    as the tuner builds them."""
     arch = Target.for_device().arch
     jobs = [(spec, shape, tiles) for spec, shape in CANDIDATE_SPECS for tiles in candidates(spec, arch)
             if Tuner.candidate_problem(spec, tiles, shape) is None]
-    built = dispatcher.loader.load_many([_render(spec, tiles, shape) for spec, shape, tiles in jobs], Target.for_device())
+    built = dispatcher.loader.load_many([render_tiles(spec, tiles, size=shape[2:]) for spec, shape, tiles in jobs],
+                                        Target.for_device())
     assert not [k for k in built if isinstance(k, Exception)]
     return {(spec.canonical_json(), shape, str(tiles)): kernel for (spec, shape, tiles), kernel in zip(jobs, built)}
 
