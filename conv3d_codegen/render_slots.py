@@ -141,12 +141,13 @@ def render_slots(spec: ConvSpec, tiles: SlotsTiles | None = None, wide: bool = F
         raise ValueError(problem)
     g = geometry(spec)
     kh, ph = spec.kernel_size[1], spec.pad_before[1]
-    hpad = -(-sized.size[1] // kh) * kh
+    hpad = max(-(-sized.size[1] // kh) * kh, 2)  # input rows walked: the kernel stages two rows ahead
     flush = list(range(max(hpad + ph - kh + 1, 0), sized.out_size[1]))  # output rows after the last input row's
     name = f"conv3d_fwd_slots_{spec.tag}" + sized.suffix
     body = _environment(templates_dir()).get_template(SLOTS_TEMPLATE).render(
         spec=spec, tiles=tiles, geometry=g, name=name, entry=f"{name}_launch", arg_names=DIRECT_ARGS,
-        size=sized.size, out_size=sized.out_size, row_stride=ROW_STRIDE, raw_stride=RAW_STRIDE, flush=flush)
+        size=sized.size, out_size=sized.out_size, row_stride=ROW_STRIDE, raw_stride=RAW_STRIDE, flush=flush,
+        hpad=hpad)
     params = {
         "spec": spec.canonical_json(),
         "tiles": str(tiles),

@@ -3,9 +3,10 @@ inputs, with outputs poisoned (NaN) before each run (test_forward_mma's run_and_
 written, the first samples compared), each kernel built for its case's input size. The cases cover
 seed-a's and seed-b's dgrad shapes, input heights that are not a multiple of kh (zero rows walked),
 an odd number of output planes (a warpgroup with no plane), no padding (output rows before the
-first input row's), one output channel, kh 1, 128 input channels, and both 16-bit types. Skipped,
-saying so, on GPUs other than compute capability 9.0. Last, the dgrad of seed-a through autotuning:
-the slots candidate is timed beside the others and the kept winner is correct."""
+first input row's), one output channel, kh 1 (once with a single input row), 128 input channels,
+both 16-bit types, and blocks that walk several items. Skipped, saying so, on GPUs other than
+compute capability 9.0. Last, the dgrad of seed-a through autotuning: the slots candidate is timed
+beside the others and the kept winner is correct."""
 from dataclasses import dataclass
 
 import pytest
@@ -59,7 +60,9 @@ CASES = (
        _case("many-items", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", "bfloat16", (3, 40, 20, 58)),
        # 300 items: more than an H100 holds blocks, so blocks walk several (and stage the next one's first row); 5 rows an item
        _case("items-per-block", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", "bfloat16", (2, 298, 3, 58)),
-       _case("items-per-block-even-rows", "3x3x3 --cin 16 --cout 3 --padding 1", "float16", (3, 200, 4, 30))]  # 6 rows an item
+       _case("items-per-block-even-rows", "3x3x3 --cin 16 --cout 3 --padding 1", "float16", (3, 200, 4, 30)),  # 6 rows an item
+       # kh 1 and one input row: 2 rows an item (a zero row walked), so the rows staged ahead are the next item's
+       _case("kh1-one-row", "1x1x3 --cin 16 --cout 2 --padding 0x0x1", "bfloat16", (2, 300, 1, 16))]
 )
 
 

@@ -103,6 +103,10 @@ def test_a_render_needs_the_input_size_and_folds_it():
     assert flushed == [60, 61, 62, 63]  # the output rows after the last input row's (59)
     assert "m64n32k16.f32.f16.f16" in render_slots(dgrad_of("seed-b", "float16")[0], size=SIZE_B).body
     assert render_tiles(DGRAD_A, SlotsTiles(), size=SIZE_A).body == src.body
+    assert "constexpr int HPAD = 60;" in src.body and "constexpr int HPAD = 63;" in render_slots(DGRAD_B, size=SIZE_B).body
+    # kh 1 and one input row: two rows are walked (the kernel stages two rows ahead), the second all zeros
+    assert "constexpr int HPAD = 2;" in render_slots(ConvSpec.from_text("1x1x3 --cin 16 --cout 2 --dtype bfloat16"),
+                                                     size=(3, 1, 16)).body
 
 
 def _sources():
@@ -112,6 +116,7 @@ def _sources():
         (ConvSpec.from_text("3x5x7 --cin 32 --cout 3 --dtype float16"), (8, 13, 64)),        # no padding: rows h < 0
         (ConvSpec.from_text("1x3x3 --cin 128 --cout 2 --padding 0x1x1 --dtype bfloat16 --no-bias"), (3, 5, 8)),
         (ConvSpec.from_text("3x3x5 --cin 48 --cout 4 --padding 1x1x2 --dtype bfloat16"), (4, 7, 16)),  # N = 64 of 60
+        (ConvSpec.from_text("1x1x3 --cin 16 --cout 2 --dtype float16"), (3, 1, 16)),  # kh 1, one input row
     ]]
 
 
