@@ -1,5 +1,5 @@
 """Session 16 probe: where the rotating-slots template's time goes on seed-a's and seed-b's bf16 dgrad
-(templates/conv3d_fwd_slots.cu.j2 as of v12: 0.479 and 0.353 ms, ~3,600 clocks a row on seed-a against
+(templates/conv3d_fwd_slots.cu.j2 as of v12: 0.479 and 0.353 ms, and v13, ~3,600 clocks a row on seed-a against
 ~1,400 for its tensor cores or its counted shared-memory traffic).
 
     PYTHONPATH=. python3 bench/probes/s16_slots_parts.py OUT_DIR
@@ -13,7 +13,7 @@ process on the same tensors:
   nowrite   the completed slots neither stored nor zeroed (a flag in global memory that is always 0)
   noa       the next row's A fragments not loaded (the wgmmas reuse the first row's)
   product   nostage + nowrite + noa: the wgmmas, their waits and the row's barrier
-  product-r0  product with r0's windows
+  noprefetch  v11's order: a row's A fragments loaded just before its wgmmas (v12 loads them a row ahead)
 With --ncu (under Nsight Compute), only the full kernel runs, once a workload, untimed.
 Every variant but full computes a wrong result; timing is median_ms (CUDA events, median, L2 flushed).
 A diagnostic, not a kernel of the package: its edits match the template's text as of this commit."""
@@ -53,7 +53,21 @@ def r0(body):
 
 
 def nostage(body):
-    return edit(body, "  if (lane >= WI / 2) return;\n  const long long first", "  return;\n  const long long first")
+    return edit(body, "  const long long first = ((static_cast<long long>(n) * CI + warp)",
+                "  if (!g_never_flag) return;\n  const long long first = ((static_cast<long long>(n) * CI + warp)")
+
+
+def nostage_never(body):
+    return nostage(never(body))
+
+
+def noprefetch(body):
+    """v11's order: the row's A fragments loaded just before its wgmmas, none loaded ahead."""
+    body = edit(body, "  constexpr int R = ((-(V + PH)) % KH + KH) % KH;  // this row's window\n  wg_fence();",
+                "  constexpr int R = ((-(V + PH)) % KH + KH) % KH;  // this row's window\n"
+                "  load_a(a, stages + ((hi + par) & 1) * STAGE, lane, wg, wq);\n  wg_fence();")
+    body = edit(body, "  uint32_t an[KD][KS][4];\n  load_a(an, stages + ((hi + 1 + par) & 1) * STAGE, lane, wg, wq);  // past the block's last row: unused\n", "")
+    return edit(body, "      for (int i = 0; i < 4; ++i) a[kd][c][i] = an[kd][c][i];", "      for (int i = 0; i < 4; ++i) {}")
 
 
 def nowrite(body):
@@ -66,8 +80,8 @@ def noa(body):
                 "  else {\n#pragma unroll\n    for (int i = 0; i < KD * KS * 4; ++i) (&an[0][0][0])[i] = (&a[0][0][0])[i];\n  }")
 
 
-VARIANTS = {"r0": [r0], "nostage": [nostage], "nowrite": [nowrite], "noa": [noa], "product": [nostage, nowrite, noa],
-            "product-r0": [nostage, nowrite, noa, r0]}
+VARIANTS = {"r0": [r0], "nostage": [nostage_never], "nowrite": [nowrite], "noa": [noa],
+            "product": [nostage_never, nowrite, noa], "noprefetch": [noprefetch]}
 
 
 def main() -> None:
