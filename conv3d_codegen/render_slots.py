@@ -33,23 +33,30 @@ RAW_STRIDE = 68      # floats of a stored column: a warp's stores (8 positions x
 MAX_WIDTH = 64       # M of the wgmma: the input row's positions; the output row's too (the sums' buffer)
 MAX_N = 128          # accumulators a thread: N / 2 (64) beside the A fragments
 MAX_FRAGMENTS = 12   # A fragments a thread holds for one input row: KD x CI / 16 (4 registers each)
-THREADS = 256        # two warpgroups: two output planes
+THREADS = 256        # two warpgroups
+PLANES = (2, 4, 6, 8)  # output planes a block: the tuner's choices
+MAX_CORE_REGISTERS = 176  # a thread's accumulators and A fragments (core_registers) beside ~70 of addresses and staging
 
 
 @dataclass(frozen=True)
 class SlotsTiles:
-    """The rotating-slots template's one configuration: two output planes a block (a warpgroup
-    each). The tuner times it beside the other templates' tiles."""
+    """The rotating-slots template's configuration: output planes a block, half of them a
+    warpgroup's (an accumulator set each). A block stages planes + kd - 1 input planes, so more
+    planes stage grad_out fewer times over, at the cost of registers, shared memory, and whole
+    waves of blocks on small inputs. The tuner times them beside the other templates' tiles."""
 
     template: ClassVar[str] = SLOTS_TEMPLATE
 
-    planes: int = 2  # output planes a block
+    planes: int = 2  # output planes a block: 2, 4, 6 or 8
 
     def problem(self, spec: ConvSpec) -> str | None:
         """Why these tiles cannot serve `spec`, or None."""
-        if self.planes != 2:
-            return f"planes={self.planes}: the rotating-slots template takes two output planes a block"
-        if (shared := geometry(spec).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
+        if self.planes not in PLANES:
+            return f"planes={self.planes}: the rotating-slots template takes {', '.join(map(str, PLANES))} output planes a block"
+        if (regs := core_registers(spec, self.planes)) > MAX_CORE_REGISTERS:
+            return (f"planes={self.planes}: {regs} registers a thread of accumulators and A fragments, at most "
+                    f"{MAX_CORE_REGISTERS}")
+        if (shared := geometry(spec, self.planes).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
             return f"{shared} bytes of shared memory per block exceed {SHARED_BYTES_PER_BLOCK_SM90}"
         return None
 
@@ -69,7 +76,7 @@ class SlotsGeometry:
     ncol: int           # N: KH slots rounded up to 8
     list_rows: int      # rows of a weight list: slot x (KH - 1) + ncol
     weight_bytes: int   # every list: KD x CI / 16 k16 steps x 2 halves
-    stage_bytes: int    # one staged input row of the KD + 1 planes
+    stage_bytes: int    # one staged input row of the planes + KD - 1 input planes
     raw_bytes: int      # one completed slot, stored for the sums along kw
 
     @property
@@ -77,14 +84,21 @@ class SlotsGeometry:
         return self.weight_bytes + 2 * self.stage_bytes + 4 * self.raw_bytes
 
 
-def geometry(spec: ConvSpec) -> SlotsGeometry:
+def core_registers(spec: ConvSpec, planes: int) -> int:
+    """A thread's accumulators (planes / 2 sets of N / 2) and A fragments (planes / 2 + kd - 1
+    input planes x in_channels / 16, 4 registers each)."""
+    kd = spec.kernel_size[0]
+    return planes // 2 * geometry(spec).ncol // 2 + 4 * (planes // 2 + kd - 1) * (spec.in_channels // 16)
+
+
+def geometry(spec: ConvSpec, planes: int = 2) -> SlotsGeometry:
     kd, kh, kw = spec.kernel_size
     slot = kw * spec.out_channels
     ncol = 8 * -(-kh * slot // 8)
     list_rows = slot * (kh - 1) + ncol
     return SlotsGeometry(slot=slot, ncol=ncol, list_rows=list_rows,
                          weight_bytes=kd * (spec.in_channels // 16) * 2 * list_rows * 16,
-                         stage_bytes=(kd + 1) * spec.in_channels * ROW_STRIDE, raw_bytes=slot * RAW_STRIDE * 4)
+                         stage_bytes=(planes + kd - 1) * spec.in_channels * ROW_STRIDE, raw_bytes=slot * RAW_STRIDE * 4)
 
 
 def supports_slots(spec: ConvSpec) -> str | None:
@@ -124,8 +138,8 @@ def slots_shape_problem(spec: ConvSpec, input_shape: tuple[int, ...]) -> str | N
 
 
 def slots_candidates(spec: ConvSpec) -> list[SlotsTiles]:
-    """The autotuning space: the one configuration."""
-    return [SlotsTiles()]
+    """The autotuning space: the output planes a block that fit."""
+    return [tiles for tiles in map(SlotsTiles, PLANES) if tiles.problem(spec) is None]
 
 
 def render_slots(spec: ConvSpec, tiles: SlotsTiles | None = None, wide: bool = False,
@@ -139,7 +153,7 @@ def render_slots(spec: ConvSpec, tiles: SlotsTiles | None = None, wide: bool = F
     sized = InputSize.of(spec, size)
     if problem := slots_shape_problem(spec, (1, spec.in_channels, *sized.size)):
         raise ValueError(problem)
-    g = geometry(spec)
+    g = geometry(spec, tiles.planes)
     kh, ph = spec.kernel_size[1], spec.pad_before[1]
     hpad = max(-(-sized.size[1] // kh) * kh, 2)  # input rows walked: the kernel stages two rows ahead
     flush = list(range(max(hpad + ph - kh + 1, 0), sized.out_size[1]))  # output rows after the last input row's
@@ -154,7 +168,7 @@ def render_slots(spec: ConvSpec, tiles: SlotsTiles | None = None, wide: bool = F
         "product": (f"per input row and kd: wgmma m64n{g.ncol}k16 x {spec.in_channels // 16}: M = 64 positions, "
                     f"N = {kh} slots x {g.slot} (kw, co), K = {spec.in_channels} channels"),
         "shared": f"{g.shared_bytes} bytes per block",
-        "threads": str(THREADS),
+        "threads": f"{THREADS}: {tiles.planes} output planes, {tiles.planes + spec.kernel_size[0] - 1} input planes staged",
         "input size": sized.param,
     }
     return Source(name=name, template=SLOTS_TEMPLATE, body=body, identity=sized.identity(spec),

@@ -1,22 +1,17 @@
 """Session 16 probe: where the rotating-slots template's time goes on seed-a's and seed-b's bf16 dgrad
-(templates/conv3d_fwd_slots.cu.j2 as of v12: 0.479 and 0.353 ms, and v13, ~3,600 clocks a row on seed-a against
-~1,400 for its tensor cores or its counted shared-memory traffic).
+(templates/conv3d_fwd_slots.cu.j2), and what more output planes a block buy.
 
-    PYTHONPATH=. python3 bench/probes/s16_slots_parts.py OUT_DIR
+    PYTHONPATH=. python3 bench/probes/s16_slots_parts.py OUT_DIR [--ncu]
 
-Variants of the template's rendered source (Source.edited, built beside each other), timed in one
-process on the same tensors:
-  full      the template as it ships (checked: NaN-poisoned output against float64 torch)
-  r0        every row's B window at list row 0: 128-byte-aligned core matrices (the shipped windows
-            start SLOT x R x 16 bytes in, 4 of seed-a's 5 and 2 of seed-b's 3 not 128-byte aligned)
+For each planes (output planes a block) the tuner offers, the template as it ships (checked: NaN-poisoned
+output against float64 torch) and variants of its rendered source (Source.edited, built beside each
+other), timed in one process on the same tensors:
   nostage   nothing staged (the stages keep their first rows)
-  nowrite   the completed slots neither stored nor zeroed (a flag in global memory that is always 0)
-  noa       the next row's A fragments not loaded (the wgmmas reuse the first row's)
-  product   nostage + nowrite + noa: the wgmmas, their waits and the row's barrier
-  noprefetch  v11's order: a row's A fragments loaded just before its wgmmas (v12 loads them a row ahead)
-With --ncu (under Nsight Compute), only the full kernel runs, once a workload, untimed.
-Every variant but full computes a wrong result; timing is median_ms (CUDA events, median, L2 flushed).
-A diagnostic, not a kernel of the package: its edits match the template's text as of this commit."""
+Every variant computes a wrong result; timing is median_ms (CUDA events, median, L2 flushed). With --ncu
+(under Nsight Compute) only the shipped kernel of planes=2 runs, once a workload, untimed. A diagnostic, not a
+kernel of the package: its edits match the template's text as of this commit. Earlier rounds' variants (every
+window at list row 0, no write-out, no A loads: results/2026-11-22-h100-s16-slots-parts*.log) matched the
+template of commits fc937ea and 21b84cc (v12, v13); git has them."""
 import json
 import sys
 from pathlib import Path
@@ -31,7 +26,7 @@ from conv3d_codegen.dispatch import Dispatcher  # noqa: E402
 from conv3d_codegen.kernel import launch_args  # noqa: E402
 from conv3d_codegen.measure import median_ms, random_inputs, relative_error  # noqa: E402
 from conv3d_codegen.render_grad import dgrad_spec  # noqa: E402
-from conv3d_codegen.render_slots import render_slots  # noqa: E402
+from conv3d_codegen.render_slots import render_slots, slots_candidates  # noqa: E402
 from conv3d_codegen.workloads import WORKLOADS  # noqa: E402
 
 NEVER = "__device__ int g_never_flag = 0;\n"
@@ -47,41 +42,12 @@ def never(body: str) -> str:
     return body if NEVER in body else edit(body, MARKER, NEVER + MARKER)
 
 
-def r0(body):
-    return edit(body, "const uint32_t b = wl + (kd * KS + c) * 2 * LBO + SLOT * R * 16;",
-                "const uint32_t b = wl + (kd * KS + c) * 2 * LBO;")
-
-
 def nostage(body):
-    return edit(body, "  const long long first = ((static_cast<long long>(n) * CI + warp)",
+    return edit(never(body), "  const long long first = ((static_cast<long long>(n) * CI + warp)",
                 "  if (!g_never_flag) return;\n  const long long first = ((static_cast<long long>(n) * CI + warp)")
 
 
-def nostage_never(body):
-    return nostage(never(body))
-
-
-def noprefetch(body):
-    """v11's order: the row's A fragments loaded just before its wgmmas, none loaded ahead."""
-    body = edit(body, "  constexpr int R = ((-(V + PH)) % KH + KH) % KH;  // this row's window\n  wg_fence();",
-                "  constexpr int R = ((-(V + PH)) % KH + KH) % KH;  // this row's window\n"
-                "  load_a(a, stages + ((hi + par) & 1) * STAGE, lane, wg, wq);\n  wg_fence();")
-    body = edit(body, "  uint32_t an[KD][KS][4];\n  load_a(an, stages + ((hi + 1 + par) & 1) * STAGE, lane, wg, wq);  // past the block's last row: unused\n", "")
-    return edit(body, "      for (int i = 0; i < 4; ++i) a[kd][c][i] = an[kd][c][i];", "      for (int i = 0; i < 4; ++i) {}")
-
-
-def nowrite(body):
-    return edit(never(body), "  write_row<S>(acc, raw0 + (h & 1) * RAW", "  if (g_never_flag) write_row<S>(acc, raw0 + (h & 1) * RAW")
-
-
-def noa(body):
-    return edit(never(body), "  load_a(an, stages + ((hi + 1 + par) & 1) * STAGE, lane, wg, wq);",
-                "  if (g_never_flag) load_a(an, stages + ((hi + 1 + par) & 1) * STAGE, lane, wg, wq);\n"
-                "  else {\n#pragma unroll\n    for (int i = 0; i < KD * KS * 4; ++i) (&an[0][0][0])[i] = (&a[0][0][0])[i];\n  }")
-
-
-VARIANTS = {"r0": [r0], "nostage": [nostage_never], "nowrite": [nowrite], "noa": [noa],
-            "product": [nostage_never, nowrite, noa], "noprefetch": [noprefetch]}
+VARIANTS = {"nostage": [nostage]}
 
 
 def main() -> None:
@@ -94,27 +60,37 @@ def main() -> None:
         dspec, _ = dgrad_spec(fwd)
         n = WORKLOADS[name].input_shape[0]
         gy_shape = (n, dspec.in_channels, *fwd.output_size(*WORKLOADS[name].input_shape[2:]))
-        base = render_slots(dspec, size=gy_shape[2:])
-        sources = {"full": base}
-        for v, edits in VARIANTS.items():
-            body = base.body
-            for e in edits:
-                body = e(body)
-            sources[v] = base.edited(v, body)
+        sources = {}
+        for tiles in slots_candidates(dspec):
+            base = render_slots(dspec, tiles, size=gy_shape[2:])
+            sources[f"planes={tiles.planes}"] = base
+            for v, edits in VARIANTS.items():
+                if profiled:
+                    continue
+                body = base.body
+                for e in edits:
+                    body = e(body)
+                sources[f"planes={tiles.planes} {v}"] = base.edited(v, body)
         kernels = dict(zip(sources, dispatcher.loader.load_many(list(sources.values()), Target.for_device())))
         x, weight, bias = random_inputs(dspec, gy_shape)
         args = launch_args(dspec, gy_shape)
         ref = F.conv3d(x[:2].double(), weight.double(), None if bias is None else bias.double(), **dspec.functional_args())
         y = torch.full((n, *ref.shape[1:]), float("nan"), dtype=x.dtype, device=x.device)
-        kernels["full"](x, weight, bias, y, args)
-        if profiled:
-            continue
-        err = relative_error(y[:2], ref)
-        assert torch.isfinite(y).all() and err <= 1e-2, err
         for v, k in kernels.items():
+            if " " in v:
+                continue  # a variant: its result is wrong
+            y.fill_(float("nan"))
+            k(x, weight, bias, y, args)
+            err = relative_error(y[:2], ref)
+            assert torch.isfinite(y).all() and err <= 1e-2, (v, err)
+            if profiled:
+                break
+        for v, k in kernels.items():
+            if profiled:
+                break
             ms = median_ms(lambda: k(x, weight, bias, y, args), reps=50)
-            rows.append({"workload": name, "variant": v, "ms": ms, "rel_err": err if v == "full" else None})
-            print(f"{name} {v:8s} {ms:.4f} ms" + (f"  (rel err {err:.1e})" if v == "full" else ""), flush=True)
+            rows.append({"workload": name, "variant": v, "ms": ms})
+            print(f"{name} {v:18s} {ms:.4f} ms", flush=True)
     if not profiled:
         (out / "s16_slots_parts.json").write_text(json.dumps(rows, indent=1))
 

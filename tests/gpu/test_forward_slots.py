@@ -4,9 +4,9 @@ written, the first samples compared), each kernel built for its case's input siz
 seed-a's and seed-b's dgrad shapes, input heights that are not a multiple of kh (zero rows walked),
 an odd number of output planes (a warpgroup with no plane), no padding (output rows before the
 first input row's), one output channel, kh 1 (once with a single input row), 128 input channels,
-both 16-bit types, and blocks that walk several items. Skipped, saying so, on GPUs other than
-compute capability 9.0. Last, the dgrad of seed-a through autotuning: the slots candidate is timed
-beside the others and the kept winner is correct."""
+both 16-bit types, blocks that walk several items, and 4 to 8 output planes a block. Skipped, saying
+so, on GPUs other than compute capability 9.0. Last, the dgrad of seed-a through autotuning: the
+slots candidates are timed beside the others and the kept winner is correct."""
 from dataclasses import dataclass
 
 import pytest
@@ -42,11 +42,11 @@ class Case:
         return f"{self.name}-{self.spec.dtype}"
 
 
-def _case(name: str, text: str, dtype: str, shape) -> Case:
+def _case(name: str, text: str, dtype: str, shape, planes: int = 2) -> Case:
     spec = ConvSpec.from_text(f"{text} --dtype {dtype}")
     input_shape = (shape[0], spec.in_channels, *shape[1:])
-    assert slots_shape_problem(spec, input_shape) is None, name
-    return Case(name, spec, input_shape)
+    assert slots_shape_problem(spec, input_shape) is None and SlotsTiles(planes).problem(spec) is None, name
+    return Case(f"{name}-planes{planes}" if planes != 2 else name, spec, input_shape, SlotsTiles(planes))
 
 
 CASES = (
@@ -63,12 +63,18 @@ CASES = (
        _case("items-per-block-even-rows", "3x3x3 --cin 16 --cout 3 --padding 1", "float16", (3, 200, 4, 30)),  # 6 rows an item
        # kh 1 and one input row: 2 rows an item (a zero row walked), so the rows staged ahead are the next item's
        _case("kh1-one-row", "1x1x3 --cin 16 --cout 2 --padding 0x0x1", "bfloat16", (2, 300, 1, 16))]
+    # more output planes a block: 4 to 8 (P = 2 to 4 accumulator sets a warpgroup), groups past the output's last plane
+    + [_case("dgrad-a", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", "bfloat16", (2, 10, 13, 58), planes=4)]
+    + [_case("dgrad-b-odd-planes", "3x3x3 --cin 64 --cout 3 --padding 2", "bfloat16", (2, 7, 9, 62), planes=p) for p in (4, 6, 8)]
+    + [_case("items-per-block-even-rows", "3x3x3 --cin 16 --cout 3 --padding 1", "float16", (3, 200, 4, 30), planes=8),
+       _case("kh1-one-row", "1x1x3 --cin 16 --cout 2 --padding 0x0x1", "bfloat16", (2, 300, 1, 16), planes=6),
+       _case("no-padding", "3x5x7 --cin 32 --cout 3", "float16", (2, 8, 12, 64), planes=4)]
 )
 
 
 @pytest.fixture(scope="module")
 def kernels(dispatcher):
-    sources = {str(case): render_slots(case.spec, size=case.input_shape[2:]) for case in CASES}
+    sources = {str(case): render_slots(case.spec, case.tiles, size=case.input_shape[2:]) for case in CASES}
     return dict(zip(sources, dispatcher.loader.load_many(list(sources.values()), Target.for_device())))
 
 

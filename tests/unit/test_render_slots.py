@@ -7,7 +7,8 @@ import pytest
 from conv3d_codegen.autotune import Tuner, candidates, render_tiles
 from conv3d_codegen.build import KernelBuildError, compile_cubin
 from conv3d_codegen.render_grad import dgrad_spec
-from conv3d_codegen.render_slots import SlotsTiles, geometry, render_slots, slots_shape_problem, supports_slots
+from conv3d_codegen.render_slots import (SlotsTiles, core_registers, geometry, render_slots, slots_candidates,
+                                         slots_shape_problem, supports_slots)
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
@@ -70,6 +71,21 @@ def test_the_tuner_offers_the_slots_tiles_on_sm90_only():
     assert "planes=3" in SlotsTiles(planes=3).problem(DGRAD_A)
 
 
+def test_more_planes_a_block_are_offered_where_their_registers_fit():
+    """A warpgroup holds planes / 2 accumulator sets of N / 2 and the A fragments of planes / 2 + kd - 1 input
+    planes: seed-a's N = 112 fits 4 planes a block, seed-b's N = 32 all of 2 to 8."""
+    assert [(p, core_registers(DGRAD_A, p)) for p in (2, 4, 6)] == [(2, 56 + 48), (4, 112 + 64), (6, 168 + 80)]
+    assert slots_candidates(DGRAD_A) == [SlotsTiles(2), SlotsTiles(4)]
+    assert "248 registers" in SlotsTiles(6).problem(DGRAD_A)
+    assert slots_candidates(DGRAD_B) == [SlotsTiles(p) for p in (2, 4, 6, 8)]
+    assert [t for t in candidates(DGRAD_B, "sm_90") if isinstance(t, SlotsTiles)] == slots_candidates(DGRAD_B)
+    # a block stages planes + kd - 1 input planes a row
+    assert geometry(DGRAD_B, 8).stage_bytes == 10 * 64 * 144 and geometry(DGRAD_B, 8).shared_bytes <= 227 * 1024
+    src = render_slots(DGRAD_B, SlotsTiles(8), size=SIZE_B)
+    assert "constexpr int P = 4;" in src.body and "(od + 2 * P - 1) / (2 * P)" in src.body
+    assert "8 output planes, 10 input planes staged" in src.params["threads"]
+
+
 def test_the_geometry_of_the_seeds_dgrad():
     a, b = geometry(DGRAD_A), geometry(DGRAD_B)
     assert (a.slot, a.ncol, a.list_rows) == (21, 112, 21 * 4 + 112)   # 105 columns of 112; windows at 21 r, r < 5
@@ -99,7 +115,8 @@ def test_a_render_needs_the_input_size_and_folds_it():
     src = render_slots(DGRAD_A, size=SIZE_A)
     assert src.name.endswith("_62x60x58") and "m64n112k16.f32.bf16.bf16" in src.body
     assert "constexpr int DI = 62, HI = 60, WI = 58;" in src.body and "DO = 64, HO = 64, WO = 64;" in src.body
-    flushed = [h for h in range(64) if f"write_row<{h % 5}>(acc, raw0 + {h % 2} * RAW, bias, y, cn, d0 + wg, {h}," in src.body]
+    flushed = [h for h in range(64)
+               if f"write_row<{h % 5}>(acc[p], raw0 + (({h} * P + p) & 1) * RAW, bias, y, cn, d0 + wg * P + p, {h}," in src.body]
     assert flushed == [60, 61, 62, 63]  # the output rows after the last input row's (59)
     assert "m64n32k16.f32.f16.f16" in render_slots(dgrad_of("seed-b", "float16")[0], size=SIZE_B).body
     assert render_tiles(DGRAD_A, SlotsTiles(), size=SIZE_A).body == src.body
@@ -117,7 +134,7 @@ def _sources():
         (ConvSpec.from_text("1x3x3 --cin 128 --cout 2 --padding 0x1x1 --dtype bfloat16 --no-bias"), (3, 5, 8)),
         (ConvSpec.from_text("3x3x5 --cin 48 --cout 4 --padding 1x1x2 --dtype bfloat16"), (4, 7, 16)),  # N = 64 of 60
         (ConvSpec.from_text("1x1x3 --cin 16 --cout 2 --dtype float16"), (3, 1, 16)),  # kh 1, one input row
-    ]]
+    ]] + [render_slots(DGRAD_B, SlotsTiles(planes), size=SIZE_B) for planes in (4, 8)]
 
 
 @pytest.fixture(scope="module")
