@@ -35,7 +35,9 @@ MAX_N = 128          # accumulators a thread: N / 2 (64) beside the A fragments
 MAX_FRAGMENTS = 12   # A fragments a thread holds for one input row: KD x CI / 16 (4 registers each)
 THREADS = 256        # two warpgroups
 PLANES = (2, 4, 6, 8)  # output planes a block: the tuner's choices
-MAX_CORE_REGISTERS = 176  # a thread's accumulators and A fragments (core_registers) beside ~70 of addresses and staging
+# a thread's accumulators and A fragments (core_registers), beside ~70 of addresses and staging: seed-a's dgrad with
+# 4 planes (176) spilled and ran 5% slower than with 2 (bench/NOTES.md, session 16)
+MAX_CORE_REGISTERS = 160
 
 
 @dataclass(frozen=True)

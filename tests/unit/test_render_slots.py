@@ -73,10 +73,10 @@ def test_the_tuner_offers_the_slots_tiles_on_sm90_only():
 
 def test_more_planes_a_block_are_offered_where_their_registers_fit():
     """A warpgroup holds planes / 2 accumulator sets of N / 2 and the A fragments of planes / 2 + kd - 1 input
-    planes: seed-a's N = 112 fits 4 planes a block, seed-b's N = 32 all of 2 to 8."""
+    planes: seed-a's N = 112 fits 2 planes a block, seed-b's N = 32 all of 2 to 8."""
     assert [(p, core_registers(DGRAD_A, p)) for p in (2, 4, 6)] == [(2, 56 + 48), (4, 112 + 64), (6, 168 + 80)]
-    assert slots_candidates(DGRAD_A) == [SlotsTiles(2), SlotsTiles(4)]
-    assert "248 registers" in SlotsTiles(6).problem(DGRAD_A)
+    assert slots_candidates(DGRAD_A) == [SlotsTiles(2)]
+    assert "176 registers" in SlotsTiles(4).problem(DGRAD_A)
     assert slots_candidates(DGRAD_B) == [SlotsTiles(p) for p in (2, 4, 6, 8)]
     assert [t for t in candidates(DGRAD_B, "sm_90") if isinstance(t, SlotsTiles)] == slots_candidates(DGRAD_B)
     # a block stages planes + kd - 1 input planes a row
