@@ -11,15 +11,18 @@ written. Each output channel's sums use all of N, where the staged tensor-core t
 24 columns of a narrower product and adds the kw partial sums through shared memory
 (bench/probes/s15_dgrad_wgmma.py: seed-a's dgrad in bf16 0.47 ms against that template's 1.19).
 
-The template serves bfloat16 and float16 on sm_90 (built for sm_90a), NCDHW, groups 1, stride and
+The template serves bfloat16 and float16 (k16 steps) and float32 (k8 steps of tf32: one product
+with precision 'tf32', three with 'ieee', 3xTF32: the weights split once into big and small tf32
+parts, a row's A split at the product) on sm_90 (built for sm_90a), NCDHW, groups 1, stride and
 dilation 1, padding the same on both sides and below the kernel along each dimension, input channels
-a multiple of 16 (K steps) with KD x CI / 16 A fragments in registers (at most MAX_FRAGMENTS),
-and N = KH x KW x CO rounded up to 8 at most MAX_N. It is rendered for one input size (its
+a multiple of the K step with KD x CI / step A fragments in registers (at most MAX_FRAGMENTS, twice
+that in float32), and N = KH x KW x CO rounded up to 8 at most MAX_N. It is rendered for one input size (its
 sizes are constants): input width even and at most 64 (one M tile), output width at most 64
 (slots_shape_problem).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -28,11 +31,13 @@ from .spec import ConvSpec
 
 SLOTS_TEMPLATE = "conv3d_fwd_slots.cu.j2"
 
-ROW_STRIDE = 144     # bytes of a staged channel row: 72 elements, so ldmatrix's 8 rows fall on distinct banks
+ROW_ELEMENTS = 72    # a staged channel row: ldmatrix's 8 rows (16 bits), or a warp's 32-bit loads of 4 channels x 8
+                     # positions (float32: 72 words, 8 mod 32), fall on distinct banks
 RAW_STRIDE = 68      # floats of a stored column: a warp's stores (8 positions x 4 columns) on distinct banks
 MAX_WIDTH = 64       # M of the wgmma: the input row's positions; the output row's too (the sums' buffer)
 MAX_N = 128          # accumulators a thread: N / 2 (64) beside the A fragments
-MAX_FRAGMENTS = 12   # A fragments a thread holds for one input row: KD x CI / 16 (4 registers each)
+MAX_FRAGMENTS = 12   # A fragments a thread holds for one input row: KD x CI / 16 (4 registers each); float32's
+                     # k8 fragments hold half the channels, so it takes twice as many (seed-b's 3 x 64 / 8)
 THREADS = 256        # two warpgroups
 PLANES = (2, 4, 6, 8)  # output planes a block: the tuner's choices
 # a thread's accumulators and A fragments (core_registers), beside ~70 of addresses and staging: seed-a's dgrad with
@@ -59,6 +64,7 @@ class SlotsTiles:
             return (f"planes={self.planes}: {regs} registers a thread of accumulators and A fragments, at most "
                     f"{MAX_CORE_REGISTERS}")
         if (shared := geometry(spec, self.planes).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
+            # float32 rows and lists take twice the bytes: seed-a's (150 KB of lists) fits no planes
             return f"{shared} bytes of shared memory per block exceed {SHARED_BYTES_PER_BLOCK_SM90}"
         return None
 
@@ -70,6 +76,21 @@ class SlotsTiles:
         return f"slots planes={self.planes}"
 
 
+def element_bytes(spec: ConvSpec) -> int:
+    """Bytes of a staged element and of a list's element: float32's 4 (tf32), else 2."""
+    return 4 if spec.dtype == "float32" else 2
+
+
+def k_step(spec: ConvSpec) -> int:
+    """Input channels a wgmma: k8 for tf32, k16 for 16-bit types (16 bytes of a list row either way)."""
+    return 8 if spec.dtype == "float32" else 16
+
+
+def weight_parts(spec: ConvSpec) -> int:
+    """Lists of the weights: 2 for float32 'ieee' (3xTF32: big and small tf32 parts), else 1."""
+    return 2 if spec.dtype == "float32" and spec.precision == "ieee" else 1
+
+
 @dataclass(frozen=True)
 class SlotsGeometry:
     """What the template sizes for one spec."""
@@ -77,37 +98,46 @@ class SlotsGeometry:
     slot: int           # columns a slot: KW x CO
     ncol: int           # N: KH slots rounded up to 8
     list_rows: int      # rows of a weight list: slot x (KH - 1) + ncol
-    weight_bytes: int   # every list: KD x CI / 16 k16 steps x 2 halves
+    weight_bytes: int   # every list: parts x KD x CI / step K steps x 2 halves
+    row_stride: int     # bytes of a staged channel row: ROW_ELEMENTS elements
     stage_bytes: int    # one staged input row of the planes + KD - 1 input planes
     raw_bytes: int      # one completed slot, stored for the sums along kw
+    raws: int = 4       # completed-slot buffers: 2 a warpgroup (alternating), or 1 where 2 do not fit
 
     @property
     def shared_bytes(self) -> int:
-        return self.weight_bytes + 2 * self.stage_bytes + 4 * self.raw_bytes
+        return self.weight_bytes + 2 * self.stage_bytes + self.raws * self.raw_bytes
 
 
 def core_registers(spec: ConvSpec, planes: int) -> int:
     """A thread's accumulators (planes / 2 sets of N / 2) and A fragments (planes / 2 + kd - 1
-    input planes x in_channels / 16, 4 registers each)."""
+    input planes x in_channels / step, 4 registers each)."""
     kd = spec.kernel_size[0]
-    return planes // 2 * geometry(spec).ncol // 2 + 4 * (planes // 2 + kd - 1) * (spec.in_channels // 16)
+    return planes // 2 * geometry(spec).ncol // 2 + 4 * (planes // 2 + kd - 1) * (spec.in_channels // k_step(spec))
 
 
 def geometry(spec: ConvSpec, planes: int = 2) -> SlotsGeometry:
+    """The template's sizes. A block's completed slots take one buffer a warpgroup where two do not
+    fit (float32 'ieee' on seed-b: its lists' big and small parts), at a barrier more a written row."""
     kd, kh, kw = spec.kernel_size
     slot = kw * spec.out_channels
     ncol = 8 * -(-kh * slot // 8)
     list_rows = slot * (kh - 1) + ncol
-    return SlotsGeometry(slot=slot, ncol=ncol, list_rows=list_rows,
-                         weight_bytes=kd * (spec.in_channels // 16) * 2 * list_rows * 16,
-                         stage_bytes=(planes + kd - 1) * spec.in_channels * ROW_STRIDE, raw_bytes=slot * RAW_STRIDE * 4)
+    row_stride = ROW_ELEMENTS * element_bytes(spec)
+    g = SlotsGeometry(slot=slot, ncol=ncol, list_rows=list_rows,
+                      weight_bytes=weight_parts(spec) * kd * (spec.in_channels // k_step(spec)) * 2 * list_rows * 16,
+                      row_stride=row_stride, stage_bytes=(planes + kd - 1) * spec.in_channels * row_stride,
+                      raw_bytes=slot * RAW_STRIDE * 4)
+    if g.shared_bytes > SHARED_BYTES_PER_BLOCK_SM90:
+        g = dataclasses.replace(g, raws=2)
+    return g
 
 
 def supports_slots(spec: ConvSpec) -> str | None:
     """None if the rotating-slots template serves `spec` (on an sm_90 GPU); otherwise why not."""
     kd, kh, kw = spec.kernel_size
-    if spec.dtype not in ("bfloat16", "float16"):
-        return f"dtype {spec.dtype}: the rotating-slots template multiplies bfloat16 or float16"
+    if spec.dtype not in ("bfloat16", "float16", "float32"):
+        return f"dtype {spec.dtype}: the rotating-slots template multiplies bfloat16, float16 or float32 (as tf32)"
     if spec.layout != "ncdhw":
         return f"layout {spec.layout!r}: the rotating-slots template reads contiguous NCDHW only"
     if spec.groups != 1:
@@ -117,11 +147,14 @@ def supports_slots(spec: ConvSpec) -> str | None:
     if spec.pad_before != spec.pad_after or any(p >= k for p, k in zip(spec.pad_before, spec.kernel_size)):
         return (f"padding {spec.pad_before} before, {spec.pad_after} after: the rotating-slots template needs the same "
                 "padding on both sides, below the kernel's size along each dimension")
-    if spec.in_channels % 16:
-        return f"in_channels={spec.in_channels}: the rotating-slots template needs a multiple of 16 (its K steps)"
-    if (fragments := kd * spec.in_channels // 16) > MAX_FRAGMENTS:
-        return (f"{kd} x {spec.in_channels} input channels: the rotating-slots template holds kd x in_channels / 16 "
-                f"= {fragments} A fragments, at most {MAX_FRAGMENTS}")
+    step = k_step(spec)
+    if spec.in_channels % step:
+        return (f"in_channels={spec.in_channels}: the rotating-slots template needs a multiple of {step} in "
+                f"{spec.dtype} (its K steps)")
+    most = MAX_FRAGMENTS * 16 // step
+    if (fragments := kd * spec.in_channels // step) > most:
+        return (f"{kd} x {spec.in_channels} input channels: the rotating-slots template holds kd x in_channels / "
+                f"{step} = {fragments} A fragments in {spec.dtype}, at most {most}")
     if (ncol := geometry(spec).ncol) > MAX_N:
         return (f"{kh}x{kw} taps x {spec.out_channels} output channels: N = {ncol} columns, the rotating-slots "
                 f"template takes at most {MAX_N}")
@@ -162,13 +195,14 @@ def render_slots(spec: ConvSpec, tiles: SlotsTiles | None = None, wide: bool = F
     name = f"conv3d_fwd_slots_{spec.tag}" + sized.suffix
     body = _environment(templates_dir()).get_template(SLOTS_TEMPLATE).render(
         spec=spec, tiles=tiles, geometry=g, name=name, entry=f"{name}_launch", arg_names=DIRECT_ARGS,
-        size=sized.size, out_size=sized.out_size, row_stride=ROW_STRIDE, raw_stride=RAW_STRIDE, flush=flush,
-        hpad=hpad)
+        size=sized.size, out_size=sized.out_size, raw_stride=RAW_STRIDE, flush=flush, hpad=hpad,
+        k_step=k_step(spec), element=element_bytes(spec), split=weight_parts(spec) == 2)
     params = {
         "spec": spec.canonical_json(),
         "tiles": str(tiles),
-        "product": (f"per input row and kd: wgmma m64n{g.ncol}k16 x {spec.in_channels // 16}: M = 64 positions, "
-                    f"N = {kh} slots x {g.slot} (kw, co), K = {spec.in_channels} channels"),
+        "product": (f"per input row and kd: wgmma m64n{g.ncol}k{k_step(spec)} x {spec.in_channels // k_step(spec)}"
+                    f"{' (tf32)' if spec.dtype == 'float32' else ''}{' x 3 (3xTF32)' if weight_parts(spec) == 2 else ''}"
+                    f": M = 64 positions, N = {kh} slots x {g.slot} (kw, co), K = {spec.in_channels} channels"),
         "shared": f"{g.shared_bytes} bytes per block",
         "threads": f"{THREADS}: {tiles.planes} output planes, {tiles.planes + spec.kernel_size[0] - 1} input planes staged",
         "input size": sized.param,

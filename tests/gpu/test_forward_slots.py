@@ -4,7 +4,8 @@ written, the first samples compared), each kernel built for its case's input siz
 seed-a's and seed-b's dgrad shapes, input heights that are not a multiple of kh (zero rows walked),
 an odd number of output planes (a warpgroup with no plane), no padding (output rows before the
 first input row's), one output channel, kh 1 (once with a single input row), 128 input channels,
-both 16-bit types, blocks that walk several items, and 4 to 8 output planes a block. Skipped, saying
+both 16-bit types, blocks that walk several items, 4 to 8 output planes a block, and float32 as
+tf32 and as 3xTF32 ('ieee', seed-b's dgrad with one completed-slot buffer a warpgroup). Skipped, saying
 so, on GPUs other than compute capability 9.0. Last, the dgrad of seed-a through autotuning: the
 slots candidates are timed beside the others and the kept winner is correct."""
 from dataclasses import dataclass
@@ -39,11 +40,12 @@ class Case:
     tiles: SlotsTiles = SlotsTiles()
 
     def __str__(self) -> str:
-        return f"{self.name}-{self.spec.dtype}"
+        return f"{self.name}-{'tf32' if self.spec.precision == 'tf32' else self.spec.dtype}"
 
 
 def _case(name: str, text: str, dtype: str, shape, planes: int = 2) -> Case:
-    spec = ConvSpec.from_text(f"{text} --dtype {dtype}")
+    """dtype "tf32" is float32 with precision 'tf32'; "float32" is 'ieee' (3xTF32)."""
+    spec = ConvSpec.from_text(f"{text} --dtype float32 --precision tf32" if dtype == "tf32" else f"{text} --dtype {dtype}")
     input_shape = (shape[0], spec.in_channels, *shape[1:])
     assert slots_shape_problem(spec, input_shape) is None and SlotsTiles(planes).problem(spec) is None, name
     return Case(f"{name}-planes{planes}" if planes != 2 else name, spec, input_shape, SlotsTiles(planes))
@@ -68,6 +70,13 @@ CASES = (
     + [_case("items-per-block-even-rows", "3x3x3 --cin 16 --cout 3 --padding 1", "float16", (3, 200, 4, 30), planes=8),
        _case("kh1-one-row", "1x1x3 --cin 16 --cout 2 --padding 0x0x1", "bfloat16", (2, 300, 1, 16), planes=6),
        _case("no-padding", "3x5x7 --cin 32 --cout 3", "float16", (2, 8, 12, 64), planes=4)]
+    # float32: tf32, and 'ieee' as 3xTF32 (seed-b's with one completed-slot buffer a warpgroup: two do not fit)
+    + [_case("dgrad-b-odd-planes", "3x3x3 --cin 64 --cout 3 --padding 2", dtype, (2, 7, 9, 62)) for dtype in ("tf32", "float32")]
+    + [_case("kh5-cin16", "3x5x7 --cin 16 --cout 3 --padding 2x4x6", dtype, (2, 10, 13, 58)) for dtype in ("tf32", "float32")]
+    + [_case("cin8", "3x3x3 --cin 8 --cout 3 --padding 1", "tf32", (1, 5, 6, 20)),  # one K step of 8
+       _case("no-padding", "3x5x7 --cin 16 --cout 3", "float32", (2, 8, 12, 64)),
+       _case("items-per-block-even-rows", "3x3x3 --cin 16 --cout 3 --padding 1", "tf32", (3, 200, 4, 30), planes=4),
+       _case("kh1-one-row", "1x1x3 --cin 16 --cout 2 --padding 0x0x1 --no-bias", "float32", (2, 300, 1, 16))]
 )
 
 

@@ -1,6 +1,6 @@
 """The rotating-slots template (dgrad on a 3-channel input): what it serves and on which inputs, on
-which GPUs the tuner offers it, its geometry and weight lists, and nvcc compiling seed-a's and
-seed-b's dgrad and a few edge specs alone for sm_90 (built as sm_90a) without spills and without
+which GPUs the tuner offers it, its geometry and weight lists (float32's too), and nvcc compiling
+seed-a's and seed-b's dgrad (seed-b's in tf32 and 3xTF32 too) and a few edge specs alone for sm_90 (built as sm_90a) without spills and without
 ptxas serializing the wgmmas, and refusing to compile for sm_80 (no GPU, no torch headers)."""
 import pytest
 
@@ -30,13 +30,18 @@ DGRAD_B, SIZE_B = dgrad_of("seed-b")
     ("3x5x7 --cin 64 --cout 3 --padding 2x4x6 --dtype bfloat16", None),      # seed-a's dgrad
     ("3x3x3 --cin 64 --cout 3 --padding 2 --dtype float16", None),           # seed-b's
     ("1x3x3 --cin 128 --cout 2 --padding 0x1x1 --dtype bfloat16 --no-bias", None),
-    ("3x5x7 --cin 64 --cout 3 --padding 2x4x6", "dtype float32"),
+    ("3x3x3 --cin 64 --cout 3 --padding 2 --dtype float32 --precision tf32", None),  # seed-b's, tf32
+    ("3x3x3 --cin 64 --cout 3 --padding 2 --dtype float32", None),                   # and 3xTF32
+    ("3x3x3 --cin 8 --cout 3 --padding 1 --dtype float32", None),                    # one k8 step
+    ("3x3x3 --cin 12 --cout 3 --dtype float32", "multiple of 8 in float32"),
+    ("3x5x7 --cin 64 --cout 3 --padding 2x4x6 --dtype float32 --precision tf32", "309408 bytes of shared memory"),
+    ("3x5x7 --cin 80 --cout 3 --dtype float32", "30 A fragments in float32, at most 24"),
     ("3x5x7 --cin 64 --cout 3 --padding 2x4x6 --dtype bfloat16 --layout ndhwc", "NCDHW only"),
     ("3x5x7 --cin 64 --cout 4 --groups 2 --dtype bfloat16", "groups=2"),
     ("3x5x7 --cin 64 --cout 3 --dtype bfloat16 --stride 2", "stride 1 and dilation 1"),
     ("3x5x7 --cin 64 --cout 3 --dtype bfloat16 --padding 3x4x6", "below the kernel's size"),
     ("3x5x7 --cin 48 --cout 3 --dtype bfloat16 --padding 2x4x6", None),
-    ("3x5x7 --cin 40 --cout 3 --dtype bfloat16", "in_channels=40"),
+    ("3x5x7 --cin 40 --cout 3 --dtype bfloat16", "in_channels=40: the rotating-slots template needs a multiple of 16"),
     ("3x5x7 --cin 80 --cout 3 --dtype bfloat16", "15 A fragments"),
     ("3x5x7 --cin 64 --cout 4 --dtype bfloat16", "N = 144"),
 ])
@@ -94,6 +99,27 @@ def test_the_geometry_of_the_seeds_dgrad():
     assert (b.slot, b.ncol, b.list_rows) == (9, 32, 9 * 2 + 32)       # 27 columns of 32
 
 
+def test_float32_takes_twice_the_bytes_and_3xtf32_two_lists():
+    """tf32: k8 steps of 4-byte elements, so the lists (16-byte rows of 4 channels) and the staged rows (72
+    floats) take twice the bytes of bf16's; 'ieee' (3xTF32) holds the weights' big and small parts, and on
+    seed-b then fits with one completed-slot buffer a warpgroup (RAWN = 1) instead of two."""
+    tf32 = dgrad_of("seed-b", "float32")[0].model_copy(update={"precision": "tf32"})
+    ieee = dgrad_of("seed-b", "float32")[0]
+    g, gi = geometry(tf32), geometry(ieee)
+    assert g.weight_bytes == 3 * 8 * 2 * 50 * 16 == 2 * geometry(DGRAD_B).weight_bytes and g.stage_bytes == 4 * 64 * 288
+    assert (g.raws, g.shared_bytes) == (4, 38400 + 2 * 73728 + 4 * 9 * 68 * 4)
+    assert gi.weight_bytes == 2 * g.weight_bytes and gi.raws == 2 and gi.shared_bytes == 76800 + 2 * 73728 + 2 * 2448
+    assert geometry(ieee.model_copy(update={"in_channels": 16})).raws == 4  # where four fit, four
+    assert core_registers(tf32, 2) == 16 + 4 * 3 * 8 and slots_candidates(tf32) == [SlotsTiles(2)]  # 4 planes: 270 KB
+    assert slots_candidates(dgrad_of("seed-a", "float32")[0]) == []  # 150 KB of lists in tf32 alone
+    body, ieee_body = render_slots(tf32, size=SIZE_B).body, render_slots(ieee, size=SIZE_B).body
+    assert "m64n32k8.f32.tf32.tf32" in body and "p, 1, 1;" in body and "cvt.rna.tf32.f32" in body
+    assert "constexpr int RAWN = 2;" in body and "constexpr int RAWN = 1;" in ieee_body
+    assert "cp.async.ca.shared.global [%0], [%1], 8;" in body and "ldmatrix" not in body
+    assert "load_a<true>(a, here, lane, wg, wq);" in ieee_body and "load_a<true>" not in body
+    assert "(tf32) x 3 (3xTF32)" in render_slots(ieee, size=SIZE_B).params["product"]
+
+
 def test_every_window_puts_each_tap_row_in_its_slot():
     """Row hi's window starts at list row SLOT r, r = -(hi + PH) mod KH, and list row i holds kh = -(i // SLOT)
     mod KH: slot s then takes kh = (hi + PH - s) mod KH, the tap that carries input row hi to output row h = s
@@ -116,7 +142,7 @@ def test_a_render_needs_the_input_size_and_folds_it():
     assert src.name.endswith("_62x60x58") and "m64n112k16.f32.bf16.bf16" in src.body
     assert "constexpr int DI = 62, HI = 60, WI = 58;" in src.body and "DO = 64, HO = 64, WO = 64;" in src.body
     flushed = [h for h in range(64)
-               if f"write_row<{h % 5}>(acc[p], raw0 + (({h} * P + p) & 1) * RAW, bias, y, cn, d0 + wg * P + p, {h}," in src.body]
+               if f"write_row<{h % 5}>(acc[p], raw0 + (({h} * P + p) & (RAWN - 1)) * RAW, bias, y, cn, d0 + wg * P + p, {h}," in src.body]
     assert flushed == [60, 61, 62, 63]  # the output rows after the last input row's (59)
     assert "m64n32k16.f32.f16.f16" in render_slots(dgrad_of("seed-b", "float16")[0], size=SIZE_B).body
     assert render_tiles(DGRAD_A, SlotsTiles(), size=SIZE_A).body == src.body
@@ -134,7 +160,9 @@ def _sources():
         (ConvSpec.from_text("1x3x3 --cin 128 --cout 2 --padding 0x1x1 --dtype bfloat16 --no-bias"), (3, 5, 8)),
         (ConvSpec.from_text("3x3x5 --cin 48 --cout 4 --padding 1x1x2 --dtype bfloat16"), (4, 7, 16)),  # N = 64 of 60
         (ConvSpec.from_text("1x1x3 --cin 16 --cout 2 --dtype float16"), (3, 1, 16)),  # kh 1, one input row
-    ]] + [render_slots(DGRAD_B, SlotsTiles(planes), size=SIZE_B) for planes in (4, 8)]
+    ]] + [render_slots(DGRAD_B, SlotsTiles(planes), size=SIZE_B) for planes in (4, 8)] + [
+        render_slots(dgrad_of("seed-b", "float32")[0].model_copy(update={"precision": precision}), size=SIZE_B)
+        for precision in ("tf32", "ieee")]  # ieee: 255 registers, one completed-slot buffer a warpgroup
 
 
 @pytest.fixture(scope="module")
