@@ -64,7 +64,7 @@ class SlotsTiles:
             return (f"planes={self.planes}: {regs} registers a thread of accumulators and A fragments, at most "
                     f"{MAX_CORE_REGISTERS}")
         if (shared := geometry(spec, self.planes).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
-            # float32 rows and lists take twice the bytes: seed-a's (150 KB of lists) fits no planes
+            # float32 rows and lists take twice the bytes: seed-a's lists fit a tap along d a pass, 2 planes
             return f"{shared} bytes of shared memory per block exceed {SHARED_BYTES_PER_BLOCK_SM90}"
         return None
 
@@ -98,11 +98,13 @@ class SlotsGeometry:
     slot: int           # columns a slot: KW x CO
     ncol: int           # N: KH slots rounded up to 8
     list_rows: int      # rows of a weight list: slot x (KH - 1) + ncol
-    weight_bytes: int   # every list: parts x KD x CI / step K steps x 2 halves
+    taps: int           # taps along d a pass: KD, or a divisor of it where the lists of all KD do not fit
+    weight_bytes: int   # every list: parts x taps x CI / step K steps x 2 halves
     row_stride: int     # bytes of a staged channel row: ROW_ELEMENTS elements
     stage_bytes: int    # one staged input row of the planes + KD - 1 input planes
     raw_bytes: int      # one completed slot, stored for the sums along kw
     raws: int = 4       # completed-slot buffers: 2 a warpgroup (alternating), or 1 where 2 do not fit
+    passes: int = 1     # the launcher's runs of the kernel: KD / taps
 
     @property
     def shared_bytes(self) -> int:
@@ -110,27 +112,35 @@ class SlotsGeometry:
 
 
 def core_registers(spec: ConvSpec, planes: int) -> int:
-    """A thread's accumulators (planes / 2 sets of N / 2) and A fragments (planes / 2 + kd - 1
-    input planes x in_channels / step, 4 registers each)."""
-    kd = spec.kernel_size[0]
-    return planes // 2 * geometry(spec).ncol // 2 + 4 * (planes // 2 + kd - 1) * (spec.in_channels // k_step(spec))
+    """A thread's accumulators (planes / 2 sets of N / 2) and A fragments (planes / 2 + taps - 1
+    input planes x in_channels / step, 4 registers each; taps: along d, a pass's)."""
+    g = geometry(spec, planes)
+    return planes // 2 * g.ncol // 2 + 4 * (planes // 2 + g.taps - 1) * (spec.in_channels // k_step(spec))
 
 
 def geometry(spec: ConvSpec, planes: int = 2) -> SlotsGeometry:
-    """The template's sizes. A block's completed slots take one buffer a warpgroup where two do not
-    fit (float32 'ieee' on seed-b: its lists' big and small parts), at a barrier more a written row."""
+    """The template's sizes: the fewest passes (all KD taps along d in one where they fit), and for
+    each, four completed-slot buffers or, where those do not fit, one a warpgroup at a barrier more a
+    written row (float32 'ieee' on seed-b: its lists' big and small parts). Where nothing fits, the
+    one-pass geometry, which problem() refuses."""
     kd, kh, kw = spec.kernel_size
     slot = kw * spec.out_channels
     ncol = 8 * -(-kh * slot // 8)
     list_rows = slot * (kh - 1) + ncol
     row_stride = ROW_ELEMENTS * element_bytes(spec)
-    g = SlotsGeometry(slot=slot, ncol=ncol, list_rows=list_rows,
-                      weight_bytes=weight_parts(spec) * kd * (spec.in_channels // k_step(spec)) * 2 * list_rows * 16,
-                      row_stride=row_stride, stage_bytes=(planes + kd - 1) * spec.in_channels * row_stride,
-                      raw_bytes=slot * RAW_STRIDE * 4)
-    if g.shared_bytes > SHARED_BYTES_PER_BLOCK_SM90:
-        g = dataclasses.replace(g, raws=2)
-    return g
+
+    def sized(taps: int, raws: int) -> SlotsGeometry:
+        return SlotsGeometry(
+            slot=slot, ncol=ncol, list_rows=list_rows, taps=taps,
+            weight_bytes=weight_parts(spec) * taps * (spec.in_channels // k_step(spec)) * 2 * list_rows * 16,
+            row_stride=row_stride, stage_bytes=(planes + taps - 1) * spec.in_channels * row_stride,
+            raw_bytes=slot * RAW_STRIDE * 4, raws=raws, passes=kd // taps)
+
+    for taps in sorted((t for t in range(1, kd + 1) if kd % t == 0), reverse=True):
+        for raws in (4, 2):
+            if (g := sized(taps, raws)).shared_bytes <= SHARED_BYTES_PER_BLOCK_SM90:
+                return g
+    return sized(kd, 4)
 
 
 def supports_slots(spec: ConvSpec) -> str | None:
@@ -151,10 +161,10 @@ def supports_slots(spec: ConvSpec) -> str | None:
     if spec.in_channels % step:
         return (f"in_channels={spec.in_channels}: the rotating-slots template needs a multiple of {step} in "
                 f"{spec.dtype} (its K steps)")
-    most = MAX_FRAGMENTS * 16 // step
-    if (fragments := kd * spec.in_channels // step) > most:
-        return (f"{kd} x {spec.in_channels} input channels: the rotating-slots template holds kd x in_channels / "
-                f"{step} = {fragments} A fragments in {spec.dtype}, at most {most}")
+    most, taps = MAX_FRAGMENTS * 16 // step, geometry(spec).taps
+    if (fragments := taps * spec.in_channels // step) > most:
+        return (f"{taps} x {spec.in_channels} input channels: the rotating-slots template holds taps along d x "
+                f"in_channels / {step} = {fragments} A fragments in {spec.dtype}, at most {most}")
     if (ncol := geometry(spec).ncol) > MAX_N:
         return (f"{kh}x{kw} taps x {spec.out_channels} output channels: N = {ncol} columns, the rotating-slots "
                 f"template takes at most {MAX_N}")
@@ -204,7 +214,8 @@ def render_slots(spec: ConvSpec, tiles: SlotsTiles | None = None, wide: bool = F
                     f"{' (tf32)' if spec.dtype == 'float32' else ''}{' x 3 (3xTF32)' if weight_parts(spec) == 2 else ''}"
                     f": M = 64 positions, N = {kh} slots x {g.slot} (kw, co), K = {spec.in_channels} channels"),
         "shared": f"{g.shared_bytes} bytes per block",
-        "threads": f"{THREADS}: {tiles.planes} output planes, {tiles.planes + spec.kernel_size[0] - 1} input planes staged",
+        "threads": (f"{THREADS}: {tiles.planes} output planes, {tiles.planes + g.taps - 1} input planes staged"
+                    + (f"; {g.passes} passes of {g.taps} taps along d" if g.passes > 1 else "")),
         "input size": sized.param,
     }
     return Source(name=name, template=SLOTS_TEMPLATE, body=body, identity=sized.identity(spec),

@@ -5,7 +5,8 @@ seed-a's and seed-b's dgrad shapes, input heights that are not a multiple of kh 
 an odd number of output planes (a warpgroup with no plane), no padding (output rows before the
 first input row's), one output channel, kh 1 (once with a single input row), 128 input channels,
 both 16-bit types, blocks that walk several items, 4 to 8 output planes a block, and float32 as
-tf32 and as 3xTF32 ('ieee', seed-b's dgrad with one completed-slot buffer a warpgroup). Skipped, saying
+tf32 and as 3xTF32 ('ieee', seed-b's dgrad with one completed-slot buffer a warpgroup), also in
+passes of fewer taps along d (seed-a's shape). Skipped, saying
 so, on GPUs other than compute capability 9.0. Last, the dgrad of seed-a through autotuning: the
 slots candidates are timed beside the others and the kept winner is correct."""
 from dataclasses import dataclass
@@ -77,6 +78,10 @@ CASES = (
        _case("no-padding", "3x5x7 --cin 16 --cout 3", "float32", (2, 8, 12, 64)),
        _case("items-per-block-even-rows", "3x3x3 --cin 16 --cout 3 --padding 1", "tf32", (3, 200, 4, 30), planes=4),
        _case("kh1-one-row", "1x1x3 --cin 16 --cout 2 --padding 0x0x1 --no-bias", "float32", (2, 300, 1, 16))]
+    # float32 where the lists of every tap along d do not fit: seed-a's shape in 3 passes of one tap (bias added once),
+    # and seed-b's with 4 planes
+    + [_case("dgrad-a", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", dtype, (2, 10, 13, 58)) for dtype in ("tf32", "float32")]
+    + [_case("dgrad-b-odd-planes", "3x3x3 --cin 64 --cout 3 --padding 2", "float32", (2, 7, 9, 62), planes=4)]
 )
 
 

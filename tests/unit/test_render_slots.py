@@ -34,8 +34,11 @@ DGRAD_B, SIZE_B = dgrad_of("seed-b")
     ("3x3x3 --cin 64 --cout 3 --padding 2 --dtype float32", None),                   # and 3xTF32
     ("3x3x3 --cin 8 --cout 3 --padding 1 --dtype float32", None),                    # one k8 step
     ("3x3x3 --cin 12 --cout 3 --dtype float32", "multiple of 8 in float32"),
-    ("3x5x7 --cin 64 --cout 3 --padding 2x4x6 --dtype float32 --precision tf32", "309408 bytes of shared memory"),
-    ("3x5x7 --cin 80 --cout 3 --dtype float32", "30 A fragments in float32, at most 24"),
+    ("3x5x7 --cin 64 --cout 3 --padding 2x4x6 --dtype float32 --precision tf32", None),  # seed-a's: 3 passes
+    ("3x5x7 --cin 64 --cout 3 --padding 2x4x6 --dtype float32", None),
+    ("3x5x7 --cin 80 --cout 3 --dtype bfloat16 --padding 2x4x6", "3 x 80 input channels"),
+    ("1x1x1 --cin 200 --cout 3 --dtype float32 --precision tf32", "1 x 200 input channels: the rotating-slots template "
+                                                                  "holds taps along d x in_channels / 8 = 25 A fragments"),
     ("3x5x7 --cin 64 --cout 3 --padding 2x4x6 --dtype bfloat16 --layout ndhwc", "NCDHW only"),
     ("3x5x7 --cin 64 --cout 4 --groups 2 --dtype bfloat16", "groups=2"),
     ("3x5x7 --cin 64 --cout 3 --dtype bfloat16 --stride 2", "stride 1 and dilation 1"),
@@ -79,7 +82,7 @@ def test_the_tuner_offers_the_slots_tiles_on_sm90_only():
 def test_more_planes_a_block_are_offered_where_their_registers_fit():
     """A warpgroup holds planes / 2 accumulator sets of N / 2 and the A fragments of planes / 2 + kd - 1 input
     planes: seed-a's N = 112 fits 2 planes a block, seed-b's N = 32 all of 2 to 8."""
-    assert [(p, core_registers(DGRAD_A, p)) for p in (2, 4, 6)] == [(2, 56 + 48), (4, 112 + 64), (6, 168 + 80)]
+    assert [(p, core_registers(DGRAD_A, p)) for p in (2, 4, 6)] == [(2, 56 + 48), (4, 112 + 64), (6, 168 + 48)]  # 6: one tap a pass
     assert slots_candidates(DGRAD_A) == [SlotsTiles(2)]
     assert "176 registers" in SlotsTiles(4).problem(DGRAD_A)
     assert slots_candidates(DGRAD_B) == [SlotsTiles(p) for p in (2, 4, 6, 8)]
@@ -110,14 +113,28 @@ def test_float32_takes_twice_the_bytes_and_3xtf32_two_lists():
     assert (g.raws, g.shared_bytes) == (4, 38400 + 2 * 73728 + 4 * 9 * 68 * 4)
     assert gi.weight_bytes == 2 * g.weight_bytes and gi.raws == 2 and gi.shared_bytes == 76800 + 2 * 73728 + 2 * 2448
     assert geometry(ieee.model_copy(update={"in_channels": 16})).raws == 4  # where four fit, four
-    assert core_registers(tf32, 2) == 16 + 4 * 3 * 8 and slots_candidates(tf32) == [SlotsTiles(2)]  # 4 planes: 270 KB
-    assert slots_candidates(dgrad_of("seed-a", "float32")[0]) == []  # 150 KB of lists in tf32 alone
+    assert core_registers(tf32, 2) == 16 + 4 * 3 * 8 and slots_candidates(tf32) == [SlotsTiles(2), SlotsTiles(4)]
+    assert (g.taps, g.passes) == (3, 1) and (geometry(tf32, 4).taps, geometry(tf32, 4).passes) == (1, 3)  # 270 KB in one
     body, ieee_body = render_slots(tf32, size=SIZE_B).body, render_slots(ieee, size=SIZE_B).body
     assert "m64n32k8.f32.tf32.tf32" in body and "p, 1, 1;" in body and "cvt.rna.tf32.f32" in body
     assert "constexpr int RAWN = 2;" in body and "constexpr int RAWN = 1;" in ieee_body
     assert "cp.async.ca.shared.global [%0], [%1], 8;" in body and "ldmatrix" not in body
     assert "load_a<true>(a, here, lane, wg, wq);" in ieee_body and "load_a<true>" not in body
     assert "(tf32) x 3 (3xTF32)" in render_slots(ieee, size=SIZE_B).params["product"]
+
+
+def test_where_the_lists_of_every_tap_do_not_fit_the_kernel_runs_in_passes():
+    """seed-a's dgrad in float32: the lists of its 3 taps along d take 150 KB in tf32 (301 KB in 3xTF32) beside two
+    stages of 4 planes (147 KB), so the kernel takes one tap a pass, 3 passes, each staging 2 planes for 2."""
+    for precision, lists in (("tf32", 8 * 2 * 196 * 16), ("ieee", 2 * 8 * 2 * 196 * 16)):
+        spec = dgrad_of("seed-a", "float32")[0].model_copy(update={"precision": precision})
+        g = geometry(spec)
+        assert (g.taps, g.passes, g.raws, g.weight_bytes, g.stage_bytes) == (1, 3, 4, lists, 2 * 64 * 288)
+        assert slots_candidates(spec) == [SlotsTiles(2)] and core_registers(spec, 2) == 56 + 4 * 1 * 8
+        src = render_slots(spec, size=SIZE_A)
+        assert "constexpr int KDT = 1;" in src.body and "for (int pass = 0; pass < PASSES; ++pass)" in src.body
+        assert "2 output planes, 2 input planes staged; 3 passes of 1 taps along d" in src.params["threads"]
+    assert (geometry(DGRAD_A).taps, geometry(DGRAD_A).passes) == (3, 1)  # bf16: one pass
 
 
 def test_every_window_puts_each_tap_row_in_its_slot():
@@ -162,7 +179,8 @@ def _sources():
         (ConvSpec.from_text("1x1x3 --cin 16 --cout 2 --dtype float16"), (3, 1, 16)),  # kh 1, one input row
     ]] + [render_slots(DGRAD_B, SlotsTiles(planes), size=SIZE_B) for planes in (4, 8)] + [
         render_slots(dgrad_of("seed-b", "float32")[0].model_copy(update={"precision": precision}), size=SIZE_B)
-        for precision in ("tf32", "ieee")]  # ieee: 255 registers, one completed-slot buffer a warpgroup
+        for precision in ("tf32", "ieee")] + [  # ieee: 255 registers, one completed-slot buffer a warpgroup
+        render_slots(dgrad_of("seed-a", "float32")[0], size=SIZE_A)]  # 3 passes of one tap along d
 
 
 @pytest.fixture(scope="module")
