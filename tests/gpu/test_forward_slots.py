@@ -81,7 +81,8 @@ CASES = (
     # float32 where the lists of every tap along d do not fit: seed-a's shape in 3 passes of one tap (bias added once),
     # and seed-b's with 4 planes
     + [_case("dgrad-a", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", dtype, (2, 10, 13, 58)) for dtype in ("tf32", "float32")]
-    + [_case("dgrad-b-odd-planes", "3x3x3 --cin 64 --cout 3 --padding 2", "float32", (2, 7, 9, 62), planes=4)]
+    + [_case("dgrad-b-odd-planes", "3x3x3 --cin 64 --cout 3 --padding 2", dtype, (2, 7, 9, 62), planes=4) for dtype in ("tf32", "float32")]
+    + [_case("items-per-block-even-rows", "3x3x3 --cin 16 --cout 3 --padding 1", "float32", (3, 200, 4, 30), planes=4)]  # one pass
 )
 
 
