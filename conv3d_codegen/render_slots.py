@@ -63,8 +63,8 @@ class SlotsTiles:
         if (regs := core_registers(spec, self.planes)) > MAX_CORE_REGISTERS:
             return (f"planes={self.planes}: {regs} registers a thread of accumulators and A fragments, at most "
                     f"{MAX_CORE_REGISTERS}")
+        # geometry() takes fewer taps along d a pass where all do not fit (seed-a's float32: one a pass)
         if (shared := geometry(spec, self.planes).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
-            # float32 rows and lists take twice the bytes: seed-a's lists fit a tap along d a pass, 2 planes
             return f"{shared} bytes of shared memory per block exceed {SHARED_BYTES_PER_BLOCK_SM90}"
         return None
 
@@ -161,12 +161,12 @@ def supports_slots(spec: ConvSpec) -> str | None:
     if spec.in_channels % step:
         return (f"in_channels={spec.in_channels}: the rotating-slots template needs a multiple of {step} in "
                 f"{spec.dtype} (its K steps)")
-    most, taps = MAX_FRAGMENTS * 16 // step, geometry(spec).taps
-    if (fragments := taps * spec.in_channels // step) > most:
-        return (f"{taps} x {spec.in_channels} input channels: the rotating-slots template holds taps along d x "
+    g, most = geometry(spec), MAX_FRAGMENTS * 16 // step
+    if (fragments := g.taps * spec.in_channels // step) > most:
+        return (f"{g.taps} x {spec.in_channels} input channels: the rotating-slots template holds taps along d x "
                 f"in_channels / {step} = {fragments} A fragments in {spec.dtype}, at most {most}")
-    if (ncol := geometry(spec).ncol) > MAX_N:
-        return (f"{kh}x{kw} taps x {spec.out_channels} output channels: N = {ncol} columns, the rotating-slots "
+    if g.ncol > MAX_N:
+        return (f"{kh}x{kw} taps x {spec.out_channels} output channels: N = {g.ncol} columns, the rotating-slots "
                 f"template takes at most {MAX_N}")
     return SlotsTiles().problem(spec)
 
