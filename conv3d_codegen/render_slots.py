@@ -33,6 +33,7 @@ SLOTS_TEMPLATE = "conv3d_fwd_slots.cu.j2"
 
 ROW_ELEMENTS = 72    # a staged channel row: ldmatrix's 8 rows (16 bits), or a warp's 32-bit loads of 4 channels x 8
                      # positions (float32: 72 words, 8 mod 32), fall on distinct banks
+SWIZZLED_ROW = 64    # float32's row with one stage: position p of channel c at p ^ 8 (c mod 4), the loads' banks distinct
 RAW_STRIDE = 68      # floats of a stored column: a warp's stores (8 positions x 4 columns) on distinct banks
 MAX_WIDTH = 64       # M of the wgmma: the input row's positions; the output row's too (the sums' buffer)
 MAX_N = 128          # accumulators a thread: N / 2 (64) beside the A fragments
@@ -40,6 +41,7 @@ MAX_FRAGMENTS = 12   # A fragments a thread holds for one input row: KD x CI / 1
                      # k8 fragments hold half the channels, so it takes twice as many (seed-b's 3 x 64 / 8)
 THREADS = 256        # two warpgroups
 PLANES = (2, 4, 6, 8)  # output planes a block: the tuner's choices
+STAGES = (2, 1)        # staged input rows: two (a row staged two ahead), or one (float32 only; see SlotsTiles)
 # a thread's accumulators and A fragments (core_registers), beside ~70 of addresses and staging: seed-a's dgrad with
 # 4 planes (176) spilled and ran 5% slower than with 2 (bench/NOTES.md, session 16)
 MAX_CORE_REGISTERS = 160
@@ -50,21 +52,32 @@ class SlotsTiles:
     """The rotating-slots template's configuration: output planes a block, half of them a
     warpgroup's (an accumulator set each). A block stages planes + kd - 1 input planes, so more
     planes stage grad_out fewer times over, at the cost of registers, shared memory, and whole
-    waves of blocks on small inputs. The tuner times them beside the other templates' tiles."""
+    waves of blocks on small inputs. The tuner times them beside the other templates' tiles.
+
+    stages=1 (float32 only) stages one input row at a time, not two: a row's A fragments are
+    loaded into registers, then the stage is refilled with the next row while the row's products
+    run. It frees a stage's shared memory for the weight lists, so all taps along d fit in one pass
+    where two stages would take several (seed-a's tf32: 150 KB of lists; 3 passes stage grad_out 3
+    times), at the cost of a second barrier a row and the next row's copies in the open."""
 
     template: ClassVar[str] = SLOTS_TEMPLATE
 
     planes: int = 2  # output planes a block: 2, 4, 6 or 8
+    stages: int = 2  # staged input rows: 2, or 1 in float32
 
     def problem(self, spec: ConvSpec) -> str | None:
         """Why these tiles cannot serve `spec`, or None."""
         if self.planes not in PLANES:
             return f"planes={self.planes}: the rotating-slots template takes {', '.join(map(str, PLANES))} output planes a block"
-        if (regs := core_registers(spec, self.planes)) > MAX_CORE_REGISTERS:
+        if self.stages not in STAGES:
+            return f"stages={self.stages}: the rotating-slots template stages 1 or 2 input rows"
+        if self.stages == 1 and spec.dtype != "float32":
+            return f"stages=1: the rotating-slots template stages one row in float32 only, not {spec.dtype}"
+        if (regs := core_registers(spec, self.planes, self.stages)) > MAX_CORE_REGISTERS:
             return (f"planes={self.planes}: {regs} registers a thread of accumulators and A fragments, at most "
                     f"{MAX_CORE_REGISTERS}")
         # geometry() takes fewer taps along d a pass where all do not fit (seed-a's float32: one a pass)
-        if (shared := geometry(spec, self.planes).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
+        if (shared := geometry(spec, self.planes, self.stages).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
             return f"{shared} bytes of shared memory per block exceed {SHARED_BYTES_PER_BLOCK_SM90}"
         return None
 
@@ -73,7 +86,7 @@ class SlotsTiles:
         return slots_shape_problem(spec, input_shape)
 
     def __str__(self) -> str:
-        return f"slots planes={self.planes}"
+        return f"slots planes={self.planes}" + (f" stages={self.stages}" if self.stages != 2 else "")
 
 
 def element_bytes(spec: ConvSpec) -> int:
@@ -100,41 +113,45 @@ class SlotsGeometry:
     list_rows: int      # rows of a weight list: slot x (KH - 1) + ncol
     taps: int           # taps along d a pass: KD, or a divisor of it where the lists of all KD do not fit
     weight_bytes: int   # every list: parts x taps x CI / step K steps x 2 halves
-    row_stride: int     # bytes of a staged channel row: ROW_ELEMENTS elements
+    row_stride: int     # bytes of a staged channel row: ROW_ELEMENTS elements, or SWIZZLED_ROW with one stage
     stage_bytes: int    # one staged input row of the planes + KD - 1 input planes
     raw_bytes: int      # one completed slot, stored for the sums along kw
     raws: int = 4       # completed-slot buffers: 2 a warpgroup (alternating), or 1 where 2 do not fit
     passes: int = 1     # the launcher's runs of the kernel: KD / taps
+    stages: int = 2     # staged input rows (SlotsTiles.stages)
+    swizzle: bool = False  # rows of SWIZZLED_ROW floats, position p of channel c at p ^ 8 (c mod 4)
 
     @property
     def shared_bytes(self) -> int:
-        return self.weight_bytes + 2 * self.stage_bytes + self.raws * self.raw_bytes
+        return self.weight_bytes + self.stages * self.stage_bytes + self.raws * self.raw_bytes
 
 
-def core_registers(spec: ConvSpec, planes: int) -> int:
+def core_registers(spec: ConvSpec, planes: int, stages: int = 2) -> int:
     """A thread's accumulators (planes / 2 sets of N / 2) and A fragments (planes / 2 + taps - 1
     input planes x in_channels / step, 4 registers each; taps: along d, a pass's)."""
-    g = geometry(spec, planes)
+    g = geometry(spec, planes, stages)
     return planes // 2 * g.ncol // 2 + 4 * (planes // 2 + g.taps - 1) * (spec.in_channels // k_step(spec))
 
 
-def geometry(spec: ConvSpec, planes: int = 2) -> SlotsGeometry:
+def geometry(spec: ConvSpec, planes: int = 2, stages: int = 2) -> SlotsGeometry:
     """The template's sizes: the fewest passes (all KD taps along d in one where they fit), and for
     each, four completed-slot buffers or, where those do not fit, one a warpgroup at a barrier more a
     written row (float32 'ieee' on seed-b: its lists' big and small parts). Where nothing fits, the
-    one-pass geometry, which problem() refuses."""
+    one-pass geometry, which problem() refuses. One stage (float32) stages rows of SWIZZLED_ROW
+    floats: 72 would not leave seed-a's tf32 lists room (236 KB against 227)."""
     kd, kh, kw = spec.kernel_size
     slot = kw * spec.out_channels
     ncol = 8 * -(-kh * slot // 8)
     list_rows = slot * (kh - 1) + ncol
-    row_stride = ROW_ELEMENTS * element_bytes(spec)
+    swizzle = stages == 1 and spec.dtype == "float32"
+    row_stride = (SWIZZLED_ROW if swizzle else ROW_ELEMENTS) * element_bytes(spec)
 
     def sized(taps: int, raws: int) -> SlotsGeometry:
         return SlotsGeometry(
             slot=slot, ncol=ncol, list_rows=list_rows, taps=taps,
             weight_bytes=weight_parts(spec) * taps * (spec.in_channels // k_step(spec)) * 2 * list_rows * 16,
             row_stride=row_stride, stage_bytes=(planes + taps - 1) * spec.in_channels * row_stride,
-            raw_bytes=slot * RAW_STRIDE * 4, raws=raws, passes=kd // taps)
+            raw_bytes=slot * RAW_STRIDE * 4, raws=raws, passes=kd // taps, stages=stages, swizzle=swizzle)
 
     for taps in sorted((t for t in range(1, kd + 1) if kd % t == 0), reverse=True):
         for raws in (4, 2):
@@ -183,8 +200,17 @@ def slots_shape_problem(spec: ConvSpec, input_shape: tuple[int, ...]) -> str | N
 
 
 def slots_candidates(spec: ConvSpec) -> list[SlotsTiles]:
-    """The autotuning space: the output planes a block that fit."""
-    return [tiles for tiles in map(SlotsTiles, PLANES) if tiles.problem(spec) is None]
+    """The autotuning space: the output planes a block that fit, each with two stages and, in
+    float32 where one stage takes fewer passes than two, with one."""
+    offer = []
+    for planes in PLANES:
+        two, one = SlotsTiles(planes), SlotsTiles(planes, stages=1)
+        if two.problem(spec) is None:
+            offer.append(two)
+        if one.problem(spec) is None and (two.problem(spec) is not None
+                                          or geometry(spec, planes, 1).passes < geometry(spec, planes).passes):
+            offer.append(one)
+    return offer
 
 
 def render_slots(spec: ConvSpec, tiles: SlotsTiles | None = None, wide: bool = False,
@@ -198,7 +224,7 @@ def render_slots(spec: ConvSpec, tiles: SlotsTiles | None = None, wide: bool = F
     sized = InputSize.of(spec, size)
     if problem := slots_shape_problem(spec, (1, spec.in_channels, *sized.size)):
         raise ValueError(problem)
-    g = geometry(spec, tiles.planes)
+    g = geometry(spec, tiles.planes, tiles.stages)
     kh, ph = spec.kernel_size[1], spec.pad_before[1]
     hpad = max(-(-sized.size[1] // kh) * kh, 2)  # input rows walked: the kernel stages two rows ahead
     flush = list(range(max(hpad + ph - kh + 1, 0), sized.out_size[1]))  # output rows after the last input row's
@@ -215,6 +241,7 @@ def render_slots(spec: ConvSpec, tiles: SlotsTiles | None = None, wide: bool = F
                     f": M = 64 positions, N = {kh} slots x {g.slot} (kw, co), K = {spec.in_channels} channels"),
         "shared": f"{g.shared_bytes} bytes per block",
         "threads": (f"{THREADS}: {tiles.planes} output planes, {tiles.planes + g.taps - 1} input planes staged"
+                    + (", one row at a time" if g.stages == 1 else "")
                     + (f"; {g.passes} passes of {g.taps} taps along d" if g.passes > 1 else "")),
         "input size": sized.param,
     }

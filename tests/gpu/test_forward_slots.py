@@ -6,7 +6,7 @@ an odd number of output planes (a warpgroup with no plane), no padding (output r
 first input row's), one output channel, kh 1 (once with a single input row), 128 input channels,
 both 16-bit types, blocks that walk several items, 4 to 8 output planes a block, and float32 as
 tf32 and as 3xTF32 ('ieee', seed-b's dgrad with one completed-slot buffer a warpgroup), also in
-passes of fewer taps along d (seed-a's shape). Skipped, saying
+passes of fewer taps along d (seed-a's shape) and with one stage. Skipped, saying
 so, on GPUs other than compute capability 9.0. Last, the dgrad of seed-a through autotuning: the
 slots candidates are timed beside the others and the kept winner is correct."""
 from dataclasses import dataclass
@@ -44,12 +44,14 @@ class Case:
         return f"{self.name}-{'tf32' if self.spec.precision == 'tf32' else self.spec.dtype}"
 
 
-def _case(name: str, text: str, dtype: str, shape, planes: int = 2) -> Case:
+def _case(name: str, text: str, dtype: str, shape, planes: int = 2, stages: int = 2) -> Case:
     """dtype "tf32" is float32 with precision 'tf32'; "float32" is 'ieee' (3xTF32)."""
     spec = ConvSpec.from_text(f"{text} --dtype float32 --precision tf32" if dtype == "tf32" else f"{text} --dtype {dtype}")
     input_shape = (shape[0], spec.in_channels, *shape[1:])
-    assert slots_shape_problem(spec, input_shape) is None and SlotsTiles(planes).problem(spec) is None, name
-    return Case(f"{name}-planes{planes}" if planes != 2 else name, spec, input_shape, SlotsTiles(planes))
+    tiles = SlotsTiles(planes, stages)
+    assert slots_shape_problem(spec, input_shape) is None and tiles.problem(spec) is None, name
+    return Case(name + (f"-planes{planes}" if planes != 2 else "") + (f"-stages{stages}" if stages != 2 else ""),
+                spec, input_shape, tiles)
 
 
 CASES = (
@@ -83,6 +85,14 @@ CASES = (
     + [_case("dgrad-a", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", dtype, (2, 10, 13, 58)) for dtype in ("tf32", "float32")]
     + [_case("dgrad-b-odd-planes", "3x3x3 --cin 64 --cout 3 --padding 2", dtype, (2, 7, 9, 62), planes=4) for dtype in ("tf32", "float32")]
     + [_case("items-per-block-even-rows", "3x3x3 --cin 16 --cout 3 --padding 1", "float32", (3, 200, 4, 30), planes=4)]  # one pass
+    # float32 with one stage (refilled a row ahead, swizzled rows): seed-a's shape in one pass, seed-b's with 4 planes,
+    # blocks that walk several items (odd and even rows an item), and kh 1 with one input row (2 rows an item)
+    + [_case("dgrad-a", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", "tf32", (2, 10, 13, 58), stages=1)]
+    + [_case("dgrad-b-odd-planes", "3x3x3 --cin 64 --cout 3 --padding 2", dtype, (2, 7, 9, 62), planes=4, stages=1)
+       for dtype in ("tf32", "float32")]
+    + [_case("items-per-block", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", "tf32", (2, 298, 3, 58), stages=1),
+       _case("items-per-block-even-rows", "3x3x3 --cin 16 --cout 3 --padding 1", "float32", (3, 200, 4, 30), stages=1),
+       _case("kh1-one-row", "1x1x3 --cin 16 --cout 2 --padding 0x0x1 --no-bias", "tf32", (2, 300, 1, 16), planes=4, stages=1)]
 )
 
 

@@ -1,7 +1,8 @@
 """The rotating-slots template (dgrad on a 3-channel input): what it serves and on which inputs, on
 which GPUs the tuner offers it, its geometry and weight lists (float32's too), and nvcc compiling
-seed-a's and seed-b's dgrad (seed-b's in tf32 and 3xTF32 too) and a few edge specs alone for sm_90 (built as sm_90a) without spills and without
-ptxas serializing the wgmmas, and refusing to compile for sm_80 (no GPU, no torch headers)."""
+seed-a's and seed-b's dgrad (float32 forms too: tf32 and 3xTF32, in passes and with one stage) and a
+few edge specs alone for sm_90 (built as sm_90a) without spills and without ptxas serializing the
+wgmmas, and refusing to compile for sm_80 (no GPU, no torch headers)."""
 import pytest
 
 from conv3d_codegen.autotune import Tuner, candidates, render_tiles
@@ -113,7 +114,8 @@ def test_float32_takes_twice_the_bytes_and_3xtf32_two_lists():
     assert (g.raws, g.shared_bytes) == (4, 38400 + 2 * 73728 + 4 * 9 * 68 * 4)
     assert gi.weight_bytes == 2 * g.weight_bytes and gi.raws == 2 and gi.shared_bytes == 76800 + 2 * 73728 + 2 * 2448
     assert geometry(ieee.model_copy(update={"in_channels": 16})).raws == 4  # where four fit, four
-    assert core_registers(tf32, 2) == 16 + 4 * 3 * 8 and slots_candidates(tf32) == [SlotsTiles(2), SlotsTiles(4)]
+    assert core_registers(tf32, 2) == 16 + 4 * 3 * 8
+    assert slots_candidates(tf32) == [SlotsTiles(2), SlotsTiles(4), SlotsTiles(4, stages=1)]  # one stage: one pass
     assert (g.taps, g.passes) == (3, 1) and (geometry(tf32, 4).taps, geometry(tf32, 4).passes) == (1, 3)  # 270 KB in one
     body, ieee_body = render_slots(tf32, size=SIZE_B).body, render_slots(ieee, size=SIZE_B).body
     assert "m64n32k8.f32.tf32.tf32" in body and "p, 1, 1;" in body and "cvt.rna.tf32.f32" in body
@@ -130,11 +132,52 @@ def test_where_the_lists_of_every_tap_do_not_fit_the_kernel_runs_in_passes():
         spec = dgrad_of("seed-a", "float32")[0].model_copy(update={"precision": precision})
         g = geometry(spec)
         assert (g.taps, g.passes, g.raws, g.weight_bytes, g.stage_bytes) == (1, 3, 4, lists, 2 * 64 * 288)
-        assert slots_candidates(spec) == [SlotsTiles(2)] and core_registers(spec, 2) == 56 + 4 * 1 * 8
+        assert core_registers(spec, 2) == 56 + 4 * 1 * 8
+        # tf32's lists of all 3 taps fit beside one stage (SlotsTiles.stages), 3xTF32's do not
+        assert slots_candidates(spec) == [SlotsTiles(2)] + ([SlotsTiles(2, stages=1)] if precision == "tf32" else [])
         src = render_slots(spec, size=SIZE_A)
         assert "constexpr int KDT = 1;" in src.body and "for (int pass = 0; pass < PASSES; ++pass)" in src.body
         assert "2 output planes, 2 input planes staged; 3 passes of 1 taps along d" in src.params["threads"]
     assert (geometry(DGRAD_A).taps, geometry(DGRAD_A).passes) == (3, 1)  # bf16: one pass
+
+
+def test_one_stage_fits_seed_a_tf32_in_one_pass():
+    """One stage of 64-float swizzled rows leaves the lists of all 3 taps room (150 KB + 64 KB + two completed-slot
+    buffers, 227,488 bytes of 232,448); 72-float rows would not (236 KB). 16-bit types keep two stages."""
+    spec = dgrad_of("seed-a", "float32")[0].model_copy(update={"precision": "tf32"})
+    g = geometry(spec, 2, stages=1)
+    assert (g.taps, g.passes, g.stages, g.swizzle, g.row_stride, g.raws) == (3, 1, 1, True, 256, 2)
+    assert g.shared_bytes == 150528 + 4 * 64 * 256 + 2 * 21 * 68 * 4 == 227488 <= 227 * 1024
+    assert core_registers(spec, 2, stages=1) == 56 + 4 * 3 * 8
+    assert "float32 only, not bfloat16" in SlotsTiles(2, stages=1).problem(DGRAD_A)
+    assert "stages=3" in SlotsTiles(2, stages=3).problem(spec)
+    src = render_slots(spec, SlotsTiles(2, stages=1), size=SIZE_A)
+    assert "constexpr int STAGES = 1;" in src.body and "constexpr int SWZ = 8;" in src.body
+    assert "constexpr int KDT = 3;" in src.body and "one row at a time" in src.params["threads"]
+    assert "constexpr int STAGES = 2;" in render_slots(spec, size=SIZE_A).body
+    assert "constexpr int SWZ = 0;" in render_slots(spec, size=SIZE_A).body
+    assert str(SlotsTiles(2, stages=1)) == "slots planes=2 stages=1" and str(SlotsTiles(2)) == "slots planes=2"
+
+
+def test_the_swizzled_rows_keep_loads_and_copies_on_distinct_banks():
+    """The template's addresses in a 64-float row with position p of channel c at p ^ 8 (c mod 4): a warp's A loads
+    (lane: channel t = lane % 4 plus a multiple of 4, position 16 wq + 8 i + g, g = lane / 4) fall on 32 distinct banks,
+    and a warp's copies (channel w + 8 k, lane l: positions 2 l, 2 l + 1) map the row's positions one to one into it,
+    each pair on adjacent words. Where the swizzle is off (72-float rows) the loads' banks are distinct too."""
+    def word(row, c, p, swz):
+        return c * row + (p ^ (swz * (c % 4)))
+    for row, swz in ((64, 8), (72, 0)):
+        for wq in range(4):
+            for i in range(2):
+                for base in (0, 4, 12, 60):  # channels 8 c + 4 (i / 2) of the warp's plane
+                    banks = {word(row, base + lane % 4, 16 * wq + 8 * i + lane // 4, swz) % 32 for lane in range(32)}
+                    assert len(banks) == 32, (row, wq, i, base)
+    for warp in range(8):
+        for k in range(8):
+            c = warp + 8 * k
+            words = [word(64, c, 2 * lane, 8) for lane in range(32)]
+            assert all(word(64, c, 2 * lane + 1, 8) == w + 1 for lane, w in enumerate(words))
+            assert sorted(w + e for w in words for e in (0, 1)) == list(range(64 * c, 64 * c + 64))
 
 
 def test_every_window_puts_each_tap_row_in_its_slot():
@@ -180,7 +223,10 @@ def _sources():
     ]] + [render_slots(DGRAD_B, SlotsTiles(planes), size=SIZE_B) for planes in (4, 8)] + [
         render_slots(dgrad_of("seed-b", "float32")[0].model_copy(update={"precision": precision}), size=SIZE_B)
         for precision in ("tf32", "ieee")] + [  # ieee: 255 registers, one completed-slot buffer a warpgroup
-        render_slots(dgrad_of("seed-a", "float32")[0], size=SIZE_A)]  # 3 passes of one tap along d
+        render_slots(dgrad_of("seed-a", "float32")[0], size=SIZE_A)] + [  # 3 passes of one tap along d
+        render_slots(dgrad_of("seed-a", "float32")[0].model_copy(update={"precision": "tf32"}), SlotsTiles(2, stages=1),
+                     size=SIZE_A),  # one stage, all taps in one pass
+        render_slots(dgrad_of("seed-b", "float32")[0], SlotsTiles(4, stages=1), size=SIZE_B)]  # 3xTF32, 4 planes
 
 
 @pytest.fixture(scope="module")
