@@ -121,7 +121,7 @@ def test_float32_takes_twice_the_bytes_and_3xtf32_two_lists():
     assert "m64n32k8.f32.tf32.tf32" in body and "p, 1, 1;" in body and "cvt.rna.tf32.f32" in body
     assert "constexpr int RAWN = 2;" in body and "constexpr int RAWN = 1;" in ieee_body
     assert "cp.async.ca.shared.global [%0], [%1], 8;" in body and "ldmatrix" not in body
-    assert "load_a<true>(a, here, lane, wg, wq);" in ieee_body and "load_a<true>" not in body
+    assert "load_plane<true>(a[j], here, j, lane, wg, wq);" in ieee_body and "load_plane<true>(a[j]" not in body
     assert "(tf32) x 3 (3xTF32)" in render_slots(ieee, size=SIZE_B).params["product"]
 
 
