@@ -160,18 +160,25 @@ def test_one_stage_fits_seed_a_tf32_in_one_pass():
 
 
 def test_the_swizzled_rows_keep_loads_and_copies_on_distinct_banks():
-    """The template's addresses in a 64-float row with position p of channel c at p ^ 8 (c mod 4): a warp's A loads
-    (lane: channel t = lane % 4 plus a multiple of 4, position 16 wq + 8 i + g, g = lane / 4) fall on 32 distinct banks,
+    """The template's addresses in a 64-float row with position p of channel c at p ^ 8 (c mod 4), and in a 72-float
+    row unswizzled: a warp's 8-byte A loads (lane: channel t = lane % 4 plus a multiple of 4, positions 16 wq + 2 g and
+    its next, g = lane / 4) fall on distinct banks in each half-warp (an 8-byte access is served a half-warp at a time),
     and a warp's copies (channel w + 8 k, lane l: positions 2 l, 2 l + 1) map the row's positions one to one into it,
-    each pair on adjacent words. Where the swizzle is off (72-float rows) the loads' banks are distinct too."""
+    each pair on adjacent words. The completed slots' 8-byte stores (column 2 t + e of 8, positions 16 wq + 2 g) do too."""
     def word(row, c, p, swz):
         return c * row + (p ^ (swz * (c % 4)))
+
+    def distinct_pairs(words):
+        return len({w % 32 for w0 in words for w in (w0, w0 + 1)}) == 2 * len(words)
     for row, swz in ((64, 8), (72, 0)):
         for wq in range(4):
-            for i in range(2):
-                for base in (0, 4, 12, 60):  # channels 8 c + 4 (i / 2) of the warp's plane
-                    banks = {word(row, base + lane % 4, 16 * wq + 8 * i + lane // 4, swz) % 32 for lane in range(32)}
-                    assert len(banks) == 32, (row, wq, i, base)
+            for base in (0, 4, 12, 60):  # channels 8 c + 4 h of the warp's plane
+                for half in (range(16), range(16, 32)):
+                    words = [word(row, base + lane % 4, 16 * wq + 2 * (lane // 4), swz) for lane in half]
+                    assert all(w % 2 == 0 for w in words) and distinct_pairs(words), (row, wq, base)
+    for half in (range(16), range(16, 32)):
+        for jn in range(3):
+            assert distinct_pairs([(8 * jn + 2 * (lane % 4)) * 68 + 16 * 1 + 2 * (lane // 4) for lane in half])
     for warp in range(8):
         for k in range(8):
             c = warp + 8 * k
