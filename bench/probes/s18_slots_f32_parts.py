@@ -31,23 +31,7 @@ from conv3d_codegen.measure import median_ms, random_inputs, relative_error, tol
 from conv3d_codegen.render_grad import dgrad_spec  # noqa: E402
 from conv3d_codegen.render_slots import SlotsTiles, render_slots  # noqa: E402
 from conv3d_codegen.workloads import WORKLOADS  # noqa: E402
-
-NEVER = "__device__ int g_never_flag = 0;\n"
-MARKER = "constexpr int CI = "
-
-
-def edit(body: str, old: str, new: str) -> str:
-    assert body.count(old) >= 1, old
-    return body.replace(old, new)
-
-
-def never(body: str) -> str:
-    return body if NEVER in body else edit(body, MARKER, NEVER + MARKER)
-
-
-def nostage(body):
-    return edit(never(body), "  const long long first = ((static_cast<long long>(n) * CI + warp)",
-                "  if (!g_never_flag) return;\n  const long long first = ((static_cast<long long>(n) * CI + warp)")
+from s16_slots_parts import edit, never, nostage  # noqa: E402  (session 16's edits of the same template)
 
 
 def noout(body):
