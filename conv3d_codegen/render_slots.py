@@ -31,8 +31,8 @@ from .spec import ConvSpec
 
 SLOTS_TEMPLATE = "conv3d_fwd_slots.cu.j2"
 
-ROW_ELEMENTS = 72    # a staged channel row: ldmatrix's 8 rows (16 bits), or a warp's 32-bit loads of 4 channels x 8
-                     # positions (float32: 72 words, 8 mod 32), fall on distinct banks
+ROW_ELEMENTS = 72    # a staged channel row: ldmatrix's 8 rows (16 bits), or a half-warp's 8-byte loads of 4 channels x 4
+                     # position pairs (float32: 72 words, 8 mod 32), fall on distinct banks
 SWIZZLED_ROW = 64    # float32's row with one stage: position p of channel c at p ^ 8 (c mod 4), the loads' banks distinct
 RAW_STRIDE = 68      # floats of a stored column: a warp's stores (8 positions x 4 columns) on distinct banks
 MAX_WIDTH = 64       # M of the wgmma: the input row's positions; the output row's too (the sums' buffer)
