@@ -22,7 +22,6 @@ sizes are constants): input width even and at most 64 (one M tile), output width
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -205,10 +204,10 @@ def slots_candidates(spec: ConvSpec) -> list[SlotsTiles]:
     offer = []
     for planes in PLANES:
         two, one = SlotsTiles(planes), SlotsTiles(planes, stages=1)
-        if two.problem(spec) is None:
+        two_fits = two.problem(spec) is None
+        if two_fits:
             offer.append(two)
-        if one.problem(spec) is None and (two.problem(spec) is not None
-                                          or geometry(spec, planes, 1).passes < geometry(spec, planes).passes):
+        if one.problem(spec) is None and (not two_fits or geometry(spec, planes, 1).passes < geometry(spec, planes).passes):
             offer.append(one)
     return offer
 
@@ -226,7 +225,7 @@ def render_slots(spec: ConvSpec, tiles: SlotsTiles | None = None, wide: bool = F
         raise ValueError(problem)
     g = geometry(spec, tiles.planes, tiles.stages)
     kh, ph = spec.kernel_size[1], spec.pad_before[1]
-    hpad = max(-(-sized.size[1] // kh) * kh, 2)  # input rows walked: the kernel stages two rows ahead
+    hpad = max(-(-sized.size[1] // kh) * kh, 2)  # input rows walked: at least 2, as two stages stage two rows ahead
     flush = list(range(max(hpad + ph - kh + 1, 0), sized.out_size[1]))  # output rows after the last input row's
     name = f"conv3d_fwd_slots_{spec.tag}" + sized.suffix
     body = _environment(templates_dir()).get_template(SLOTS_TEMPLATE).render(
