@@ -33,6 +33,10 @@ SLOTS_TEMPLATE = "conv3d_fwd_slots.cu.j2"
 ROW_ELEMENTS = 72    # a staged channel row: ldmatrix's 8 rows (16 bits), or a half-warp's 8-byte loads of 4 channels x 4
                      # position pairs (float32: 72 words, 8 mod 32), fall on distinct banks
 SWIZZLED_ROW = 64    # float32's row with one stage: position p of channel c at p ^ 8 (c mod 4), the loads' banks distinct
+TMA_ROW = 68         # float32's row staged by the copy engine (tma): 64 positions and the row's start 0 or 8 bytes into a
+                     # 16-byte piece; channels 2 apart (A's K order) 136 words apart, 8 mod 32: the loads' banks distinct
+TMA_ALIGN = 128      # the copy engine's boxes start on 128 bytes: room to align the stages
+MBARRIER = 8         # bytes of an mbarrier: two a staged plane (tma)
 RAW_STRIDE = 68      # floats of a stored column: a warp's stores (8 positions x 4 columns) on distinct banks
 MAX_WIDTH = 64       # M of the wgmma: the input row's positions; the output row's too (the sums' buffer)
 MAX_N = 128          # accumulators a thread: N / 2 (64) beside the A fragments
@@ -44,6 +48,7 @@ STAGES = (2, 1)        # staged input rows: two (a row staged two ahead), or one
 # a thread's accumulators and A fragments (core_registers), beside ~70 of addresses and staging: seed-a's dgrad with
 # 4 planes (176) spilled and ran 5% slower than with 2 (bench/NOTES.md, session 16)
 MAX_CORE_REGISTERS = 160
+MAX_BOX = 256        # a copy engine's box dimension: the channel rows of one box (tma)
 
 
 @dataclass(frozen=True)
@@ -57,12 +62,20 @@ class SlotsTiles:
     loaded into registers, then the stage is refilled with the next row while the row's products
     run. It frees a stage's shared memory for the weight lists, so all taps along d fit in one pass
     where two stages would take several (seed-a's tf32: 150 KB of lists; 3 passes stage grad_out 3
-    times), at the cost of a second barrier a row and the next row's copies in the open."""
+    times), at the cost of a second barrier a row and the next row's copies in the open.
+
+    tma=True (tf32 with one stage) stages the rows with the bulk tensor copy engine, asked for by a producer
+    warpgroup (384 threads, its registers given to the other two by setmaxnreg): each staged plane is a buffer of its own, refilled with its next row as soon as the warps that read
+    it have their fragments, so the next row comes about a row ahead and the row has no block-wide barrier, where
+    cp.async has every thread issue 8-byte copies (32 a row on seed-a) after the row's barrier and wait for them at its
+    end. The engine fills what lies outside the input with zeros. It needs each input plane a multiple of 16 bytes
+    (tma_shape_problem)."""
 
     template: ClassVar[str] = SLOTS_TEMPLATE
 
     planes: int = 2  # output planes a block: 2, 4, 6 or 8
     stages: int = 2  # staged input rows: 2, or 1 in float32
+    tma: bool = False  # rows staged by the bulk tensor copy engine (tf32, one stage), not by cp.async
 
     def problem(self, spec: ConvSpec) -> str | None:
         """Why these tiles cannot serve `spec`, or None."""
@@ -72,20 +85,27 @@ class SlotsTiles:
             return f"stages={self.stages}: the rotating-slots template stages 1 or 2 input rows"
         if self.stages == 1 and spec.dtype != "float32":
             return f"stages=1: the rotating-slots template stages one row in float32 only, not {spec.dtype}"
+        if self.tma and (spec.dtype != "float32" or weight_parts(spec) != 1 or self.stages != 1):
+            return ("tma: the rotating-slots template stages rows by the copy engine with one stage in float32 with "
+                    f"precision 'tf32' only, not {spec.dtype} ({spec.precision}) with {self.stages}")
+        if self.tma and spec.in_channels > MAX_BOX:
+            return f"tma: in_channels={spec.in_channels}, the copy engine's box takes at most {MAX_BOX} channel rows"
         if (regs := core_registers(spec, self.planes, self.stages)) > MAX_CORE_REGISTERS:
             return (f"planes={self.planes}: {regs} registers a thread of accumulators and A fragments, at most "
                     f"{MAX_CORE_REGISTERS}")
         # geometry() takes fewer taps along d a pass where all do not fit (seed-a's float32: one a pass)
-        if (shared := geometry(spec, self.planes, self.stages).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
+        if (shared := geometry(spec, self.planes, self.stages, self.tma).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
             return f"{shared} bytes of shared memory per block exceed {SHARED_BYTES_PER_BLOCK_SM90}"
         return None
 
     def shape_problem(self, spec: ConvSpec, input_shape: tuple[int, ...]) -> str | None:
-        """Why these tiles cannot run on inputs of `input_shape`, or None (slots_shape_problem)."""
-        return slots_shape_problem(spec, input_shape)
+        """Why these tiles cannot run on inputs of `input_shape`, or None (slots_shape_problem, and
+        tma_shape_problem with tma)."""
+        return slots_shape_problem(spec, input_shape) or (tma_shape_problem(input_shape) if self.tma else None)
 
     def __str__(self) -> str:
-        return f"slots planes={self.planes}" + (f" stages={self.stages}" if self.stages != 2 else "")
+        return (f"slots planes={self.planes}" + (f" stages={self.stages}" if self.stages != 2 else "")
+                + (" tma" if self.tma else ""))
 
 
 def element_bytes(spec: ConvSpec) -> int:
@@ -119,10 +139,13 @@ class SlotsGeometry:
     passes: int = 1     # the launcher's runs of the kernel: KD / taps
     stages: int = 2     # staged input rows (SlotsTiles.stages)
     swizzle: bool = False  # rows of SWIZZLED_ROW floats, position p of channel c at p ^ 8 (c mod 4)
+    tma: bool = False   # rows of TMA_ROW floats staged by the copy engine (SlotsTiles.tma)
+    staged: int = 0     # input planes staged: planes + taps - 1 (a buffer and two mbarriers each with tma)
 
     @property
     def shared_bytes(self) -> int:
-        return self.weight_bytes + self.stages * self.stage_bytes + self.raws * self.raw_bytes
+        return (self.weight_bytes + self.stages * self.stage_bytes + self.raws * self.raw_bytes
+                + (TMA_ALIGN + 2 * MBARRIER * self.staged if self.tma else 0))
 
 
 def core_registers(spec: ConvSpec, planes: int, stages: int = 2) -> int:
@@ -132,25 +155,27 @@ def core_registers(spec: ConvSpec, planes: int, stages: int = 2) -> int:
     return planes // 2 * g.ncol // 2 + 4 * (planes // 2 + g.taps - 1) * (spec.in_channels // k_step(spec))
 
 
-def geometry(spec: ConvSpec, planes: int = 2, stages: int = 2) -> SlotsGeometry:
+def geometry(spec: ConvSpec, planes: int = 2, stages: int = 2, tma: bool = False) -> SlotsGeometry:
     """The template's sizes: the fewest passes (all KD taps along d in one where they fit), and for
     each, four completed-slot buffers or, where those do not fit, one a warpgroup at a barrier more a
     written row (float32 'ieee' on seed-b: its lists' big and small parts). Where nothing fits, the
     one-pass geometry, which problem() refuses. One stage (float32) stages rows of SWIZZLED_ROW
-    floats: 72 would not leave seed-a's tf32 lists room (236 KB against 227)."""
+    floats: 72 would not leave seed-a's tf32 lists room (236 KB against 227). The copy engine (tma)
+    stages rows of TMA_ROW floats, with room to align the stages and two mbarriers a plane (231,776 bytes)."""
     kd, kh, kw = spec.kernel_size
     slot = kw * spec.out_channels
     ncol = 8 * -(-kh * slot // 8)
     list_rows = slot * (kh - 1) + ncol
-    swizzle = stages == 1 and spec.dtype == "float32"
-    row_stride = (SWIZZLED_ROW if swizzle else ROW_ELEMENTS) * element_bytes(spec)
+    swizzle = stages == 1 and spec.dtype == "float32" and not tma
+    row_stride = (TMA_ROW if tma else SWIZZLED_ROW if swizzle else ROW_ELEMENTS) * element_bytes(spec)
 
     def sized(taps: int, raws: int) -> SlotsGeometry:
         return SlotsGeometry(
             slot=slot, ncol=ncol, list_rows=list_rows, taps=taps,
             weight_bytes=weight_parts(spec) * taps * (spec.in_channels // k_step(spec)) * 2 * list_rows * 16,
             row_stride=row_stride, stage_bytes=(planes + taps - 1) * spec.in_channels * row_stride,
-            raw_bytes=slot * RAW_STRIDE * 4, raws=raws, passes=kd // taps, stages=stages, swizzle=swizzle)
+            raw_bytes=slot * RAW_STRIDE * 4, raws=raws, passes=kd // taps, stages=stages, swizzle=swizzle, tma=tma,
+            staged=planes + taps - 1)
 
     for taps in sorted((t for t in range(1, kd + 1) if kd % t == 0), reverse=True):
         for raws in (4, 2):
@@ -198,9 +223,19 @@ def slots_shape_problem(spec: ConvSpec, input_shape: tuple[int, ...]) -> str | N
     return None
 
 
+def tma_shape_problem(input_shape: tuple[int, ...]) -> str | None:
+    """Why the copy engine cannot stage rows of inputs of `input_shape`, or None: its strides are
+    multiples of 16 bytes, so an input plane (h x w floats) must be a multiple of 4 floats."""
+    h, w = input_shape[3:]
+    if (h * w) % 4:
+        return f"input planes of {h}x{w}: staging by the copy engine needs h x w a multiple of 4"
+    return None
+
+
 def slots_candidates(spec: ConvSpec) -> list[SlotsTiles]:
     """The autotuning space: the output planes a block that fit, each with two stages and, in
-    float32 where one stage takes fewer passes than two, with one."""
+    float32 where one stage takes fewer passes than two, with one; in tf32 each one-stage choice
+    also staged by the copy engine (tma), where it fits."""
     offer = []
     for planes in PLANES:
         two, one = SlotsTiles(planes), SlotsTiles(planes, stages=1)
@@ -209,6 +244,7 @@ def slots_candidates(spec: ConvSpec) -> list[SlotsTiles]:
             offer.append(two)
         if one.problem(spec) is None and (not two_fits or geometry(spec, planes, 1).passes < geometry(spec, planes).passes):
             offer.append(one)
+    offer += [t for t in (SlotsTiles(o.planes, 1, tma=True) for o in offer if o.stages == 1) if t.problem(spec) is None]
     return offer
 
 
@@ -223,7 +259,9 @@ def render_slots(spec: ConvSpec, tiles: SlotsTiles | None = None, wide: bool = F
     sized = InputSize.of(spec, size)
     if problem := slots_shape_problem(spec, (1, spec.in_channels, *sized.size)):
         raise ValueError(problem)
-    g = geometry(spec, tiles.planes, tiles.stages)
+    if tiles.tma and (problem := tma_shape_problem((1, spec.in_channels, *sized.size))):
+        raise ValueError(problem)
+    g = geometry(spec, tiles.planes, tiles.stages, tiles.tma)
     kh, ph = spec.kernel_size[1], spec.pad_before[1]
     hpad = max(-(-sized.size[1] // kh) * kh, 2)  # input rows walked: at least 2, as two stages stage two rows ahead
     flush = list(range(max(hpad + ph - kh + 1, 0), sized.out_size[1]))  # output rows after the last input row's
@@ -239,8 +277,8 @@ def render_slots(spec: ConvSpec, tiles: SlotsTiles | None = None, wide: bool = F
                     f"{' (tf32)' if spec.dtype == 'float32' else ''}{' x 3 (3xTF32)' if weight_parts(spec) == 2 else ''}"
                     f": M = 64 positions, N = {kh} slots x {g.slot} (kw, co), K = {spec.in_channels} channels"),
         "shared": f"{g.shared_bytes} bytes per block",
-        "threads": (f"{THREADS}: {tiles.planes} output planes, {tiles.planes + g.taps - 1} input planes staged"
-                    + (", one row at a time" if g.stages == 1 else "")
+        "threads": (f"{THREADS + 128 * g.tma}: {tiles.planes} output planes, {tiles.planes + g.taps - 1} input planes staged"
+                    + (", one row at a time" if g.stages == 1 else "") + (" by the copy engine" if g.tma else "")
                     + (f"; {g.passes} passes of {g.taps} taps along d" if g.passes > 1 else "")),
         "input size": sized.param,
     }

@@ -6,7 +6,8 @@ an odd number of output planes (a warpgroup with no plane), no padding (output r
 first input row's), one output channel, kh 1 (once with a single input row), 128 input channels,
 both 16-bit types, blocks that walk several items, 4 to 8 output planes a block, and float32 as
 tf32 and as 3xTF32 ('ieee', seed-b's dgrad with one completed-slot buffer a warpgroup), also in
-passes of fewer taps along d (seed-a's shape) and with one stage. Skipped, saying
+passes of fewer taps along d (seed-a's shape) and with one stage, and tf32 staged by the bulk tensor copy engine
+(tma: rows that start 8 bytes into a 16-byte piece, zero planes and rows past the height read as zeros). Skipped, saying
 so, on GPUs other than compute capability 9.0. Last, the dgrad of seed-a through autotuning: the
 slots candidates are timed beside the others and the kept winner is correct."""
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from conv3d_codegen.dispatch import Dispatcher
 from conv3d_codegen.measure import random_inputs, relative_error, tolerance
 from conv3d_codegen.ops import run
 from conv3d_codegen.render_grad import dgrad_spec
-from conv3d_codegen.render_slots import SlotsTiles, render_slots, slots_shape_problem
+from conv3d_codegen.render_slots import SlotsTiles, render_slots
 from conv3d_codegen.render_wgmma import HOPPER_ARCHES
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
@@ -44,14 +45,14 @@ class Case:
         return f"{self.name}-{'tf32' if self.spec.precision == 'tf32' else self.spec.dtype}"
 
 
-def _case(name: str, text: str, dtype: str, shape, planes: int = 2, stages: int = 2) -> Case:
+def _case(name: str, text: str, dtype: str, shape, planes: int = 2, stages: int = 2, tma: bool = False) -> Case:
     """dtype "tf32" is float32 with precision 'tf32'; "float32" is 'ieee' (3xTF32)."""
     spec = ConvSpec.from_text(f"{text} --dtype float32 --precision tf32" if dtype == "tf32" else f"{text} --dtype {dtype}")
     input_shape = (shape[0], spec.in_channels, *shape[1:])
-    tiles = SlotsTiles(planes, stages)
-    assert slots_shape_problem(spec, input_shape) is None and tiles.problem(spec) is None, name
-    return Case(name + (f"-planes{planes}" if planes != 2 else "") + (f"-stages{stages}" if stages != 2 else ""),
-                spec, input_shape, tiles)
+    tiles = SlotsTiles(planes, stages, tma)
+    assert tiles.shape_problem(spec, input_shape) is None and tiles.problem(spec) is None, name
+    return Case(name + (f"-planes{planes}" if planes != 2 else "") + (f"-stages{stages}" if stages != 2 else "")
+                + ("-tma" if tma else ""), spec, input_shape, tiles)
 
 
 CASES = (
@@ -93,6 +94,17 @@ CASES = (
     + [_case("items-per-block", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", "tf32", (2, 298, 3, 58), stages=1),
        _case("items-per-block-even-rows", "3x3x3 --cin 16 --cout 3 --padding 1", "float32", (3, 200, 4, 30), stages=1),
        _case("kh1-one-row", "1x1x3 --cin 16 --cout 2 --padding 0x0x1 --no-bias", "tf32", (2, 300, 1, 16), planes=4, stages=1)]
+    # tf32 with one stage staged by the copy engine and a producer warp: input planes of a multiple of 4 floats; widths 58,
+    # 62 and 30 start every other row 8 bytes into a 16-byte piece; rows past the height (2 of kh 5, 1 of kh 3) and
+    # planes outside the input are zeros; blocks that walk several items (the producer runs a row ahead across them)
+    + [_case("dgrad-a", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", "tf32", (2, 10, 14, 58), stages=1, tma=True),
+       _case("dgrad-b-odd-planes", "3x3x3 --cin 64 --cout 3 --padding 2", "tf32", (2, 7, 10, 62), planes=4, stages=1, tma=True),
+       _case("items-per-block", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", "tf32", (2, 298, 2, 58), stages=1, tma=True),
+       _case("items-per-block-even-rows", "3x3x3 --cin 16 --cout 3 --padding 1", "tf32", (3, 200, 4, 30), stages=1, tma=True),
+       _case("kh1-one-row", "1x1x3 --cin 16 --cout 2 --padding 0x0x1 --no-bias", "tf32", (2, 300, 1, 16), planes=4, stages=1,
+             tma=True),
+       _case("no-padding", "3x5x7 --cin 16 --cout 3", "tf32", (2, 8, 12, 64), stages=1, tma=True),
+       _case("cin8", "3x3x3 --cin 8 --cout 3 --padding 1", "tf32", (1, 5, 6, 20), stages=1, tma=True)]
 )
 
 

@@ -1,6 +1,6 @@
 """The rotating-slots template (dgrad on a 3-channel input): what it serves and on which inputs, on
 which GPUs the tuner offers it, its geometry and weight lists (float32's too), and nvcc compiling
-seed-a's and seed-b's dgrad (float32 forms too: tf32 and 3xTF32, in passes and with one stage) and a
+seed-a's and seed-b's dgrad (float32 forms too: tf32 and 3xTF32, in passes, with one stage and by the copy engine) and a
 few edge specs alone for sm_90 (built as sm_90a) without spills and without ptxas serializing the
 wgmmas, and refusing to compile for sm_80 (no GPU, no torch headers)."""
 import pytest
@@ -9,7 +9,7 @@ from conv3d_codegen.autotune import Tuner, candidates, render_tiles
 from conv3d_codegen.build import KernelBuildError, compile_cubin
 from conv3d_codegen.render_grad import dgrad_spec
 from conv3d_codegen.render_slots import (SlotsTiles, core_registers, geometry, render_slots, slots_candidates,
-                                         slots_shape_problem, supports_slots)
+                                         slots_shape_problem, supports_slots, tma_shape_problem)
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
@@ -115,13 +115,14 @@ def test_float32_takes_twice_the_bytes_and_3xtf32_two_lists():
     assert gi.weight_bytes == 2 * g.weight_bytes and gi.raws == 2 and gi.shared_bytes == 76800 + 2 * 73728 + 2 * 2448
     assert geometry(ieee.model_copy(update={"in_channels": 16})).raws == 4  # where four fit, four
     assert core_registers(tf32, 2) == 16 + 4 * 3 * 8
-    assert slots_candidates(tf32) == [SlotsTiles(2), SlotsTiles(4), SlotsTiles(4, stages=1)]  # one stage: one pass
+    # one stage: one pass; and staged by the copy engine
+    assert slots_candidates(tf32) == [SlotsTiles(2), SlotsTiles(4), SlotsTiles(4, stages=1), SlotsTiles(4, 1, True)]
     assert (g.taps, g.passes) == (3, 1) and (geometry(tf32, 4).taps, geometry(tf32, 4).passes) == (1, 3)  # 270 KB in one
     body, ieee_body = render_slots(tf32, size=SIZE_B).body, render_slots(ieee, size=SIZE_B).body
     assert "m64n32k8.f32.tf32.tf32" in body and "p, 1, 1;" in body and "cvt.rna.tf32.f32" in body
     assert "constexpr int RAWN = 2;" in body and "constexpr int RAWN = 1;" in ieee_body
     assert "cp.async.ca.shared.global [%0], [%1], 8;" in body and "ldmatrix" not in body
-    assert "load_plane<true>(a[j], here, j, lane, wg, wq);" in ieee_body and "load_plane<true>(a[j]" not in body
+    assert "load_plane<true>(a[j], here, j, lane, wg, wq, off);" in ieee_body and "load_plane<true>(a[j]" not in body
     assert "(tf32) x 3 (3xTF32)" in render_slots(ieee, size=SIZE_B).params["product"]
 
 
@@ -134,7 +135,8 @@ def test_where_the_lists_of_every_tap_do_not_fit_the_kernel_runs_in_passes():
         assert (g.taps, g.passes, g.raws, g.weight_bytes, g.stage_bytes) == (1, 3, 4, lists, 2 * 64 * 288)
         assert core_registers(spec, 2) == 56 + 4 * 1 * 8
         # tf32's lists of all 3 taps fit beside one stage (SlotsTiles.stages), 3xTF32's do not
-        assert slots_candidates(spec) == [SlotsTiles(2)] + ([SlotsTiles(2, stages=1)] if precision == "tf32" else [])
+        one_stage = [SlotsTiles(2, stages=1), SlotsTiles(2, 1, True)] if precision == "tf32" else []
+        assert slots_candidates(spec) == [SlotsTiles(2)] + one_stage
         src = render_slots(spec, size=SIZE_A)
         assert "constexpr int KDT = 1;" in src.body and "for (int pass = 0; pass < PASSES; ++pass)" in src.body
         assert "2 output planes, 2 input planes staged; 3 passes of 1 taps along d" in src.params["threads"]
@@ -187,6 +189,52 @@ def test_the_swizzled_rows_keep_loads_and_copies_on_distinct_banks():
             assert sorted(w + e for w in words for e in (0, 1)) == list(range(64 * c, 64 * c + 64))
 
 
+def test_the_copy_engine_stages_tf32_rows_with_one_stage():
+    """tma (tf32 with one stage): seed-a's takes 68-float rows, 128 bytes to align the stages and two mbarriers a
+    staged plane (231,776 bytes of 232,448), and a producer warpgroup (384 threads); the tuner is offered every one-stage
+    tf32 choice staged by it too; inputs whose planes are not a multiple of 16 bytes, two stages, 3xTF32 and 16-bit
+    types are refused with the reason."""
+    spec = dgrad_of("seed-a", "float32")[0].model_copy(update={"precision": "tf32"})
+    g = geometry(spec, 2, stages=1, tma=True)
+    assert (g.taps, g.passes, g.swizzle, g.tma, g.row_stride, g.staged) == (3, 1, False, True, 272, 4)
+    assert g.shared_bytes == 150528 + 4 * 64 * 272 + 2 * 21 * 68 * 4 + 128 + 4 * 16 == 231776 <= 227 * 1024
+    assert SlotsTiles(2, 1, True) in slots_candidates(spec) and not any(t.tma for t in slots_candidates(DGRAD_A))
+    assert "float32 only, not bfloat16" in SlotsTiles(2, 1, True).problem(DGRAD_A)
+    assert "one stage in float32 with precision 'tf32' only" in SlotsTiles(2, 1, True).problem(
+        spec.model_copy(update={"precision": "ieee"}))
+    assert "with 2" in SlotsTiles(2, 2, True).problem(spec)
+    assert "at most 256 channel rows" in SlotsTiles(2, 1, True).problem(spec.model_copy(update={"in_channels": 264}))
+    assert tma_shape_problem((2, 64, 62, 60, 58)) is None  # 3,480 floats a plane
+    assert "13x58" in SlotsTiles(2, 1, True).shape_problem(spec, (2, 64, 10, 13, 58))
+    assert SlotsTiles(2, 1).shape_problem(spec, (2, 64, 10, 13, 58)) is None
+    with pytest.raises(ValueError, match="h x w a multiple of 4"):
+        render_slots(spec, SlotsTiles(2, 1, True), size=(10, 13, 58))
+    src = render_slots(spec, SlotsTiles(2, 1, True), size=SIZE_A)
+    assert "constexpr bool TMA = true;" in src.body and "cp.async.bulk.tensor.4d" in src.body
+    assert "CU_TENSOR_MAP_SWIZZLE_NONE" in src.body and "cp.async.ca" not in src.body and "constexpr int KSPAN = TMA ? 2 : 1;" in src.body
+    assert src.params["threads"].startswith("384: 2 output planes, 4 input planes staged, one row at a time by the copy engine")
+    assert str(SlotsTiles(2, 1, True)) == "slots planes=2 stages=1 tma" and "constexpr int THREADS = TMA ? 384 : 256;" in src.body
+    assert "constexpr bool TMA = false;" in render_slots(spec, SlotsTiles(2, 1), size=SIZE_A).body
+
+
+def test_the_copy_engines_rows_keep_the_a_loads_on_distinct_banks():
+    """With tma a staged row is the copy engine's box: channel c's 68 floats at 272 c bytes, position p at p + off (off =
+    2 on rows that start 8 bytes into a 16-byte piece), and a k8 step's K columns t and t + 4 are its channels 2 t and
+    2 t + 1 (the weight lists' order too). A half-warp's 8-byte A loads (lane: t = lane % 4, positions 16 wq + 2 g + off
+    and its next, g = lane / 4) fall on distinct banks for either off, and read inside the channel's row (p + off < 68)."""
+    for off in (0, 2):
+        for wq in range(4):
+            for channel in (0, 1, 8, 9, 56, 57, 64 + 8, 3 * 64 + 57):  # 64 j + 8 c + h: plane j, K step c, column half h
+                for half in (range(16), range(16, 32)):
+                    words = []
+                    for lane in half:
+                        s = 16 * wq + 2 * (lane // 4) + off
+                        assert s + 1 < 68
+                        w = (channel + 2 * (lane % 4)) * 68 + s
+                        words += [w, w + 1]
+                    assert words[0] % 2 == 0 and len({w % 32 for w in words}) == 32, (off, wq, channel)
+
+
 def test_every_window_puts_each_tap_row_in_its_slot():
     """Row hi's window starts at list row SLOT r, r = -(hi + PH) mod KH, and list row i holds kh = -(i // SLOT)
     mod KH: slot s then takes kh = (hi + PH - s) mod KH, the tap that carries input row hi to output row h = s
@@ -233,7 +281,11 @@ def _sources():
         render_slots(dgrad_of("seed-a", "float32")[0], size=SIZE_A)] + [  # 3 passes of one tap along d
         render_slots(dgrad_of("seed-a", "float32")[0].model_copy(update={"precision": "tf32"}), SlotsTiles(2, stages=1),
                      size=SIZE_A),  # one stage, all taps in one pass
-        render_slots(dgrad_of("seed-b", "float32")[0], SlotsTiles(4, stages=1), size=SIZE_B)]  # 3xTF32, 4 planes
+        render_slots(dgrad_of("seed-b", "float32")[0], SlotsTiles(4, stages=1), size=SIZE_B)] + [  # 3xTF32, 4 planes
+        render_slots(dgrad_of("seed-a", "float32")[0].model_copy(update={"precision": "tf32"}), SlotsTiles(2, 1, True),
+                     size=SIZE_A),  # staged by the copy engine
+        render_slots(dgrad_of("seed-b", "float32")[0].model_copy(update={"precision": "tf32"}), SlotsTiles(4, 1, True),
+                     size=SIZE_B)]
 
 
 @pytest.fixture(scope="module")
