@@ -65,11 +65,11 @@ class SlotsTiles:
     times), at the cost of a second barrier a row and the next row's copies in the open.
 
     tma=True (tf32 with one stage) stages the rows with the bulk tensor copy engine, asked for by a producer
-    warpgroup (384 threads, its registers given to the other two by setmaxnreg): each staged plane is a buffer of its own, refilled with its next row as soon as the warps that read
-    it have their fragments, so the next row comes about a row ahead and the row has no block-wide barrier, where
-    cp.async has every thread issue 8-byte copies (32 a row on seed-a) after the row's barrier and wait for them at its
-    end. The engine fills what lies outside the input with zeros. It needs each input plane a multiple of 16 bytes
-    (tma_shape_problem)."""
+    warpgroup (384 threads, its registers given to the other two by setmaxnreg). Each staged plane is a buffer of its
+    own, refilled with its next row as soon as the threads that read it have their fragments, so the next row comes
+    about a row ahead and the row has no block-wide barrier, where cp.async has every thread issue 8-byte copies (32 a
+    row on seed-a) after the row's barrier and wait for them at its end. The engine fills what lies outside the input
+    with zeros. It needs each input plane a multiple of 16 bytes (tma_shape_problem)."""
 
     template: ClassVar[str] = SLOTS_TEMPLATE
 
