@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_forward import heading, measure_ceilings, peak_bytes, workload  # noqa: E402
-from conv3d_codegen.autotune import candidates, render_tiles  # noqa: E402
+from conv3d_codegen.autotune import buildable_sources  # noqa: E402
 from conv3d_codegen.backward import _wgrad_record, input_grad, torch_grads, weight_grad  # noqa: E402
 from conv3d_codegen import dgrad_phases  # noqa: E402
 from conv3d_codegen.build import Target  # noqa: E402
@@ -42,12 +42,10 @@ def prebuild(dispatcher: Dispatcher, works: list[Workload]) -> None:
     """Forward and dgrad autotuning candidates and the wgrad kernels, all at once."""
     sources, target = [], Target.for_device()
     for w in works:
-        sources += [render_tiles(w.spec, t, wide_offsets(w.spec, w.input_shape), tuple(w.input_shape[2:]))
-                    for t in candidates(w.spec, target.arch)]
+        sources += buildable_sources(w.spec, tuple(w.input_shape), target.arch)
         if (dspec := dgrad_spec(w.spec)[0]) is not None:  # a forward convolution of grad_out, built for its size
             grad_out = (w.input_shape[0], w.spec.out_channels, *w.spec.output_size(*w.input_shape[2:]))
-            sources += [render_tiles(dspec, t, wide_offsets(dspec, grad_out), grad_out[2:])
-                        for t in candidates(dspec, target.arch)]
+            sources += buildable_sources(dspec, grad_out, target.arch)
         if supports_wgrad(w.spec) is None:
             sources.append(render_wgrad(w.spec, wide=wide_offsets(w.spec, w.input_shape)))
     dispatcher.loader.load_many(sources, target)

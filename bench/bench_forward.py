@@ -32,12 +32,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conv3d_codegen import strict  # noqa: E402
-from conv3d_codegen.autotune import candidates, render_tiles  # noqa: E402
+from conv3d_codegen.autotune import buildable_sources  # noqa: E402
 from conv3d_codegen.build import Target  # noqa: E402
 from conv3d_codegen.dispatch import Dispatcher  # noqa: E402
 from conv3d_codegen.measure import host_us, median_ms, random_inputs, relative_error, tolerance  # noqa: E402
 from conv3d_codegen.ops import run  # noqa: E402
-from conv3d_codegen.render import default_tiles, wide_offsets  # noqa: E402
+from conv3d_codegen.render import default_tiles  # noqa: E402
 from conv3d_codegen.workloads import WORKLOADS  # noqa: E402
 
 
@@ -75,8 +75,8 @@ def workload(name: str, dtype: str, layout: str = "ncdhw"):
 def prebuild_candidates(dispatcher: Dispatcher, works) -> None:
     """Every autotuning candidate of every row at once: builds are the slow part."""
     target = Target.for_device()
-    dispatcher.loader.load_many([render_tiles(w.spec, t, wide_offsets(w.spec, w.input_shape), tuple(w.input_shape[2:]))
-                                 for w in works for t in candidates(w.spec, target.arch)], target)
+    dispatcher.loader.load_many([s for w in works for s in buildable_sources(w.spec, tuple(w.input_shape), target.arch)],
+                                target)
 
 
 def compiled_conv(conv: dict):

@@ -184,6 +184,14 @@ class Tuner:
         return Choice(winner, timings, dropped)
 
 
+def buildable_sources(spec: ConvSpec, input_shape: tuple[int, ...], arch: str | None) -> list[Source]:
+    """The sources tune() builds for inputs of `input_shape` on a GPU of `arch`: every candidate
+    that Tuner.candidate_problem lets through, rendered for that input (to build them ahead)."""
+    wide, size = wide_offsets(spec, tuple(input_shape)), tuple(input_shape[2:])
+    return [render_tiles(spec, t, wide, size) for t in candidates(spec, arch)
+            if Tuner.candidate_problem(spec, t, tuple(input_shape)) is None]
+
+
 def settle(spec: ConvSpec, timings: dict[str, float], dropped: dict[str, str], op: str = "") -> str:
     """The winning label: the fastest candidate if it beats torch by the margin, else torch.
     Dropped candidates are timed as infinite, with their reason logged."""

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from .autotune import AnyTiles, Choice, Tuner, candidates, render_tiles, timings_text
+from .autotune import AnyTiles, Choice, Tuner, buildable_sources, render_tiles, timings_text
 from .build import KernelBuildError, Target
 from .cache import CacheUnusable, KernelCache
 from .kernel import Kernel, KernelLoader
@@ -357,9 +357,7 @@ class Dispatcher:
         choice = self.tuner.lookup(spec, shape, target, torch.cuda.get_device_name(device)) if tunable else None
         untuned = choice is None and tunable and self.autotune and self.mode != "prebuilt"
         if untuned and not in_capture:
-            wide = wide_offsets(spec, shape)
-            return KernelSources([render_tiles(spec, t, wide, tuple(shape[2:])) for t in candidates(spec, target.arch)
-                                  if Tuner.candidate_problem(spec, t, tuple(shape)) is None], tune=True)
+            return KernelSources(buildable_sources(spec, tuple(shape), target.arch), tune=True)
         if choice is not None and choice.winner is None:
             return KernelSources([], choice)
         source, reason = source_for(spec, shape, choice.winner if choice else None)

@@ -22,6 +22,7 @@ sizes are constants): input width even and at most 64 (one M tile), output width
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -35,8 +36,10 @@ ROW_ELEMENTS = 72    # a staged channel row: ldmatrix's 8 rows (16 bits), or a h
 SWIZZLED_ROW = 64    # float32's row with one stage: position p of channel c at p ^ 8 (c mod 4), the loads' banks distinct
 TMA_ROW = 68         # float32's row staged by the copy engine (tma): 64 positions and the row's start 0 or 8 bytes into a
                      # 16-byte piece; channels 2 apart (A's K order) 136 words apart, 8 mod 32: the loads' banks distinct
-TMA_ALIGN = 128      # the copy engine's boxes start on 128 bytes: room to align the stages
-MBARRIER = 8         # bytes of an mbarrier: two a staged plane (tma)
+TMA_ROW_16 = 64      # a 16-bit type's (tma): 128 bytes, the engine's 128-byte swizzle keeping the A loads' banks distinct;
+                     # the row's start up to 12 bytes into a piece, so the width and that start fit 64 (tma_shape_problem)
+TMA_ALIGN = {4: 128, 2: 1024}  # the copy engine's boxes start on 128 bytes, or 1024 swizzled: room to align the stages
+MBARRIER = 8         # bytes of an mbarrier: two a staged plane and stage (tma)
 RAW_STRIDE = 68      # floats of a stored column: a warp's stores (8 positions x 4 columns) on distinct banks
 MAX_WIDTH = 64       # M of the wgmma: the input row's positions; the output row's too (the sums' buffer)
 MAX_N = 128          # accumulators a thread: N / 2 (64) beside the A fragments
@@ -48,6 +51,9 @@ STAGES = (2, 1)        # staged input rows: two (a row staged two ahead), or one
 # a thread's accumulators and A fragments (core_registers), beside ~70 of addresses and staging: seed-a's dgrad with
 # 4 planes (176) spilled and ran 5% slower than with 2 (bench/NOTES.md, session 16)
 MAX_CORE_REGISTERS = 160
+# the same staged by the copy engine (tma): seed-a's bf16 with 4 planes builds without spills in the consumers' 232
+# registers and runs 0.343 ms against 2 planes' 0.427, staging grad_out 1.5 times, not 2 (bench/NOTES.md, session 20)
+MAX_CORE_REGISTERS_TMA = 176
 MAX_BOX = 256        # a copy engine's box dimension: the channel rows of one box (tma)
 
 
@@ -64,18 +70,20 @@ class SlotsTiles:
     where two stages would take several (seed-a's tf32: 150 KB of lists; 3 passes stage grad_out 3
     times), at the cost of a second barrier a row and the next row's copies in the open.
 
-    tma=True (tf32 with one stage) stages the rows with the bulk tensor copy engine, asked for by a producer
-    warpgroup (384 threads, its registers given to the other two by setmaxnreg). Each staged plane is a buffer of its
-    own, refilled with its next row as soon as the threads that read it have their fragments, so the next row comes
-    about a row ahead and the row has no block-wide barrier, where cp.async has every thread issue 8-byte copies (32 a
-    row on seed-a) after the row's barrier and wait for them at its end. The engine fills what lies outside the input
-    with zeros. It needs each input plane a multiple of 16 bytes (tma_shape_problem)."""
+    tma=True (any type but 3xTF32) stages the rows with the bulk tensor copy engine, asked for by a producer
+    warpgroup (384 threads, its registers given to the other two by setmaxnreg). Each staged plane of each stage is a
+    buffer of its own, refilled with its next row as soon as the threads that read it have their fragments, so the next
+    row comes a row or two (stages) ahead and the row has no block-wide barrier, where cp.async has every thread issue
+    small copies (32 a row on seed-a's tf32) after the row's barrier and wait for them. The engine fills what lies
+    outside the input with zeros. A box starts on a 16-byte piece (the H100 refuses others), so a row's positions sit
+    up to 12 bytes into their stage: 16-bit types then load A by 32-bit loads paired by a byte permute, not ldmatrix,
+    whose rows must be 16-byte aligned. It needs each input plane a multiple of 16 bytes (tma_shape_problem)."""
 
     template: ClassVar[str] = SLOTS_TEMPLATE
 
     planes: int = 2  # output planes a block: 2, 4, 6 or 8
     stages: int = 2  # staged input rows: 2, or 1 in float32
-    tma: bool = False  # rows staged by the bulk tensor copy engine (tf32, one stage), not by cp.async
+    tma: bool = False  # rows staged by the bulk tensor copy engine (not 3xTF32), not by cp.async
 
     def problem(self, spec: ConvSpec) -> str | None:
         """Why these tiles cannot serve `spec`, or None."""
@@ -85,14 +93,15 @@ class SlotsTiles:
             return f"stages={self.stages}: the rotating-slots template stages 1 or 2 input rows"
         if self.stages == 1 and spec.dtype != "float32":
             return f"stages=1: the rotating-slots template stages one row in float32 only, not {spec.dtype}"
-        if self.tma and (spec.dtype != "float32" or weight_parts(spec) != 1 or self.stages != 1):
-            return ("tma: the rotating-slots template stages rows by the copy engine with one stage in float32 with "
-                    f"precision 'tf32' only, not {spec.dtype} ({spec.precision}) with {self.stages}")
+        if self.tma and weight_parts(spec) != 1:
+            return ("tma: the rotating-slots template stages rows by the copy engine in bfloat16, float16 and float32 with "
+                    "precision 'tf32', not float32 with precision 'ieee' (3xTF32)")
         if self.tma and spec.in_channels > MAX_BOX:
             return f"tma: in_channels={spec.in_channels}, the copy engine's box takes at most {MAX_BOX} channel rows"
-        if (regs := core_registers(spec, self.planes, self.stages)) > MAX_CORE_REGISTERS:
-            return (f"planes={self.planes}: {regs} registers a thread of accumulators and A fragments, at most "
-                    f"{MAX_CORE_REGISTERS}")
+        most = MAX_CORE_REGISTERS_TMA if self.tma else MAX_CORE_REGISTERS
+        if (regs := core_registers(spec, self.planes, self.stages)) > most:
+            return (f"planes={self.planes}: {regs} registers a thread of accumulators and A fragments, at most {most}"
+                    + (" (staged by the copy engine)" if self.tma else ""))
         # geometry() takes fewer taps along d a pass where all do not fit (seed-a's float32: one a pass)
         if (shared := geometry(spec, self.planes, self.stages, self.tma).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
             return f"{shared} bytes of shared memory per block exceed {SHARED_BYTES_PER_BLOCK_SM90}"
@@ -101,7 +110,7 @@ class SlotsTiles:
     def shape_problem(self, spec: ConvSpec, input_shape: tuple[int, ...]) -> str | None:
         """Why these tiles cannot run on inputs of `input_shape`, or None (slots_shape_problem, and
         tma_shape_problem with tma)."""
-        return slots_shape_problem(spec, input_shape) or (tma_shape_problem(input_shape) if self.tma else None)
+        return slots_shape_problem(spec, input_shape) or (tma_shape_problem(spec, input_shape) if self.tma else None)
 
     def __str__(self) -> str:
         return (f"slots planes={self.planes}" + (f" stages={self.stages}" if self.stages != 2 else "")
@@ -132,20 +141,21 @@ class SlotsGeometry:
     list_rows: int      # rows of a weight list: slot x (KH - 1) + ncol
     taps: int           # taps along d a pass: KD, or a divisor of it where the lists of all KD do not fit
     weight_bytes: int   # every list: parts x taps x CI / step K steps x 2 halves
-    row_stride: int     # bytes of a staged channel row: ROW_ELEMENTS elements, or SWIZZLED_ROW with one stage
+    row_stride: int     # bytes of a staged channel row: ROW_ELEMENTS elements, SWIZZLED_ROW with one stage, TMA_ROW (tma)
     stage_bytes: int    # one staged input row of the planes + KD - 1 input planes
     raw_bytes: int      # one completed slot, stored for the sums along kw
     raws: int = 4       # completed-slot buffers: 2 a warpgroup (alternating), or 1 where 2 do not fit
+    align: int = 0      # bytes of room to align the stages (tma: TMA_ALIGN)
     passes: int = 1     # the launcher's runs of the kernel: KD / taps
     stages: int = 2     # staged input rows (SlotsTiles.stages)
     swizzle: bool = False  # rows of SWIZZLED_ROW floats, position p of channel c at p ^ 8 (c mod 4)
-    tma: bool = False   # rows of TMA_ROW floats staged by the copy engine (SlotsTiles.tma)
-    staged: int = 0     # input planes staged: planes + taps - 1 (a buffer and two mbarriers each with tma)
+    tma: bool = False   # rows staged by the copy engine (SlotsTiles.tma): TMA_ROW floats, or TMA_ROW_16 elements
+    staged: int = 0     # input planes staged: planes + taps - 1 (a buffer and two mbarriers each a stage with tma)
 
     @property
     def shared_bytes(self) -> int:
-        return (self.weight_bytes + self.stages * self.stage_bytes + self.raws * self.raw_bytes
-                + (TMA_ALIGN + 2 * MBARRIER * self.staged if self.tma else 0))
+        return (self.weight_bytes + self.stages * self.stage_bytes + self.raws * self.raw_bytes + self.align
+                + (2 * MBARRIER * self.staged * self.stages if self.tma else 0))
 
 
 def core_registers(spec: ConvSpec, planes: int, stages: int = 2) -> int:
@@ -161,13 +171,15 @@ def geometry(spec: ConvSpec, planes: int = 2, stages: int = 2, tma: bool = False
     written row (float32 'ieee' on seed-b: its lists' big and small parts). Where nothing fits, the
     one-pass geometry, which problem() refuses. One stage (float32) stages rows of SWIZZLED_ROW
     floats: 72 would not leave seed-a's tf32 lists room (236 KB against 227). The copy engine (tma)
-    stages rows of TMA_ROW floats, with room to align the stages and two mbarriers a plane (231,776 bytes)."""
+    stages float32's rows of TMA_ROW floats (16-bit types' of TMA_ROW_16, swizzled), with room to align the stages and
+    two mbarriers a plane and stage (seed-a's tf32: 231,776 bytes)."""
     kd, kh, kw = spec.kernel_size
     slot = kw * spec.out_channels
     ncol = 8 * -(-kh * slot // 8)
     list_rows = slot * (kh - 1) + ncol
     swizzle = stages == 1 and spec.dtype == "float32" and not tma
-    row_stride = (TMA_ROW if tma else SWIZZLED_ROW if swizzle else ROW_ELEMENTS) * element_bytes(spec)
+    row = (TMA_ROW if spec.dtype == "float32" else TMA_ROW_16) if tma else SWIZZLED_ROW if swizzle else ROW_ELEMENTS
+    row_stride = row * element_bytes(spec)
 
     def sized(taps: int, raws: int) -> SlotsGeometry:
         return SlotsGeometry(
@@ -175,7 +187,7 @@ def geometry(spec: ConvSpec, planes: int = 2, stages: int = 2, tma: bool = False
             weight_bytes=weight_parts(spec) * taps * (spec.in_channels // k_step(spec)) * 2 * list_rows * 16,
             row_stride=row_stride, stage_bytes=(planes + taps - 1) * spec.in_channels * row_stride,
             raw_bytes=slot * RAW_STRIDE * 4, raws=raws, passes=kd // taps, stages=stages, swizzle=swizzle, tma=tma,
-            staged=planes + taps - 1)
+            staged=planes + taps - 1, align=TMA_ALIGN[element_bytes(spec)] if tma else 0)
 
     for taps in sorted((t for t in range(1, kd + 1) if kd % t == 0), reverse=True):
         for raws in (4, 2):
@@ -223,29 +235,32 @@ def slots_shape_problem(spec: ConvSpec, input_shape: tuple[int, ...]) -> str | N
     return None
 
 
-def tma_shape_problem(input_shape: tuple[int, ...]) -> str | None:
+def tma_shape_problem(spec: ConvSpec, input_shape: tuple[int, ...]) -> str | None:
     """Why the copy engine cannot stage rows of inputs of `input_shape`, or None: its strides are
-    multiples of 16 bytes, so an input plane (h x w floats) must be a multiple of 4 floats."""
+    multiples of 16 bytes, so an input plane (h x w elements) must be a multiple of 16 bytes: of 4
+    floats, or of 8 16-bit elements. A 16-bit row sits up to 8 - gcd(w, 8) elements into its
+    TMA_ROW_16 (a box starts on a 16-byte piece), which must hold it."""
     h, w = input_shape[3:]
-    if (h * w) % 4:
-        return f"input planes of {h}x{w}: staging by the copy engine needs h x w a multiple of 4"
+    if (h * w) % (piece := 16 // element_bytes(spec)):
+        return f"input planes of {h}x{w}: staging {spec.dtype} by the copy engine needs h x w a multiple of {piece}"
+    if spec.dtype != "float32" and w + (start := (8 - math.gcd(w, 8)) % 8) > TMA_ROW_16:
+        return (f"input width {w}: staging {spec.dtype} by the copy engine takes rows of {TMA_ROW_16} elements, which a "
+                f"row starting {start} elements in does not fit")
     return None
 
 
 def slots_candidates(spec: ConvSpec) -> list[SlotsTiles]:
     """The autotuning space: the output planes a block that fit, each with two stages and, in
-    float32 where one stage takes fewer passes than two, with one; in tf32 each one-stage choice
-    also staged by the copy engine (tma), where it fits."""
-    offer = []
-    for planes in PLANES:
-        two, one = SlotsTiles(planes), SlotsTiles(planes, stages=1)
+    float32 where one stage takes fewer passes than two, with one; staged by cp.async, then by the
+    copy engine (tma; not 3xTF32), where they fit."""
+
+    def offered(planes: int, tma: bool) -> list[SlotsTiles]:
+        two, one = SlotsTiles(planes, 2, tma), SlotsTiles(planes, 1, tma)
         two_fits = two.problem(spec) is None
-        if two_fits:
-            offer.append(two)
-        if one.problem(spec) is None and (not two_fits or geometry(spec, planes, 1).passes < geometry(spec, planes).passes):
-            offer.append(one)
-    offer += [t for t in (SlotsTiles(o.planes, 1, tma=True) for o in offer if o.stages == 1) if t.problem(spec) is None]
-    return offer
+        fewer = lambda: geometry(spec, planes, 1, tma).passes < geometry(spec, planes, 2, tma).passes  # noqa: E731
+        return [two] * two_fits + [one] * (one.problem(spec) is None and (not two_fits or fewer()))
+
+    return [t for tma in (False, True) for planes in PLANES for t in offered(planes, tma)]
 
 
 def render_slots(spec: ConvSpec, tiles: SlotsTiles | None = None, wide: bool = False,
@@ -259,7 +274,7 @@ def render_slots(spec: ConvSpec, tiles: SlotsTiles | None = None, wide: bool = F
     sized = InputSize.of(spec, size)
     if problem := slots_shape_problem(spec, (1, spec.in_channels, *sized.size)):
         raise ValueError(problem)
-    if tiles.tma and (problem := tma_shape_problem((1, spec.in_channels, *sized.size))):
+    if tiles.tma and (problem := tma_shape_problem(spec, (1, spec.in_channels, *sized.size))):
         raise ValueError(problem)
     g = geometry(spec, tiles.planes, tiles.stages, tiles.tma)
     kh, ph = spec.kernel_size[1], spec.pad_before[1]

@@ -7,7 +7,8 @@ first input row's), one output channel, kh 1 (once with a single input row), 128
 both 16-bit types, blocks that walk several items, 4 to 8 output planes a block, and float32 as
 tf32 and as 3xTF32 ('ieee', seed-b's dgrad with one completed-slot buffer a warpgroup), also in
 passes of fewer taps along d (seed-a's shape) and with one stage, and tf32 staged by the bulk tensor copy engine
-(tma: rows that start 8 bytes into a 16-byte piece, zero planes and rows past the height read as zeros). Skipped, saying
+(tma: rows that start 8 bytes into a 16-byte piece, zero planes and rows past the height read as zeros; with two
+stages too, and the 16-bit types, whose rows start 0 to 12 bytes into a piece). Skipped, saying
 so, on GPUs other than compute capability 9.0. Last, the dgrad of seed-a through autotuning: the
 slots candidates are timed beside the others and the kept winner is correct."""
 from dataclasses import dataclass
@@ -105,6 +106,26 @@ CASES = (
              tma=True),
        _case("no-padding", "3x5x7 --cin 16 --cout 3", "tf32", (2, 8, 12, 64), stages=1, tma=True),
        _case("cin8", "3x3x3 --cin 8 --cout 3 --padding 1", "tf32", (1, 5, 6, 20), stages=1, tma=True)]
+    # tf32 with two stages by the copy engine (the producer two rows ahead)
+    + [_case("dgrad-b-odd-planes", "3x3x3 --cin 64 --cout 3 --padding 2", "tf32", (2, 7, 10, 62), tma=True),
+       _case("items-per-block-even-rows", "3x3x3 --cin 16 --cout 3 --padding 1", "tf32", (3, 200, 4, 30), planes=4, tma=True)]
+    # 16-bit types by the copy engine (two stages, A by 32-bit loads and byte permutes): input planes of a multiple of 8
+    # elements; widths 58 and 30 start rows 0, 4, 8 and 12 bytes into a 16-byte piece, 60 0 and 8; rows past the height and
+    # planes outside the input are zeros; blocks that walk several items, odd and even rows an item; kh 1 with one input
+    # row; 128 channel rows a box; 4 to 8 output planes a block
+    + [_case("dgrad-a", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", dtype, (2, 10, 12, 58), tma=True)
+       for dtype in ("bfloat16", "float16")]
+    + [_case("dgrad-b-odd-planes", "3x3x3 --cin 64 --cout 3 --padding 2", "bfloat16", (2, 7, 8, 60), planes=p, tma=True)
+       for p in (2, 4, 8)]
+    # seed-a's shape with 4 planes (176 registers of accumulators and fragments: the copy engine's form only)
+    + [_case(name, "3x5x7 --cin 64 --cout 3 --padding 2x4x6", "bfloat16", shape, planes=4, tma=True)
+       for name, shape in (("dgrad-a", (2, 10, 12, 58)), ("items-per-block", (2, 298, 4, 58)))]
+    + [_case("items-per-block", "3x5x7 --cin 64 --cout 3 --padding 2x4x6", "bfloat16", (2, 298, 4, 58), tma=True),
+       _case("items-per-block-even-rows", "3x3x3 --cin 16 --cout 3 --padding 1", "float16", (3, 200, 4, 30), tma=True),
+       _case("kh1-one-row", "1x1x3 --cin 16 --cout 2 --padding 0x0x1", "bfloat16", (2, 300, 1, 16), planes=6, tma=True),
+       _case("no-padding", "3x5x7 --cin 32 --cout 3", "float16", (2, 8, 12, 64), planes=4, tma=True),
+       _case("cin128", "1x3x3 --cin 128 --cout 2 --padding 0x1x1", "float16", (2, 3, 5, 8), tma=True),
+       _case("cout1-nobias", "3x3x3 --cin 16 --cout 1 --padding 1 --no-bias", "bfloat16", (1, 5, 6, 20), tma=True)]
 )
 
 

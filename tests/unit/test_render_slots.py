@@ -1,11 +1,11 @@
 """The rotating-slots template (dgrad on a 3-channel input): what it serves and on which inputs, on
 which GPUs the tuner offers it, its geometry and weight lists (float32's too), and nvcc compiling
-seed-a's and seed-b's dgrad (float32 forms too: tf32 and 3xTF32, in passes, with one stage and by the copy engine) and a
-few edge specs alone for sm_90 (built as sm_90a) without spills and without ptxas serializing the
+seed-a's and seed-b's dgrad (float32 forms too: tf32 and 3xTF32, in passes, with one stage and by the copy engine; 16-bit
+forms by the copy engine too) and a few edge specs alone for sm_90 (built as sm_90a) without spills and without ptxas serializing the
 wgmmas, and refusing to compile for sm_80 (no GPU, no torch headers)."""
 import pytest
 
-from conv3d_codegen.autotune import Tuner, candidates, render_tiles
+from conv3d_codegen.autotune import Tuner, buildable_sources, candidates, render_tiles
 from conv3d_codegen.build import KernelBuildError, compile_cubin
 from conv3d_codegen.render_grad import dgrad_spec
 from conv3d_codegen.render_slots import (SlotsTiles, core_registers, geometry, render_slots, slots_candidates,
@@ -82,11 +82,14 @@ def test_the_tuner_offers_the_slots_tiles_on_sm90_only():
 
 def test_more_planes_a_block_are_offered_where_their_registers_fit():
     """A warpgroup holds planes / 2 accumulator sets of N / 2 and the A fragments of planes / 2 + kd - 1 input
-    planes: seed-a's N = 112 fits 2 planes a block, seed-b's N = 32 all of 2 to 8."""
+    planes: seed-a's N = 112 fits 2 planes a block, and 4 staged by the copy engine (its consumers hold 232 registers
+    and A needs no ldmatrix addresses), seed-b's N = 32 all of 2 to 8, each also staged by the copy engine."""
     assert [(p, core_registers(DGRAD_A, p)) for p in (2, 4, 6)] == [(2, 56 + 48), (4, 112 + 64), (6, 168 + 48)]  # 6: one tap a pass
-    assert slots_candidates(DGRAD_A) == [SlotsTiles(2)]
-    assert "176 registers" in SlotsTiles(4).problem(DGRAD_A)
-    assert slots_candidates(DGRAD_B) == [SlotsTiles(p) for p in (2, 4, 6, 8)]
+    assert slots_candidates(DGRAD_A) == [SlotsTiles(2), SlotsTiles(2, tma=True), SlotsTiles(4, tma=True)]
+    assert "176 registers a thread of accumulators and A fragments, at most 160" in SlotsTiles(4).problem(DGRAD_A)
+    assert "216 registers" in SlotsTiles(6, tma=True).problem(DGRAD_A) and "at most 176 (staged by the copy engine)" in \
+        SlotsTiles(6, tma=True).problem(DGRAD_A)
+    assert slots_candidates(DGRAD_B) == [SlotsTiles(p) for p in (2, 4, 6, 8)] + [SlotsTiles(p, tma=True) for p in (2, 4, 6, 8)]
     assert [t for t in candidates(DGRAD_B, "sm_90") if isinstance(t, SlotsTiles)] == slots_candidates(DGRAD_B)
     # a block stages planes + kd - 1 input planes a row
     assert geometry(DGRAD_B, 8).stage_bytes == 10 * 64 * 144 and geometry(DGRAD_B, 8).shared_bytes <= 227 * 1024
@@ -115,8 +118,9 @@ def test_float32_takes_twice_the_bytes_and_3xtf32_two_lists():
     assert gi.weight_bytes == 2 * g.weight_bytes and gi.raws == 2 and gi.shared_bytes == 76800 + 2 * 73728 + 2 * 2448
     assert geometry(ieee.model_copy(update={"in_channels": 16})).raws == 4  # where four fit, four
     assert core_registers(tf32, 2) == 16 + 4 * 3 * 8
-    # one stage: one pass; and staged by the copy engine
-    assert slots_candidates(tf32) == [SlotsTiles(2), SlotsTiles(4), SlotsTiles(4, stages=1), SlotsTiles(4, 1, True)]
+    # one stage: one pass; and each staged by the copy engine too
+    assert slots_candidates(tf32) == [SlotsTiles(2), SlotsTiles(4), SlotsTiles(4, stages=1), SlotsTiles(2, tma=True),
+                                      SlotsTiles(4, tma=True), SlotsTiles(4, 1, True)]
     assert (g.taps, g.passes) == (3, 1) and (geometry(tf32, 4).taps, geometry(tf32, 4).passes) == (1, 3)  # 270 KB in one
     body, ieee_body = render_slots(tf32, size=SIZE_B).body, render_slots(ieee, size=SIZE_B).body
     assert "m64n32k8.f32.tf32.tf32" in body and "p, 1, 1;" in body and "cvt.rna.tf32.f32" in body
@@ -134,9 +138,11 @@ def test_where_the_lists_of_every_tap_do_not_fit_the_kernel_runs_in_passes():
         g = geometry(spec)
         assert (g.taps, g.passes, g.raws, g.weight_bytes, g.stage_bytes) == (1, 3, 4, lists, 2 * 64 * 288)
         assert core_registers(spec, 2) == 56 + 4 * 1 * 8
-        # tf32's lists of all 3 taps fit beside one stage (SlotsTiles.stages), 3xTF32's do not
-        one_stage = [SlotsTiles(2, stages=1), SlotsTiles(2, 1, True)] if precision == "tf32" else []
-        assert slots_candidates(spec) == [SlotsTiles(2)] + one_stage
+        # tf32's lists of all 3 taps fit beside one stage (SlotsTiles.stages), 3xTF32's do not; tf32's are offered
+        # staged by the copy engine too (3xTF32's are not)
+        tf32 = ([SlotsTiles(2, stages=1), SlotsTiles(2, tma=True), SlotsTiles(2, 1, True), SlotsTiles(4, tma=True)]
+                if precision == "tf32" else [])
+        assert slots_candidates(spec) == [SlotsTiles(2)] + tf32
         src = render_slots(spec, size=SIZE_A)
         assert "constexpr int KDT = 1;" in src.body and "for (int pass = 0; pass < PASSES; ++pass)" in src.body
         assert "2 output planes, 2 input planes staged; 3 passes of 1 taps along d" in src.params["threads"]
@@ -191,27 +197,26 @@ def test_the_swizzled_rows_keep_loads_and_copies_on_distinct_banks():
 
 def test_the_copy_engine_stages_tf32_rows_with_one_stage():
     """tma (tf32 with one stage): seed-a's takes 68-float rows, 128 bytes to align the stages and two mbarriers a
-    staged plane (231,776 bytes of 232,448), and a producer warpgroup (384 threads); the tuner is offered every one-stage
-    tf32 choice staged by it too; inputs whose planes are not a multiple of 16 bytes, two stages, 3xTF32 and 16-bit
-    types are refused with the reason."""
+    staged plane (231,776 bytes of 232,448), and a producer warpgroup (384 threads); the tuner is offered every tf32
+    choice staged by it too; inputs whose planes are not a multiple of 16 bytes, and 3xTF32, are refused with the reason."""
     spec = dgrad_of("seed-a", "float32")[0].model_copy(update={"precision": "tf32"})
     g = geometry(spec, 2, stages=1, tma=True)
     assert (g.taps, g.passes, g.swizzle, g.tma, g.row_stride, g.staged) == (3, 1, False, True, 272, 4)
     assert g.shared_bytes == 150528 + 4 * 64 * 272 + 2 * 21 * 68 * 4 + 128 + 4 * 16 == 231776 <= 227 * 1024
-    assert SlotsTiles(2, 1, True) in slots_candidates(spec) and not any(t.tma for t in slots_candidates(DGRAD_A))
+    assert SlotsTiles(2, 1, True) in slots_candidates(spec)
     assert "float32 only, not bfloat16" in SlotsTiles(2, 1, True).problem(DGRAD_A)
-    assert "one stage in float32 with precision 'tf32' only" in SlotsTiles(2, 1, True).problem(
+    assert "not float32 with precision 'ieee' (3xTF32)" in SlotsTiles(2, 1, True).problem(
         spec.model_copy(update={"precision": "ieee"}))
-    assert "with 2" in SlotsTiles(2, 2, True).problem(spec)
     assert "at most 256 channel rows" in SlotsTiles(2, 1, True).problem(spec.model_copy(update={"in_channels": 264}))
-    assert tma_shape_problem((2, 64, 62, 60, 58)) is None  # 3,480 floats a plane
+    assert tma_shape_problem(spec, (2, 64, 62, 60, 58)) is None  # 3,480 floats a plane
     assert "13x58" in SlotsTiles(2, 1, True).shape_problem(spec, (2, 64, 10, 13, 58))
     assert SlotsTiles(2, 1).shape_problem(spec, (2, 64, 10, 13, 58)) is None
     with pytest.raises(ValueError, match="h x w a multiple of 4"):
         render_slots(spec, SlotsTiles(2, 1, True), size=(10, 13, 58))
     src = render_slots(spec, SlotsTiles(2, 1, True), size=SIZE_A)
     assert "constexpr bool TMA = true;" in src.body and "cp.async.bulk.tensor.4d" in src.body
-    assert "CU_TENSOR_MAP_SWIZZLE_NONE" in src.body and "cp.async.ca" not in src.body and "constexpr int KSPAN = TMA ? 2 : 1;" in src.body
+    assert "CU_TENSOR_MAP_SWIZZLE_NONE" in src.body and "cp.async.ca" not in src.body and "constexpr int KSPAN = PERMUTED ? 2 : 1;" in src.body
+    assert "CU_TENSOR_MAP_DATA_TYPE_FLOAT32" in src.body and "constexpr bool PERMUTED = TMA && E == 4;" in src.body
     assert src.params["threads"].startswith("384: 2 output planes, 4 input planes staged, one row at a time by the copy engine")
     assert str(SlotsTiles(2, 1, True)) == "slots planes=2 stages=1 tma" and "constexpr int THREADS = TMA ? 384 : 256;" in src.body
     assert "constexpr bool TMA = false;" in render_slots(spec, SlotsTiles(2, 1), size=SIZE_A).body
@@ -233,6 +238,68 @@ def test_the_copy_engines_rows_keep_the_a_loads_on_distinct_banks():
                         w = (channel + 2 * (lane % 4)) * 68 + s
                         words += [w, w + 1]
                     assert words[0] % 2 == 0 and len({w % 32 for w in words}) == 32, (off, wq, channel)
+
+
+def test_the_copy_engine_stages_16_bit_rows_with_two_stages():
+    """tma in bfloat16 and float16: seed-a's keeps two stages, of 64-element rows swizzled by the engine (1024 bytes to
+    align the stages, a buffer and two mbarriers a staged plane and stage: 164,800 bytes); its boxes start on 16-byte
+    pieces (8 elements), so input planes must be a multiple of 8 elements (seed-b's 62 x 62 is not), and a row starting
+    up to 6 elements in must fit 64 (width 62 does not, 60 and 58 do); A comes by 32-bit loads and byte permutes, not
+    ldmatrix."""
+    g = geometry(DGRAD_A, 2, tma=True)
+    assert (g.taps, g.passes, g.stages, g.tma, g.row_stride, g.staged, g.align) == (3, 1, 2, True, 128, 4, 1024)
+    assert g.shared_bytes == geometry(DGRAD_A).shared_bytes - 2 * 4 * 64 * 16 + 1024 + 2 * 4 * 16 == 164800
+    assert SlotsTiles(2, tma=True).problem(DGRAD_A) is None and "float32 only" in SlotsTiles(2, 1, True).problem(DGRAD_A)
+    assert SlotsTiles(2, tma=True).shape_problem(DGRAD_A, (2, 64, *SIZE_A)) is None  # 3,480 elements a plane
+    assert "62x62: staging bfloat16 by the copy engine needs h x w a multiple of 8" in SlotsTiles(2, tma=True).shape_problem(
+        DGRAD_B, (2, 64, *SIZE_B))
+    assert "input width 62: staging bfloat16 by the copy engine takes rows of 64 elements, which a row starting 6" in \
+        SlotsTiles(2, tma=True).shape_problem(DGRAD_B, (2, 64, 10, 8, 62))
+    assert all(SlotsTiles(2, tma=True).shape_problem(DGRAD_B, (2, 64, 10, 8, w)) is None for w in (58, 60, 16))
+    for spec, kind in ((DGRAD_A, "BFLOAT16"), (dgrad_of("seed-a", "float16")[0], "FLOAT16")):
+        src = render_slots(spec, SlotsTiles(2, tma=True), size=SIZE_A)
+        assert f"CU_TENSOR_MAP_DATA_TYPE_{kind}" in src.body and "constexpr bool TMA = true;" in src.body
+        assert "CU_TENSOR_MAP_SWIZZLE_128B" in src.body and "constexpr int RS = 128;" in src.body
+        assert "prmt.b32" in src.body and "ld.shared.b32" in src.body and "cp.async.ca" not in src.body
+        assert "load_plane(uint32_t (&aj)[KS][4], uint32_t stage, int j, int lane, int wg, int wq, int off)" in src.body
+        assert src.params["threads"].startswith("384: 2 output planes, 4 input planes staged by the copy engine")
+    assert "prmt.b32" not in render_slots(DGRAD_A, size=SIZE_A).body
+
+
+def test_the_16_bit_a_loads_from_the_copy_engines_rows_fall_on_distinct_banks():
+    """A 16-bit staged row is 128 bytes, swizzled by the engine: byte a of a 1024-aligned buffer lands at a ^ 16 ((a /
+    128) mod 8). Position p sits at p + off, off = (h x w) mod 8 of the row's first element: 0, 2, 4 or 6 on seed-a's
+    rows of 58. Lane (t = lane % 4, g = lane / 4) of warp wq loads the 32-bit word of positions 16 wq + 2 g, + 1 of
+    channel 16 c + 8 h + 2 t (and of the channel after) at the template's address, row + (b ^ 16 (r mod 8)): where the
+    engine put it (inside the row's 128 bytes), on 4-byte boundaries, and a warp's 32 loads on 32 distinct banks, for
+    every off and every width the copy engine takes."""
+    def swizzled(a):
+        return a ^ (a >> 7 & 7) << 4
+
+    assert sorted({hi * 58 % 8 for hi in range(60)}) == [0, 2, 4, 6]
+    for width in (58, 60, 56, 30, 16, 20):
+        for off in sorted({hi * width % 8 for hi in range(8)}):
+            for wq in range(4):
+                for row0 in (0, 8, 16, 48, 64 + 16, 3 * 64 + 48):  # 64 j + 16 c + 8 h: plane j, K step c, half h
+                    for odd in (0, 1):
+                        got = []
+                        for lane in range(32):
+                            t, g = lane % 4, lane // 4
+                            r, b = row0 + 2 * t + odd, (16 * wq + 2 * g + off) * 2
+                            got.append(at := r * 128 + (b ^ (32 * t + 16 * odd)))
+                            assert at % 4 == 0 and (16 * wq + 2 * g >= width or at == swizzled(r * 128 + b)), (width, off)
+                        assert len({a // 4 % 32 for a in got}) == 32, (width, off, wq, row0, odd)
+
+
+def test_what_is_built_ahead_leaves_out_the_tiles_an_input_refuses():
+    """buildable_sources (the dispatcher's and the benchmarks' builds ahead of tuning) renders the candidates tune()
+    keeps: seed-b's bf16 dgrad (planes of 62 x 62 elements) gets no copy-engine form, seed-a's (60 x 58) gets both."""
+    tiles_b = [s.params["tiles"] for s in buildable_sources(DGRAD_B, (16, 64, *SIZE_B), "sm_90")]
+    tiles_a = [s.params["tiles"] for s in buildable_sources(DGRAD_A, (16, 64, *SIZE_A), "sm_90")]
+    assert "slots planes=8" in tiles_b and not any("tma" in t for t in tiles_b)
+    assert {"slots planes=2", "slots planes=2 tma", "slots planes=4 tma"} <= set(tiles_a)
+    assert len(tiles_b) == len([t for t in candidates(DGRAD_B, "sm_90")
+                                if Tuner.candidate_problem(DGRAD_B, t, (16, 64, *SIZE_B)) is None])
 
 
 def test_every_window_puts_each_tap_row_in_its_slot():
@@ -285,7 +352,14 @@ def _sources():
         render_slots(dgrad_of("seed-a", "float32")[0].model_copy(update={"precision": "tf32"}), SlotsTiles(2, 1, True),
                      size=SIZE_A),  # staged by the copy engine
         render_slots(dgrad_of("seed-b", "float32")[0].model_copy(update={"precision": "tf32"}), SlotsTiles(4, 1, True),
-                     size=SIZE_B)]
+                     size=SIZE_B),
+        render_slots(dgrad_of("seed-b", "float32")[0].model_copy(update={"precision": "tf32"}), SlotsTiles(2, tma=True),
+                     size=SIZE_B),  # two stages
+        render_slots(DGRAD_A, SlotsTiles(2, tma=True), size=SIZE_A),  # bf16: A by 32-bit loads and byte permutes
+        render_slots(DGRAD_A, SlotsTiles(4, tma=True), size=SIZE_A),  # 176 registers of accumulators and fragments
+        render_slots(dgrad_of("seed-a", "float32")[0].model_copy(update={"precision": "tf32"}), SlotsTiles(4, tma=True),
+                     size=SIZE_A),  # tf32, 4 planes in 3 passes
+        render_slots(dgrad_of("seed-b", "float16")[0], SlotsTiles(8, tma=True), size=(62, 60, 56))]
 
 
 @pytest.fixture(scope="module")
