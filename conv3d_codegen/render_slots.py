@@ -272,9 +272,7 @@ def render_slots(spec: ConvSpec, tiles: SlotsTiles | None = None, wide: bool = F
     if size is None:
         raise ValueError("the rotating-slots template is built for one input size: pass size=(d, h, w)")
     sized = InputSize.of(spec, size)
-    if problem := slots_shape_problem(spec, (1, spec.in_channels, *sized.size)):
-        raise ValueError(problem)
-    if tiles.tma and (problem := tma_shape_problem(spec, (1, spec.in_channels, *sized.size))):
+    if problem := tiles.shape_problem(spec, (1, spec.in_channels, *sized.size)):
         raise ValueError(problem)
     g = geometry(spec, tiles.planes, tiles.stages, tiles.tma)
     kh, ph = spec.kernel_size[1], spec.pad_before[1]
