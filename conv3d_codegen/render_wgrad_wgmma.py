@@ -36,12 +36,12 @@ WGRAD_WGMMA_TEMPLATE = "conv3d_wgrad_wgmma.cu.j2"
 
 ROW_POSITIONS = 64     # K of a grad_out row: four k16 steps; the row and its start into a 16-byte piece fit it
 STAGE_BYTES = 64 * 128  # a staged grad_out row: 64 channel rows (M) of 128 bytes
-HANKEL_ROWS = 15       # rows of a K block of an input row's block: 8 columns for each start 0 .. 7
-BLOCK_BYTES = 8 * HANKEL_ROWS * 16  # an input row's block: 8 K blocks
 ONES_BYTES = 8 * 128   # the bias's block of ones
 MAX_N = 256            # wgmma's N: a warpgroup's KH x planes x 8 columns
-MAX_ACCUMULATORS = 128  # a thread's: N / 2, beside the block's build (the next row's 12 words, a start's KH x 12)
-STAGES = (4, 3)        # grad_out rows in shared memory: the tuner's choices
+MAX_ACCUMULATORS = 128  # a thread's: N / 2, beside the block's build (the next two rows' 24 words, a start's rows)
+CONSUMER_REGISTERS = 232  # setmaxnreg's: the registers a start's batch of rows may take are what accumulators, the
+OTHER_REGISTERS = 64      # next rows' 24 words and ~40 of addresses and state leave (seed-a: 68, all 5 rows at once)
+STAGES = (6, 4)        # grad_out rows in shared memory: the tuner's choices
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,10 @@ class WgradWgmmaPlan:
     piece_ns: tuple[int, ...]  # the N of every wgmma the kernel issues
     shared_bytes: int
     off_max: int          # the most a grad_out row starts into its 16-byte piece
+    row_lo: int           # the first row of a K block a window reads: 7 - off_max
+    hankel_rows: int      # rows of a K block: KW + off_max (the columns past KW are never used), rounded up to odd
+    ring: int             # slots of a warpgroup's ring: KH + 2 where it fits (a row's stores before its wait), or KH + 1
+    start_batch: int      # input rows loaded at once when a range refills its ring (12 registers each)
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ class WgradWgmmaTiles:
 
     template: ClassVar[str] = WGRAD_WGMMA_TEMPLATE
 
-    stages: int = 4
+    stages: int = 6
     owc: ClassVar[int] = ROW_POSITIONS  # positions an item: a whole row (wgrad_splits counts items)
     blocks_per_sm: ClassVar[int] = 1
     threads: ClassVar[int] = 384
@@ -71,12 +75,18 @@ class WgradWgmmaTiles:
     def problem(self, spec: ConvSpec) -> str | None:
         if self.stages not in STAGES:
             return f"stages={self.stages}: the wgmma wgrad template stages {' or '.join(map(str, STAGES))} grad_out rows"
-        if (shared := plan(spec, self).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
+        # rows that start on a 16-byte piece (the least shared memory); shape_problem checks the width at hand
+        if (shared := plan(spec, self, ROW_POSITIONS).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
             return f"{shared} bytes of shared memory per block exceed {SHARED_BYTES_PER_BLOCK_SM90}"
         return None
 
     def shape_problem(self, spec: ConvSpec, input_shape: tuple[int, ...]) -> str | None:
-        return wgrad_wgmma_shape_problem(spec, input_shape)
+        if problem := wgrad_wgmma_shape_problem(spec, input_shape):
+            return problem
+        ow = spec.output_size(*input_shape[2:])[2]
+        if (shared := plan(spec, self, ow).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
+            return f"{shared} bytes of shared memory per block exceed {SHARED_BYTES_PER_BLOCK_SM90}"
+        return None
 
     def __str__(self) -> str:
         return f"wgmma stages={self.stages}"
@@ -87,15 +97,23 @@ def _planes(spec: ConvSpec) -> tuple[int, int]:
     return -(-planes // 2), planes // 2
 
 
-def plan(spec: ConvSpec, tiles: WgradWgmmaTiles, ow: int = ROW_POSITIONS) -> WgradWgmmaPlan:
-    """The layout for output rows `ow` wide (their start into a 16-byte piece)."""
-    kh = spec.kernel_size[1]
+def plan(spec: ConvSpec, tiles: WgradWgmmaTiles, ow: int | None = None) -> WgradWgmmaPlan:
+    """The layout for output rows `ow` wide (their start into a 16-byte piece; None: any width, the
+    largest start)."""
+    _, kh, kw = spec.kernel_size
     np0, np1 = _planes(spec)
     pieces = {kh * np * 8 for np in (np0, np1)} | ({8} if spec.bias else set())
-    rings = (2 * kh) * (np0 + np1) * BLOCK_BYTES  # R = KH + 1 slots and a copy of the first KH - 1
-    shared = 1024 + tiles.stages * STAGE_BYTES + rings + ONES_BYTES + 3 * 8 * tiles.stages
-    return WgradWgmmaPlan(np0=np0, np1=np1, piece_ns=tuple(sorted(pieces)), shared_bytes=shared,
-                          off_max=(8 - math.gcd(ow, 8)) % 8)
+    off_max = 7 if ow is None else (8 - math.gcd(ow, 8)) % 8
+    rows = (kw + off_max) | 1
+
+    def shared(ring: int) -> int:  # the ring and a copy of its first KH - 1 slots, each slot an input row of every plane
+        return (1024 + tiles.stages * STAGE_BYTES + (ring + kh - 1) * (np0 + np1) * 8 * rows * 16 + ONES_BYTES
+                + 3 * 8 * tiles.stages)
+
+    ring = kh + 2 if shared(kh + 2) <= SHARED_BYTES_PER_BLOCK_SM90 else kh + 1
+    batch = max(1, min(kh, (CONSUMER_REGISTERS - kh * np0 * 4 - OTHER_REGISTERS) // 12))
+    return WgradWgmmaPlan(np0=np0, np1=np1, piece_ns=tuple(sorted(pieces)), shared_bytes=shared(ring),
+                          off_max=off_max, row_lo=7 - off_max, hankel_rows=rows, ring=ring, start_batch=batch)
 
 
 def supports_wgrad_wgmma(spec: ConvSpec) -> str | None:
@@ -121,7 +139,7 @@ def supports_wgrad_wgmma(spec: ConvSpec) -> str | None:
     if kh * np0 * 8 > MAX_N or kh * np0 * 4 > MAX_ACCUMULATORS:
         return (f"kh x ceil(in_channels x kd / 2) x 8 = {kh * np0 * 8} columns a warpgroup: the wgmma wgrad template "
                 f"takes at most {min(MAX_N, 2 * MAX_ACCUMULATORS)}")
-    return WgradWgmmaTiles().problem(spec)
+    return WgradWgmmaTiles(min(STAGES)).problem(spec)
 
 
 def wgrad_wgmma_shape_problem(spec: ConvSpec, input_shape: tuple[int, ...]) -> str | None:

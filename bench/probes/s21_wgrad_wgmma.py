@@ -28,13 +28,16 @@ from conv3d_codegen.spec import ConvSpec  # noqa: E402
 from conv3d_codegen.workloads import WORKLOADS  # noqa: E402
 
 SEED_A = WORKLOADS["seed-a"].with_dtype("bfloat16")
-# (name, spec, input shape): every even start (58 wide), starts 0 and 4 with padding 1 along w, 3x3x3 with 12 planes
-# (6 and 6) and padding, and odd starts (57 wide: 1 .. 7) with an 8-wide kernel and 24 channels in float16
+# (name, spec, input shape), each with 4 stages: every even start (58 wide), starts 0 and 4 with padding 1 along w,
+# 3x3x3 with 12 planes (6 and 6) and padding, odd starts (57 wide: 1 .. 7) with an 8-wide kernel and 24 channels in
+# float16, and a ring of KH + 1
 EDGES = [
     ("seed-a-2", SEED_A.spec, (2, 3, 64, 64, 64)),
     ("pad-w1", ConvSpec.from_text("3x5x7 --cin 2 --cout 16 --padding 1x2x1 --dtype bfloat16"), (2, 2, 6, 20, 48)),
     ("3x3x3-ci4", ConvSpec.from_text("3x3x3 --cin 4 --cout 64 --padding 1x1x1 --dtype bfloat16"), (2, 4, 5, 16, 32)),
     ("odd-starts", ConvSpec.from_text("2x3x8 --cin 2 --cout 24 --dtype float16 --no-bias"), (3, 2, 5, 10, 64)),
+    # a ring of KH + 1 slots (KH + 2 does not fit beside 4 stages): the row's block stores after its wait
+    ("ring-kh1", ConvSpec.from_text("4x7x7 --cin 2 --cout 32 --padding 1x0x0 --dtype bfloat16"), (2, 2, 5, 14, 64)),
 ]
 
 
@@ -43,25 +46,20 @@ def edit(body: str, old: str, new: str) -> str:
     return body.replace(old, new)
 
 
-# Diagnostics of seed-a's kernel (stages 4), each computing a wrong result: its rendered source with a part switched off.
+# Diagnostics of seed-a's kernel (stages 6), each computing a wrong result: its rendered source with a part switched off.
 VARIANTS = {
-    "nostore": [("      store((oh + KH) % R, v);", "")],  # no Hankel block built after a range's first rows
-    "nobuild": [("      store((oh + KH) % R, v);", ""), ("      load(v, n, od, oh + KH + 1);", "")],  # nor loaded
+    "nostore": [("    store((oh + KH) % R, v[P]);", "")],  # no Hankel block built after a range's first rows
+    "nobuild": [("    store((oh + KH) % R, v[P]);", ""), ("    load(v[P], n, od, oh + KH + 2);", "")],  # nor loaded
     "nozero": [("    for (int z = lane; z < CO * OUTSIDE; z += 32) {", "    for (int z = lane; z < 0; z += 32) {")],
     "nobias": [("      if constexpr (BIASED) wgmma_ss<8, 0>", "      if constexpr (false) wgmma_ss<8, 0>")],
-    # grad_out's rows: only the first STAGES - 1 copied, the rest of the stages reused (no DRAM traffic)
+    # grad_out's rows: only the first STAGES copied, then the stages reused (FULL arrived at without a copy)
     "notma": [("    mbar_expect(full + 8 * s, CO * ROWB);",
-               "    if (i >= STAGES - 1) return;\n    mbar_expect(full + 8 * s, CO * ROWB);"),
-              ("    mbar_wait(full + 8 * s, (i / STAGES) & 1);",
-               "    if (i < STAGES - 1) mbar_wait(full + 8 * s, (i / STAGES) & 1);")],
+               "    if (i >= STAGES) {\n      mbar_arrive(full + 8 * s);\n      continue;\n    }\n"
+               "    mbar_expect(full + 8 * s, CO * ROWB);")],
 }
-NOBAR = [("    bar_named(1 + WG, 128);  // every thread's blocks of this row's window are in\n", ""),
-         ("    wg_wait<1>();  // the row before's products are done\n    bar_named(1 + WG, 128);\n",
-          "    wg_wait<1>();\n")]
 # the products alone (no block built after a range's first rows, nothing zeroed, grad_out not copied, no bias), then
-# also without the row's two named barriers, or with B read as 1024-byte groups of 128-byte K blocks (LBO 128, SBO 1024)
+# with B read as 1024-byte groups of 128-byte K blocks (LBO 128, SBO 1024)
 VARIANTS["product"] = VARIANTS["nobuild"] + VARIANTS["nozero"] + VARIANTS["notma"] + VARIANTS["nobias"]
-VARIANTS["product_nobar"] = VARIANTS["product"] + NOBAR
 VARIANTS["product_lbo128"] = VARIANTS["product"] + [
     ("wgmma_ss<KH * NP * 8, 0>(acc, da, b_desc(b + ks * 2 * LBO, LBO, GB));",
      "wgmma_ss<KH * NP * 8, 0>(acc, da, b_desc(ring + ks * 256, 128, 1024));")]
@@ -92,10 +90,10 @@ def main() -> None:
     sources = {}
     for name, spec, shape in EDGES:
         sources[name] = render_wgrad_wgmma(spec, WgradWgmmaTiles(4), size=shape[2:])
-    for stages in (4, 3):
+    for stages in (6, 4):
         sources[f"wgmma stages={stages}"] = render_wgrad_wgmma(SEED_A.spec, WgradWgmmaTiles(stages),
                                                                size=SEED_A.input_shape[2:])
-    seed = sources["wgmma stages=4"]
+    seed = sources["wgmma stages=6"]
     for v, edits in VARIANTS.items():
         body = seed.body
         for old, new in edits:
@@ -157,7 +155,7 @@ def main() -> None:
         results["times_ms"]["torch"] = median_ms(torch_wgrad, reps=20)
         print(f"torch: {results['times_ms']['torch']:.4f} ms", flush=True)
     else:
-        for k in ("wgmma stages=4", "mma (v21 pick)"):
+        for k in ("wgmma stages=6", "mma (v21 pick)"):
             workspace = torch.empty(sms * (weight.numel() + spec.out_channels), device="cuda")
             gw, gb = torch.empty_like(weight), torch.empty_like(bias)
             kernels[k](x, grad_out, gb, gw, launch_args(spec, x.shape) | {"splits": sms,
