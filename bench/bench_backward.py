@@ -24,14 +24,13 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_forward import heading, measure_ceilings, peak_bytes, workload  # noqa: E402
 from conv3d_codegen.autotune import buildable_sources  # noqa: E402
-from conv3d_codegen.backward import _wgrad_record, input_grad, torch_grads, weight_grad  # noqa: E402
+from conv3d_codegen.backward import _wgrad_record, input_grad, torch_grads, wgrad_sources, weight_grad  # noqa: E402
 from conv3d_codegen import dgrad_phases  # noqa: E402
 from conv3d_codegen.build import Target  # noqa: E402
 from conv3d_codegen.dispatch import Dispatcher, using  # noqa: E402
 from conv3d_codegen.measure import host_us, median_ms, random_inputs, relative_error, tolerance  # noqa: E402
 from conv3d_codegen.ops import conv3d  # noqa: E402
-from conv3d_codegen.render import wide_offsets  # noqa: E402
-from conv3d_codegen.render_grad import dgrad_spec, render_wgrad, supports_wgrad  # noqa: E402
+from conv3d_codegen.render_grad import dgrad_spec, supports_wgrad  # noqa: E402
 from conv3d_codegen.workloads import WORKLOADS, Workload  # noqa: E402
 
 TIMING = dict(warmup=3, reps=15)
@@ -46,8 +45,8 @@ def prebuild(dispatcher: Dispatcher, works: list[Workload]) -> None:
         if (dspec := dgrad_spec(w.spec)[0]) is not None:  # a forward convolution of grad_out, built for its size
             grad_out = (w.input_shape[0], w.spec.out_channels, *w.spec.output_size(*w.input_shape[2:]))
             sources += buildable_sources(dspec, grad_out, target.arch)
-        if supports_wgrad(w.spec) is None:
-            sources.append(render_wgrad(w.spec, wide=wide_offsets(w.spec, w.input_shape)))
+        if supports_wgrad(w.spec) is None:  # the wgrad tuner's candidates
+            sources += wgrad_sources(w.spec, tuple(w.input_shape), target.arch)
     dispatcher.loader.load_many(sources, target)
 
 

@@ -36,7 +36,9 @@ from .measure import median_ms, relative_error, tolerance
 from .render import wide_offsets
 from .render_grad import (WgradTiles, default_wgrad_tiles, dgrad_spec, render_wgrad, supports_wgrad,
                           wgrad_candidates)
+from .render_wgmma import HOPPER_ARCHES
 from .render_wgrad_mma import WgradMmaTiles, render_wgrad_mma, supports_wgrad_mma, wgrad_mma_candidates
+from .render_wgrad_wgmma import WgradWgmmaTiles, render_wgrad_wgmma, supports_wgrad_wgmma, wgrad_wgmma_candidates
 from .spec import ConvSpec
 
 log = logging.getLogger("conv3d_codegen")
@@ -75,7 +77,7 @@ def input_grad(dispatcher: Dispatcher, spec: ConvSpec, grad_out: torch.Tensor, w
 class WgradPlan(Revisable):
     kernel: Kernel | None   # None: torch
     reason: str | None      # why torch
-    tiles: WgradTiles | WgradMmaTiles | None = None
+    tiles: "AnyWgradTiles | None" = None
     pending: Future | None = None  # async mode: the background build
     tuned: bool = False     # torch chosen by timing: not a fallback
     provisional: bool = False  # made during CUDA graph capture: decided again after it
@@ -110,7 +112,11 @@ def _run_wgrad(plan: WgradPlan, spec: ConvSpec, grad_out: torch.Tensor, x: torch
     return grad_w, grad_b
 
 
-def wgrad_splits(spec: ConvSpec, tiles: WgradTiles | WgradMmaTiles, x: torch.Tensor, out_size) -> int:
+AnyWgradTiles = WgradTiles | WgradMmaTiles | WgradWgmmaTiles
+WGRAD_KINDS = (WgradTiles, WgradMmaTiles, WgradWgmmaTiles)  # a record names its winner's kind by its template
+
+
+def wgrad_splits(spec: ConvSpec, tiles: AnyWgradTiles, x: torch.Tensor, out_size) -> int:
     """Blocks along the reduction: enough for the tiles' blocks per multiprocessor (two for the
     direct template's). It depends only on the shapes and the GPU, so the order of the final
     sum (and the result) is fixed."""
@@ -121,18 +127,33 @@ def wgrad_splits(spec: ConvSpec, tiles: WgradTiles | WgradMmaTiles, x: torch.Ten
     return max(1, min(items, -(-tiles.blocks_per_sm * sms // column)))
 
 
-def wgrad_tile_candidates(spec: ConvSpec, ow: int | None) -> list[WgradTiles | WgradMmaTiles]:
-    """The wgrad autotuning space: the direct template's tiles, then the tensor-core
-    template's where it applies (float16, bfloat16, float32: tf32, or 3xTF32 for 'ieee')."""
+def wgrad_tile_candidates(spec: ConvSpec, input_shape: tuple[int, ...], arch: str | None = None) -> list[AnyWgradTiles]:
+    """The wgrad autotuning space for inputs of `input_shape` on a GPU of `arch` (Target.arch; None:
+    any GPU): the direct template's tiles, then the tensor-core template's where it applies
+    (float16, bfloat16, float32: tf32, or 3xTF32 for 'ieee'), then on sm_90 the wgmma template's
+    (float16, bfloat16, few input channels, a kernel at most 8 wide; render_wgrad_wgmma) where it
+    takes this input."""
+    ow = spec.output_size(*input_shape[2:])[2]
     mma = wgrad_mma_candidates(spec, ow) if supports_wgrad_mma(spec) is None else []
-    return wgrad_candidates(spec, ow) + mma
+    wgmma = [t for t in wgrad_wgmma_candidates(spec) if t.shape_problem(spec, tuple(input_shape)) is None] \
+        if arch in HOPPER_ARCHES and supports_wgrad_wgmma(spec) is None else []
+    return wgrad_candidates(spec, ow) + mma + wgmma
 
 
-def render_wgrad_tiles(spec: ConvSpec, tiles: WgradTiles | WgradMmaTiles, wide: bool):
-    """The wgrad source of `tiles`: the tensor-core or the direct template's."""
+def render_wgrad_tiles(spec: ConvSpec, tiles: AnyWgradTiles, wide: bool, size: tuple[int, int, int] | None = None):
+    """The wgrad source of `tiles`: the wgmma, tensor-core or direct template's. `size` (the input's
+    d, h, w) is what the wgmma template is built for; the others take any size."""
+    if isinstance(tiles, WgradWgmmaTiles):
+        return render_wgrad_wgmma(spec, tiles, wide, size)
     if isinstance(tiles, WgradMmaTiles):
         return render_wgrad_mma(spec, tiles, wide)
     return render_wgrad(spec, tiles, wide)
+
+
+def wgrad_sources(spec: ConvSpec, input_shape: tuple[int, ...], arch: str | None) -> list:
+    """The sources the wgrad tuner builds for inputs of `input_shape` (to build them ahead)."""
+    wide, size = wide_offsets(spec, tuple(input_shape)), tuple(input_shape[2:])
+    return [render_wgrad_tiles(spec, t, wide, size) for t in wgrad_tile_candidates(spec, input_shape, arch)]
 
 
 def _wgrad_plan(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_out: torch.Tensor) -> WgradPlan:
@@ -165,7 +186,7 @@ def _decide_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_
     try:
         tiles, timings = _wgrad_record(dispatcher, spec, x, target)
         if tiles is None and dispatcher.autotune and dispatcher.mode != "prebuilt" and not in_capture:
-            sources = [render_wgrad_tiles(spec, t, wide) for t in wgrad_tile_candidates(spec, grad_out.shape[-1])]
+            sources = wgrad_sources(spec, tuple(x.shape), target.arch)
             if dispatcher.mode == "async" and any(dispatcher.loader.find(s, target) is None for s in sources):
                 return WgradPlan(None, f"building {len(sources)} wgrad autotuning candidates in the background",
                                  pending=_in_background(lambda: dispatcher.loader.load_many(sources, target)))
@@ -173,7 +194,7 @@ def _decide_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_
         if tiles == TORCH:
             return WgradPlan(None, f"autotuned: no candidate beat torch by 2% ({timings})", tuned=True)
         tiles = tiles or default_wgrad_tiles(spec)
-        source = render_wgrad_tiles(spec, tiles, wide)
+        source = render_wgrad_tiles(spec, tiles, wide, tuple(x.shape[2:]))
         kernel = dispatcher.loader.find(source, target)
         if kernel is None and (dispatcher.mode == "prebuilt" or in_capture):
             return WgradPlan(None, f"{source.name} is not in the cache {dispatcher.cache.root} "
@@ -201,7 +222,7 @@ def _wgrad_record(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, targe
     record = dispatcher.cache.read_record(*_record_id(spec, x, target))
     if record is None:
         return None, None
-    kind = next((k for k in (WgradTiles, WgradMmaTiles) if k.template == record.get("template")), WgradTiles)
+    kind = next((k for k in WGRAD_KINDS if k.template == record.get("template")), WgradTiles)
     return (TORCH if record["winner"] == TORCH else kind(**record["tiles"])), timings_text(record["timings_ms"])
 
 
@@ -211,8 +232,8 @@ def _tune_wgrad(dispatcher: Dispatcher, spec: ConvSpec, x: torch.Tensor, grad_ou
     started = time.perf_counter()
     x, grad_out = x.contiguous(), grad_out.contiguous()
     wide = wide_offsets(spec, tuple(x.shape))
-    tiles = wgrad_tile_candidates(spec, grad_out.shape[-1])
-    built = dispatcher.loader.load_many([render_wgrad_tiles(spec, t, wide) for t in tiles], target)
+    tiles = wgrad_tile_candidates(spec, tuple(x.shape), target.arch)
+    built = dispatcher.loader.load_many([render_wgrad_tiles(spec, t, wide, tuple(x.shape[2:])) for t in tiles], target)
     weight = x.new_empty(spec.weight_shape)
     with torch.no_grad():
         _, want_w, want_b = torch_grads(spec, grad_out[:1].double(), x[:1].double(), weight.double(),

@@ -39,8 +39,9 @@ STAGE_BYTES = 64 * 128  # a staged grad_out row: 64 channel rows (M) of 128 byte
 ONES_BYTES = 8 * 128   # the bias's block of ones
 MAX_N = 256            # wgmma's N: a warpgroup's KH x planes x 8 columns
 MAX_ACCUMULATORS = 128  # a thread's: N / 2, beside the block's build (the next two rows' 24 words, a start's rows)
-CONSUMER_REGISTERS = 232  # setmaxnreg's: the registers a start's batch of rows may take are what accumulators, the
-OTHER_REGISTERS = 64      # next rows' 24 words and ~40 of addresses and state leave (seed-a: 68, all 5 rows at once)
+CONSUMER_REGISTERS = 232  # setmaxnreg's. A range's refill loads as many input rows at once (12 registers each) as
+OTHER_REGISTERS = 80      # the accumulators, the next rows' 24 words and ~56 of addresses and state leave: seed-a's 4
+                          # then 1; KH = 7 with N = 224 spilled 12 bytes at 4 rows, not at 3 (sm_90a, CUDA 13)
 STAGES = (6, 4)        # grad_out rows in shared memory: the tuner's choices
 
 
@@ -53,7 +54,6 @@ class WgradWgmmaPlan:
     off_max: int          # the most a grad_out row starts into its 16-byte piece
     row_lo: int           # the first row of a K block a window reads: 7 - off_max
     hankel_rows: int      # rows of a K block: KW + off_max (the columns past KW are never used), rounded up to odd
-    ring: int             # slots of a warpgroup's ring: KH + 2 where it fits (a row's stores before its wait), or KH + 1
     start_batch: int      # input rows loaded at once when a range refills its ring (12 registers each)
 
 
@@ -106,14 +106,12 @@ def plan(spec: ConvSpec, tiles: WgradWgmmaTiles, ow: int | None = None) -> Wgrad
     off_max = 7 if ow is None else (8 - math.gcd(ow, 8)) % 8
     rows = (kw + off_max) | 1
 
-    def shared(ring: int) -> int:  # the ring and a copy of its first KH - 1 slots, each slot an input row of every plane
-        return (1024 + tiles.stages * STAGE_BYTES + (ring + kh - 1) * (np0 + np1) * 8 * rows * 16 + ONES_BYTES
-                + 3 * 8 * tiles.stages)
-
-    ring = kh + 2 if shared(kh + 2) <= SHARED_BYTES_PER_BLOCK_SM90 else kh + 1
+    # the ring (KH + 1 slots) and a copy of its first KH - 1 slots, each slot an input row of every plane
+    shared = (1024 + tiles.stages * STAGE_BYTES + 2 * kh * (np0 + np1) * 8 * rows * 16 + ONES_BYTES
+              + 3 * 8 * tiles.stages)
     batch = max(1, min(kh, (CONSUMER_REGISTERS - kh * np0 * 4 - OTHER_REGISTERS) // 12))
-    return WgradWgmmaPlan(np0=np0, np1=np1, piece_ns=tuple(sorted(pieces)), shared_bytes=shared(ring),
-                          off_max=off_max, row_lo=7 - off_max, hankel_rows=rows, ring=ring, start_batch=batch)
+    return WgradWgmmaPlan(np0=np0, np1=np1, piece_ns=tuple(sorted(pieces)), shared_bytes=shared,
+                          off_max=off_max, row_lo=7 - off_max, hankel_rows=rows, start_batch=batch)
 
 
 def supports_wgrad_wgmma(spec: ConvSpec) -> str | None:

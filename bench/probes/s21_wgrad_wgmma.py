@@ -30,14 +30,14 @@ from conv3d_codegen.workloads import WORKLOADS  # noqa: E402
 SEED_A = WORKLOADS["seed-a"].with_dtype("bfloat16")
 # (name, spec, input shape), each with 4 stages: every even start (58 wide), starts 0 and 4 with padding 1 along w,
 # 3x3x3 with 12 planes (6 and 6) and padding, odd starts (57 wide: 1 .. 7) with an 8-wide kernel and 24 channels in
-# float16, and a ring of KH + 1
+# float16, and KH = 7
 EDGES = [
     ("seed-a-2", SEED_A.spec, (2, 3, 64, 64, 64)),
     ("pad-w1", ConvSpec.from_text("3x5x7 --cin 2 --cout 16 --padding 1x2x1 --dtype bfloat16"), (2, 2, 6, 20, 48)),
     ("3x3x3-ci4", ConvSpec.from_text("3x3x3 --cin 4 --cout 64 --padding 1x1x1 --dtype bfloat16"), (2, 4, 5, 16, 32)),
     ("odd-starts", ConvSpec.from_text("2x3x8 --cin 2 --cout 24 --dtype float16 --no-bias"), (3, 2, 5, 10, 64)),
-    # a ring of KH + 1 slots (KH + 2 does not fit beside 4 stages): the row's block stores after its wait
-    ("ring-kh1", ConvSpec.from_text("4x7x7 --cin 2 --cout 32 --padding 1x0x0 --dtype bfloat16"), (2, 2, 5, 14, 64)),
+    # KH = 7, N = 224 a warpgroup: the refill's loads in batches of 4 rows
+    ("kh7", ConvSpec.from_text("4x7x7 --cin 2 --cout 32 --padding 1x0x0 --dtype bfloat16"), (2, 2, 5, 14, 64)),
 ]
 
 
