@@ -36,6 +36,8 @@ WGRAD_WGMMA_TEMPLATE = "conv3d_wgrad_wgmma.cu.j2"
 
 ROW_POSITIONS = 64     # K of a grad_out row: four k16 steps; the row and its start into a 16-byte piece fit it
 STAGE_BYTES = 64 * 128  # a staged grad_out row: 64 channel rows (M) of 128 bytes
+HANKEL_ROWS = 15       # rows of a K block of an input row's block: 8 columns for each start 0 .. 7 (odd: a warp's stores
+                       # of 8 K blocks on distinct banks)
 ONES_BYTES = 8 * 128   # the bias's block of ones
 MAX_N = 256            # wgmma's N: a warpgroup's KH x planes x 8 columns
 MAX_ACCUMULATORS = 128  # a thread's: N / 2, beside the block's build (the next two rows' 24 words, a start's rows)
@@ -52,8 +54,8 @@ class WgradWgmmaPlan:
     piece_ns: tuple[int, ...]  # the N of every wgmma the kernel issues
     shared_bytes: int
     off_max: int          # the most a grad_out row starts into its 16-byte piece
-    row_lo: int           # the first row of a K block a window reads: 7 - off_max
-    hankel_rows: int      # rows of a K block: KW + off_max (the columns past KW are never used), rounded up to odd
+    row_lo: int           # the first row a K block holds (the template takes any; 0: every start's)
+    hankel_rows: int      # rows of a K block from row_lo
     start_batch: int      # input rows loaded at once when a range refills its ring (12 registers each)
 
 
@@ -104,14 +106,16 @@ def plan(spec: ConvSpec, tiles: WgradWgmmaTiles, ow: int | None = None) -> Wgrad
     np0, np1 = _planes(spec)
     pieces = {kh * np * 8 for np in (np0, np1)} | ({8} if spec.bias else set())
     off_max = 7 if ow is None else (8 - math.gcd(ow, 8)) % 8
-    rows = (kw + off_max) | 1
+    # K blocks of HANKEL_ROWS rows from row 0, for every start: seed-a's 13 rows from row 1 (the rows its starts and KW
+    # read) made the products 13% faster alone but the kernel 11% slower (0.533 against 0.480 ms; NOTES, session 21)
+    rows = HANKEL_ROWS
 
     # the ring (KH + 1 slots) and a copy of its first KH - 1 slots, each slot an input row of every plane
     shared = (1024 + tiles.stages * STAGE_BYTES + 2 * kh * (np0 + np1) * 8 * rows * 16 + ONES_BYTES
               + 3 * 8 * tiles.stages)
     batch = max(1, min(kh, (CONSUMER_REGISTERS - kh * np0 * 4 - OTHER_REGISTERS) // 12))
     return WgradWgmmaPlan(np0=np0, np1=np1, piece_ns=tuple(sorted(pieces)), shared_bytes=shared,
-                          off_max=off_max, row_lo=7 - off_max, hankel_rows=rows, start_batch=batch)
+                          off_max=off_max, row_lo=0, hankel_rows=rows, start_batch=batch)
 
 
 def supports_wgrad_wgmma(spec: ConvSpec) -> str | None:

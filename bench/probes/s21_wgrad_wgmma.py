@@ -36,8 +36,8 @@ EDGES = [
     ("pad-w1", ConvSpec.from_text("3x5x7 --cin 2 --cout 16 --padding 1x2x1 --dtype bfloat16"), (2, 2, 6, 20, 48)),
     ("3x3x3-ci4", ConvSpec.from_text("3x3x3 --cin 4 --cout 64 --padding 1x1x1 --dtype bfloat16"), (2, 4, 5, 16, 32)),
     ("odd-starts", ConvSpec.from_text("2x3x8 --cin 2 --cout 24 --dtype float16 --no-bias"), (3, 2, 5, 10, 64)),
-    # KH = 7, N = 224 a warpgroup: the refill's loads in batches of 4 rows
-    ("kh7", ConvSpec.from_text("4x7x7 --cin 2 --cout 32 --padding 1x0x0 --dtype bfloat16"), (2, 2, 5, 14, 64)),
+    # KH = 7 (runs 5-7: 4x7x7, N = 224; since 15-row blocks, 3x7x7, N = 168)
+    ("kh7", ConvSpec.from_text("3x7x7 --cin 2 --cout 32 --padding 1x0x0 --dtype bfloat16"), (2, 2, 5, 14, 64)),
 ]
 
 
