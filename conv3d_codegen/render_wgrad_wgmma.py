@@ -14,8 +14,9 @@ spend more shared-memory reads per product (bench/NOTES.md, session 21).
 - B, an input row's Hankel block, is built once in shared memory for the KH grad_out rows that
   read it: 15 rows of 16 bytes per K block, so that the 8 rows from 7 - off on are the columns kw
   for every off (bench/NOTES.md, session 21: one block for every start of the row).
-- Two warpgroups split the planes; a ring of KH + 1 input rows per warpgroup, the window of a
-  grad_out row one wgmma (two where it wraps) per k16 step.
+- Two warpgroups split the planes; a ring of KH + 1 input rows per warpgroup, its first KH - 1
+  slots written again past its end, so that the window of a grad_out row is one wgmma per k16
+  step (two, where it wrapped, made ptxas serialize every wgmma).
 
 It serves bfloat16 and float16 on sm_90, NCDHW, groups 1, stride and dilation 1, padding along w
 at most 1, kernel width at most 8, output channels at most 64, KH x ceil(CI x KD / 2) x 8 <= 256
@@ -37,7 +38,8 @@ WGRAD_WGMMA_TEMPLATE = "conv3d_wgrad_wgmma.cu.j2"
 ROW_POSITIONS = 64     # K of a grad_out row: four k16 steps; the row and its start into a 16-byte piece fit it
 STAGE_BYTES = 64 * 128  # a staged grad_out row: 64 channel rows (M) of 128 bytes
 HANKEL_ROWS = 15       # rows of a K block of an input row's block: 8 columns for each start 0 .. 7 (odd: a warp's stores
-                       # of 8 K blocks on distinct banks)
+                       # of 8 K blocks on distinct banks). Seed-a's 13 (the rows its starts and KW read) made the products
+                       # 13% faster alone but the kernel 11% slower (0.533 against 0.480 ms; NOTES, session 21)
 ONES_BYTES = 8 * 128   # the bias's block of ones
 MAX_N = 256            # wgmma's N: a warpgroup's KH x planes x 8 columns
 MAX_ACCUMULATORS = 128  # a thread's: N / 2, beside the block's build (the next two rows' 24 words, a start's rows)
@@ -54,8 +56,6 @@ class WgradWgmmaPlan:
     piece_ns: tuple[int, ...]  # the N of every wgmma the kernel issues
     shared_bytes: int
     off_max: int          # the most a grad_out row starts into its 16-byte piece
-    row_lo: int           # the first row a K block holds (the template takes any; 0: every start's)
-    hankel_rows: int      # rows of a K block from row_lo
     start_batch: int      # input rows loaded at once when a range refills its ring (12 registers each)
 
 
@@ -77,18 +77,12 @@ class WgradWgmmaTiles:
     def problem(self, spec: ConvSpec) -> str | None:
         if self.stages not in STAGES:
             return f"stages={self.stages}: the wgmma wgrad template stages {' or '.join(map(str, STAGES))} grad_out rows"
-        # rows that start on a 16-byte piece (the least shared memory); shape_problem checks the width at hand
-        if (shared := plan(spec, self, ROW_POSITIONS).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
+        if (shared := plan(spec, self).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
             return f"{shared} bytes of shared memory per block exceed {SHARED_BYTES_PER_BLOCK_SM90}"
         return None
 
     def shape_problem(self, spec: ConvSpec, input_shape: tuple[int, ...]) -> str | None:
-        if problem := wgrad_wgmma_shape_problem(spec, input_shape):
-            return problem
-        ow = spec.output_size(*input_shape[2:])[2]
-        if (shared := plan(spec, self, ow).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
-            return f"{shared} bytes of shared memory per block exceed {SHARED_BYTES_PER_BLOCK_SM90}"
-        return None
+        return wgrad_wgmma_shape_problem(spec, input_shape)
 
     def __str__(self) -> str:
         return f"wgmma stages={self.stages}"
@@ -106,16 +100,12 @@ def plan(spec: ConvSpec, tiles: WgradWgmmaTiles, ow: int | None = None) -> Wgrad
     np0, np1 = _planes(spec)
     pieces = {kh * np * 8 for np in (np0, np1)} | ({8} if spec.bias else set())
     off_max = 7 if ow is None else (8 - math.gcd(ow, 8)) % 8
-    # K blocks of HANKEL_ROWS rows from row 0, for every start: seed-a's 13 rows from row 1 (the rows its starts and KW
-    # read) made the products 13% faster alone but the kernel 11% slower (0.533 against 0.480 ms; NOTES, session 21)
-    rows = HANKEL_ROWS
-
     # the ring (KH + 1 slots) and a copy of its first KH - 1 slots, each slot an input row of every plane
-    shared = (1024 + tiles.stages * STAGE_BYTES + 2 * kh * (np0 + np1) * 8 * rows * 16 + ONES_BYTES
+    shared = (1024 + tiles.stages * STAGE_BYTES + 2 * kh * (np0 + np1) * 8 * HANKEL_ROWS * 16 + ONES_BYTES
               + 3 * 8 * tiles.stages)
     batch = max(1, min(kh, (CONSUMER_REGISTERS - kh * np0 * 4 - OTHER_REGISTERS) // 12))
     return WgradWgmmaPlan(np0=np0, np1=np1, piece_ns=tuple(sorted(pieces)), shared_bytes=shared,
-                          off_max=off_max, row_lo=0, hankel_rows=rows, start_batch=batch)
+                          off_max=off_max, start_batch=batch)
 
 
 def supports_wgrad_wgmma(spec: ConvSpec) -> str | None:
@@ -179,7 +169,7 @@ def render_wgrad_wgmma(spec: ConvSpec, tiles: WgradWgmmaTiles | None = None, wid
     name = f"conv3d_wgrad_wgmma_{spec.tag}" + sized.suffix
     body = _environment(templates_dir()).get_template(WGRAD_WGMMA_TEMPLATE).render(
         spec=spec, tiles=tiles, plan=p, name=name, entry=f"{name}_launch", arg_names=WGRAD_ARGS,
-        size=sized.size, out_size=sized.out_size)
+        size=sized.size, out_size=sized.out_size, hankel_rows=HANKEL_ROWS)
     kd, kh, kw = spec.kernel_size
     params = {
         "spec": spec.canonical_json(),

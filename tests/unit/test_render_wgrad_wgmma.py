@@ -10,7 +10,7 @@ from conv3d_codegen import backward
 from conv3d_codegen.build import KernelBuildError, compile_cubin
 from conv3d_codegen.render import SHARED_BYTES_PER_BLOCK_SM90
 from conv3d_codegen.render_wgrad_mma import WgradMmaTiles
-from conv3d_codegen.render_wgrad_wgmma import (WgradWgmmaTiles, plan, render_wgrad_wgmma, supports_wgrad_wgmma,
+from conv3d_codegen.render_wgrad_wgmma import (HANKEL_ROWS, WgradWgmmaTiles, plan, render_wgrad_wgmma, supports_wgrad_wgmma,
                                                wgrad_wgmma_shape_problem)
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
@@ -75,35 +75,36 @@ def test_seed_a_plan():
     p = plan(SEED_A, WgradWgmmaTiles(6), 58)
     assert (p.np0, p.np1) == (5, 4)           # 9 planes (ci, kd)
     assert p.piece_ns == (8, 160, 200)         # 5 kh x 4 and 5 planes x 8 columns, and the bias's 8
-    assert (p.off_max, p.row_lo, p.hankel_rows) == (6, 0, 15)  # 58 x oh mod 8: 0, 2, 4, 6; rows for every start
+    assert p.off_max == 6  # 58 x oh mod 8: 0, 2, 4, 6
+    assert "constexpr int HROWS = 15;" in render_wgrad_wgmma(SEED_A, size=SHAPE_A[2:]).body  # rows for every start
     assert p.shared_bytes <= SHARED_BYTES_PER_BLOCK_SM90
     assert p.start_batch == 4  # of its 5 rows: then the fifth
 
 
 @pytest.mark.parametrize("spec, shape", [(SEED_A, SHAPE_A)] + EDGES)
 def test_every_window_reads_the_input_its_column_needs(spec, shape):
-    """Block row r of K block b holds the input at 8 b + j + RLO + r - 7 - PW (j < 8): built from the three 16-byte
-    pieces kb - 1 .. kb + 1 at element e = RLO + r + 1 - PW on. A row starting off into its piece reads, for column
-    kw < KW, the 8 rows from 7 - off - RLO: at K = ow + off it must find the input at ow + kw - PW."""
+    """Block row r of K block b holds the input at 8 b + j + r - 7 - PW (j < 8): built from the three 16-byte pieces
+    kb - 1 .. kb + 1 at element e = r + 1 - PW on. A row starting off into its piece reads, for column kw < KW, the 8
+    rows from 7 - off: at K = ow + off it must find the input at ow + kw - PW."""
     ow = spec.output_size(*shape[2:])[2]
     _, oh, _ = spec.output_size(*shape[2:])
     kw_, pw = spec.kernel_size[2], spec.pad_before[2]
     p = plan(spec, WgradWgmmaTiles(4), ow)
-    assert p.hankel_rows % 2 == 1  # a warp's stores of 8 K blocks (LBO = 16 x odd) on distinct banks
-    assert len({(b * p.hankel_rows) % 8 for b in range(8)}) == 8
-    for r in range(p.hankel_rows):
-        e = p.row_lo + r + 1 - pw
+    assert HANKEL_ROWS % 2 == 1  # a warp's stores of 8 K blocks (LBO = 16 x odd) on distinct banks
+    assert len({(b * HANKEL_ROWS) % 8 for b in range(8)}) == 8
+    for r in range(HANKEL_ROWS):
+        e = r + 1 - pw
         assert 0 <= e and e // 2 + 4 <= 12  # the words it takes (one more where e is odd) are among the 12 loaded
     offs = {h * ow % 8 for h in range(oh)}
     assert max(offs) == p.off_max
     for off in offs:
-        first = 7 - off - p.row_lo
+        first = 7 - off
         for kw in range(kw_):
             r = first + kw
-            assert 0 <= r < p.hankel_rows
+            assert 0 <= r < HANKEL_ROWS
             for k in range(off, off + ow):  # K = ow + off
                 b, j = divmod(k, 8)
-                assert 8 * b + j + p.row_lo + r - 7 - pw == (k - off) + kw - pw
+                assert 8 * b + j + r - 7 - pw == (k - off) + kw - pw
 
 
 def test_a_render_needs_the_input_size_and_folds_it():
