@@ -13,10 +13,14 @@ spend more shared-memory reads per product (bench/NOTES.md, session 21).
   outside the row are zeroed before the products.
 - B, an input row's Hankel block, is built once in shared memory for the KH grad_out rows that
   read it: 15 rows of 16 bytes per K block, so that the 8 rows from 7 - off on are the columns kw
-  for every off (bench/NOTES.md, session 21: one block for every start of the row).
-- Two warpgroups split the planes; a ring of KH + 1 input rows per warpgroup, its first KH - 1
-  slots written again past its end, so that the window of a grad_out row is one wgmma per k16
-  step (two, where it wrapped, made ptxas serialize every wgmma).
+  for every off (bench/NOTES.md, session 21), or tight: only the rows the width's starts read.
+- Two warpgroups split the planes and only multiply; a ring of KH + 1 input rows per warpgroup, its
+  first KH - 1 slots written again past its end, so that the window of a grad_out row is one wgmma
+  per k16 step (two, where it wrapped, made ptxas serialize every wgmma).
+- Six builder warps build the blocks from input rows the copy engine brings, and hand each input
+  row over by an mbarrier; two warps copy and zero grad_out's rows (bench/NOTES.md, session 22:
+  the multiplying warps building in turn, and loading the input rows themselves, took 0.47 ms
+  where they now take 0.39).
 
 It serves bfloat16 and float16 on sm_90, NCDHW, groups 1, stride and dilation 1, padding along w
 at most 1, kernel width at most 8, output channels at most 64, KH x ceil(CI x KD / 2) x 8 <= 256
@@ -42,11 +46,15 @@ HANKEL_ROWS = 15       # rows of a K block of an input row's block: 8 columns fo
                        # 13% faster alone but the kernel 11% slower (0.533 against 0.480 ms; NOTES, session 21)
 ONES_BYTES = 8 * 128   # the bias's block of ones
 MAX_N = 256            # wgmma's N: a warpgroup's KH x planes x 8 columns
-MAX_ACCUMULATORS = 128  # a thread's: N / 2, beside the block's build (the next two rows' 24 words, a start's rows)
-CONSUMER_REGISTERS = 232  # setmaxnreg's. A range's refill loads as many input rows at once (12 registers each) as
-OTHER_REGISTERS = 80      # the accumulators, the next rows' 24 words and ~56 of addresses and state leave: seed-a's 4
-                          # then 1; KH = 7 with N = 224 spilled 12 bytes at 4 rows, not at 3 (sm_90a, CUDA 13)
-STAGES = (6, 4)        # grad_out rows in shared memory: the tuner's choices
+MAX_ACCUMULATORS = 128  # a thread's: N / 2
+CONSUMER_REGISTERS = 168  # setmaxnreg's, for the two multiplying warpgroups and the other two (copies, zeroing,
+PRODUCER_REGISTERS = 88   # build): 2 x 128 x 168 + 2 x 128 x 88 = 65,536
+RAW_ROW_BYTES = 160    # a plane's copied input row: 80 elements from w = -8
+# the tuner's choices (stages, ring, raws, tight): grad_out rows staged, input rows a ring holds past KH (how far the
+# builders may run ahead of the products), input rows copied ahead of the builders, K blocks of only the rows the
+# output width's starts read; each fits seed-a's 227 KB. A ring of KH + 2 or 3 was slower (0.48-0.52 ms against 0.39):
+# builders free to run ahead take shared memory from the products (bench/NOTES.md, session 22, runs 8-9)
+CONFIGS = ((8, 1, 8, True), (6, 1, 8, True), (4, 1, 8, False))
 
 
 @dataclass(frozen=True)
@@ -54,38 +62,55 @@ class WgradWgmmaPlan:
     np0: int              # planes (ci, kd) of warpgroup 0
     np1: int              # of warpgroup 1
     piece_ns: tuple[int, ...]  # the N of every wgmma the kernel issues
+    ring: int             # input rows a warpgroup's ring holds (KH + tiles.ring)
+    rows_lo: int          # the first row of a K block the windows read: 7 - the largest start
+    hankel_rows: int      # rows of a K block from rows_lo (odd: a warp's stores of 8 K blocks on distinct banks)
+    raws: int             # input rows copied ahead of the builders
     shared_bytes: int
     off_max: int          # the most a grad_out row starts into its 16-byte piece
-    start_batch: int      # input rows loaded at once when a range refills its ring (12 registers each)
+    consumer_registers: int
+    producer_registers: int
 
 
 @dataclass(frozen=True)
 class WgradWgmmaTiles:
-    """The wgmma wgrad template's configuration: grad_out rows staged ahead (stages - 1 in flight)."""
+    """The wgmma wgrad template's configuration: grad_out rows staged ahead (stages - 1 in flight), input
+    rows a warpgroup's ring holds past KH, input rows copied ahead of the builders."""
 
     template: ClassVar[str] = WGRAD_WGMMA_TEMPLATE
 
-    stages: int = 6
+    stages: int = 8
+    ring: int = 1
+    raws: int = 8
+    tight: bool = True  # K blocks of only the rows the row's starts and KW read (else 15: every start)
     owc: ClassVar[int] = ROW_POSITIONS  # positions an item: a whole row (wgrad_splits counts items)
     blocks_per_sm: ClassVar[int] = 1
-    threads: ClassVar[int] = 384
+    threads: ClassVar[int] = 512
 
     def split_blocks(self, spec: ConvSpec) -> int:
         """Blocks one split of the reduction takes: one (a block owns all of N and M)."""
         return 1
 
     def problem(self, spec: ConvSpec) -> str | None:
-        if self.stages not in STAGES:
-            return f"stages={self.stages}: the wgmma wgrad template stages {' or '.join(map(str, STAGES))} grad_out rows"
-        if (shared := plan(spec, self).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
+        if not (2 <= self.stages <= 8 and 1 <= self.ring <= 4 and 2 <= self.raws <= 8):
+            return (f"{self}: the wgmma wgrad template stages 2 to 8 grad_out rows, its ring holds 1 to 4 input rows "
+                    f"past the kernel's height and it copies 2 to 8 input rows ahead")
+        # tight K blocks hold as many rows as the output width needs: the least here, the width's in shape_problem
+        if (shared := plan(spec, self, 8 if self.tight else None).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
             return f"{shared} bytes of shared memory per block exceed {SHARED_BYTES_PER_BLOCK_SM90}"
         return None
 
     def shape_problem(self, spec: ConvSpec, input_shape: tuple[int, ...]) -> str | None:
-        return wgrad_wgmma_shape_problem(spec, input_shape)
+        if problem := wgrad_wgmma_shape_problem(spec, input_shape):
+            return problem
+        ow = spec.output_size(*input_shape[2:])[2]
+        if (shared := plan(spec, self, ow).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
+            return (f"{self}: {shared} bytes of shared memory per block for output rows {ow} wide exceed "
+                    f"{SHARED_BYTES_PER_BLOCK_SM90}")
+        return None
 
     def __str__(self) -> str:
-        return f"wgmma stages={self.stages}"
+        return f"wgmma stages={self.stages} ring=kh+{self.ring} raws={self.raws}" + (" tight" if self.tight else "")
 
 
 def _planes(spec: ConvSpec) -> tuple[int, int]:
@@ -98,14 +123,21 @@ def plan(spec: ConvSpec, tiles: WgradWgmmaTiles, ow: int | None = None) -> Wgrad
     largest start)."""
     _, kh, kw = spec.kernel_size
     np0, np1 = _planes(spec)
+    planes = np0 + np1
     pieces = {kh * np * 8 for np in (np0, np1)} | ({8} if spec.bias else set())
     off_max = 7 if ow is None else (8 - math.gcd(ow, 8)) % 8
-    # the ring (KH + 1 slots) and a copy of its first KH - 1 slots, each slot an input row of every plane
-    shared = (1024 + tiles.stages * STAGE_BYTES + 2 * kh * (np0 + np1) * 8 * HANKEL_ROWS * 16 + ONES_BYTES
-              + 3 * 8 * tiles.stages)
-    batch = max(1, min(kh, (CONSUMER_REGISTERS - kh * np0 * 4 - OTHER_REGISTERS) // 12))
-    return WgradWgmmaPlan(np0=np0, np1=np1, piece_ns=tuple(sorted(pieces)), shared_bytes=shared,
-                          off_max=off_max, start_batch=batch)
+    ring = kh + tiles.ring
+    rows_lo, rows = (7 - off_max, (kw + off_max) | 1) if tiles.tight else (0, HANKEL_ROWS)
+    raw_slot = -(-planes * RAW_ROW_BYTES // 128) * 128
+    # the ring and a copy of its first KH - 1 slots, each slot an input row of every plane; the copied input rows; the
+    # mbarriers: FULL, READY, EMPTY a stage, RAW and RAW_EMPTY a copied row, BUILT and FREE a ring slot
+    shared = (1024 + tiles.stages * STAGE_BYTES + (ring + kh - 1) * planes * 8 * rows * 16 + ONES_BYTES
+              + tiles.raws * raw_slot + 8 * (3 * tiles.stages + 2 * tiles.raws + 2 * ring))
+    return WgradWgmmaPlan(np0=np0, np1=np1, piece_ns=tuple(sorted(pieces)), ring=ring, rows_lo=rows_lo,
+                          hankel_rows=rows, raws=tiles.raws,
+                          shared_bytes=shared,
+                          off_max=off_max, consumer_registers=CONSUMER_REGISTERS,
+                          producer_registers=PRODUCER_REGISTERS)
 
 
 def supports_wgrad_wgmma(spec: ConvSpec) -> str | None:
@@ -131,7 +163,7 @@ def supports_wgrad_wgmma(spec: ConvSpec) -> str | None:
     if kh * np0 * 8 > MAX_N or kh * np0 * 4 > MAX_ACCUMULATORS:
         return (f"kh x ceil(in_channels x kd / 2) x 8 = {kh * np0 * 8} columns a warpgroup: the wgmma wgrad template "
                 f"takes at most {min(MAX_N, 2 * MAX_ACCUMULATORS)}")
-    return WgradWgmmaTiles(min(STAGES)).problem(spec)
+    return min((WgradWgmmaTiles(*c) for c in CONFIGS), key=lambda t: plan(spec, t).shared_bytes).problem(spec)
 
 
 def wgrad_wgmma_shape_problem(spec: ConvSpec, input_shape: tuple[int, ...]) -> str | None:
@@ -151,7 +183,7 @@ def wgrad_wgmma_shape_problem(spec: ConvSpec, input_shape: tuple[int, ...]) -> s
 
 
 def wgrad_wgmma_candidates(spec: ConvSpec) -> list[WgradWgmmaTiles]:
-    return [t for t in (WgradWgmmaTiles(s) for s in STAGES) if t.problem(spec) is None]
+    return [t for t in (WgradWgmmaTiles(*c) for c in CONFIGS) if t.problem(spec) is None]
 
 
 def render_wgrad_wgmma(spec: ConvSpec, tiles: WgradWgmmaTiles | None = None, wide: bool = False,
@@ -169,7 +201,7 @@ def render_wgrad_wgmma(spec: ConvSpec, tiles: WgradWgmmaTiles | None = None, wid
     name = f"conv3d_wgrad_wgmma_{spec.tag}" + sized.suffix
     body = _environment(templates_dir()).get_template(WGRAD_WGMMA_TEMPLATE).render(
         spec=spec, tiles=tiles, plan=p, name=name, entry=f"{name}_launch", arg_names=WGRAD_ARGS,
-        size=sized.size, out_size=sized.out_size, hankel_rows=HANKEL_ROWS)
+        size=sized.size, out_size=sized.out_size)
     kd, kh, kw = spec.kernel_size
     params = {
         "spec": spec.canonical_json(),

@@ -10,8 +10,8 @@ from conv3d_codegen import backward
 from conv3d_codegen.build import KernelBuildError, compile_cubin
 from conv3d_codegen.render import SHARED_BYTES_PER_BLOCK_SM90
 from conv3d_codegen.render_wgrad_mma import WgradMmaTiles
-from conv3d_codegen.render_wgrad_wgmma import (HANKEL_ROWS, WgradWgmmaTiles, plan, render_wgrad_wgmma, supports_wgrad_wgmma,
-                                               wgrad_wgmma_shape_problem)
+from conv3d_codegen.render_wgrad_wgmma import (CONFIGS, HANKEL_ROWS, WgradWgmmaTiles, plan, render_wgrad_wgmma,
+                                               supports_wgrad_wgmma, wgrad_wgmma_candidates, wgrad_wgmma_shape_problem)
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
@@ -62,49 +62,56 @@ def test_shape_problem_names_the_input_it_refuses(shape, reason):
 
 def test_the_tuner_offers_the_wgmma_tiles_on_sm90_for_the_inputs_they_take():
     on_h100 = backward.wgrad_tile_candidates(SEED_A, SHAPE_A, "sm_90")
-    assert [t for t in on_h100 if isinstance(t, WgradWgmmaTiles)] == [WgradWgmmaTiles(6), WgradWgmmaTiles(4)]
-    assert on_h100[:-2] == backward.wgrad_tile_candidates(SEED_A, SHAPE_A, "sm_80")
+    assert [t for t in on_h100 if isinstance(t, WgradWgmmaTiles)] == [WgradWgmmaTiles(*c) for c in CONFIGS]
+    assert on_h100[:-3] == backward.wgrad_tile_candidates(SEED_A, SHAPE_A, "sm_80")
     assert any(isinstance(t, WgradMmaTiles) for t in on_h100)
     assert not any(isinstance(t, WgradWgmmaTiles) for t in backward.wgrad_tile_candidates(SEED_A, (1, 3, 64, 63, 64), "sm_90"))
     sources = backward.wgrad_sources(SEED_A, SHAPE_A, "sm_90")
-    assert [s.template for s in sources[-2:]] == ["conv3d_wgrad_wgmma.cu.j2"] * 2
+    assert [s.template for s in sources[-3:]] == ["conv3d_wgrad_wgmma.cu.j2"] * 3
     assert sources[-1].name.endswith("_64x64x64")
 
 
 def test_seed_a_plan():
-    p = plan(SEED_A, WgradWgmmaTiles(6), 58)
+    p = plan(SEED_A, WgradWgmmaTiles(), 58)
     assert (p.np0, p.np1) == (5, 4)           # 9 planes (ci, kd)
     assert p.piece_ns == (8, 160, 200)         # 5 kh x 4 and 5 planes x 8 columns, and the bias's 8
     assert p.off_max == 6  # 58 x oh mod 8: 0, 2, 4, 6
-    assert "constexpr int HROWS = 15;" in render_wgrad_wgmma(SEED_A, size=SHAPE_A[2:]).body  # rows for every start
+    assert (p.ring, p.raws) == (6, 8)          # KH + 1 input rows a ring, 8 copied ahead
+    assert (p.rows_lo, p.hankel_rows) == (1, 13)  # tight: rows 1 .. 13, what starts 0 .. 6 and KW = 7 read
+    assert (plan(SEED_A, WgradWgmmaTiles(tight=False), 58).rows_lo,
+            plan(SEED_A, WgradWgmmaTiles(tight=False), 58).hankel_rows) == (0, HANKEL_ROWS)  # every start
+    assert "constexpr int RLO = 1, HROWS = 13;" in render_wgrad_wgmma(SEED_A, size=SHAPE_A[2:]).body
     assert p.shared_bytes <= SHARED_BYTES_PER_BLOCK_SM90
-    assert p.start_batch == 4  # of its 5 rows: then the fifth
+    assert (p.consumer_registers, p.producer_registers) == (168, 88)  # 2 x 128 x 168 + 2 x 128 x 88 = 65,536
 
 
+@pytest.mark.parametrize("tight", [False, True])
 @pytest.mark.parametrize("spec, shape", [(SEED_A, SHAPE_A)] + EDGES)
-def test_every_window_reads_the_input_its_column_needs(spec, shape):
-    """Block row r of K block b holds the input at 8 b + j + r - 7 - PW (j < 8): built from the three 16-byte pieces
-    kb - 1 .. kb + 1 at element e = r + 1 - PW on. A row starting off into its piece reads, for column kw < KW, the 8
-    rows from 7 - off: at K = ow + off it must find the input at ow + kw - PW."""
+def test_every_window_reads_the_input_its_column_needs(spec, shape, tight):
+    """Block row r of K block b (r from 0, of HROWS) holds the input at 8 b + j + (r + RLO) - 7 - PW (j < 8): built
+    from the three 16-byte pieces kb - 1 .. kb + 1 at element e = r + RLO + 1 - PW on. A row starting off into its
+    piece reads, for column kw < KW, the 8 rows from 7 - off - RLO: at K = ow + off it must find the input at
+    ow + kw - PW."""
     ow = spec.output_size(*shape[2:])[2]
     _, oh, _ = spec.output_size(*shape[2:])
     kw_, pw = spec.kernel_size[2], spec.pad_before[2]
-    p = plan(spec, WgradWgmmaTiles(4), ow)
-    assert HANKEL_ROWS % 2 == 1  # a warp's stores of 8 K blocks (LBO = 16 x odd) on distinct banks
-    assert len({(b * HANKEL_ROWS) % 8 for b in range(8)}) == 8
-    for r in range(HANKEL_ROWS):
-        e = r + 1 - pw
+    p = plan(spec, WgradWgmmaTiles(tight=tight), ow)
+    rows, lo = p.hankel_rows, p.rows_lo
+    assert rows % 2 == 1  # a warp's stores of 8 K blocks (LBO = 16 x odd) on distinct banks
+    assert len({(b * rows) % 8 for b in range(8)}) == 8
+    for r in range(rows):
+        e = r + lo + 1 - pw
         assert 0 <= e and e // 2 + 4 <= 12  # the words it takes (one more where e is odd) are among the 12 loaded
     offs = {h * ow % 8 for h in range(oh)}
     assert max(offs) == p.off_max
     for off in offs:
-        first = 7 - off
+        first = 7 - off - lo
         for kw in range(kw_):
             r = first + kw
-            assert 0 <= r < HANKEL_ROWS
+            assert 0 <= r < rows
             for k in range(off, off + ow):  # K = ow + off
                 b, j = divmod(k, 8)
-                assert 8 * b + j + r - 7 - pw == (k - off) + kw - pw
+                assert 8 * b + j + (r + lo) - 7 - pw == (k - off) + kw - pw
 
 
 def test_a_render_needs_the_input_size_and_folds_it():
@@ -117,14 +124,15 @@ def test_a_render_needs_the_input_size_and_folds_it():
     assert "m64n160k16.f32.bf16.bf16" in src.body and "m64n8k16.f32.bf16.bf16" in src.body
     assert "constexpr int DO = 62, HO = 60, WO = 58;" in src.body
     assert "m64n8k16" not in render_wgrad_wgmma(EDGES[2][0], size=EDGES[2][1][2:]).body  # no bias
-    assert backward.render_wgrad_tiles(SEED_A, WgradWgmmaTiles(4), False, SHAPE_A[2:]).body == \
-        render_wgrad_wgmma(SEED_A, WgradWgmmaTiles(4), size=SHAPE_A[2:]).body
+    assert backward.render_wgrad_tiles(SEED_A, WgradWgmmaTiles(4, 1, 8, False), False, SHAPE_A[2:]).body == \
+        render_wgrad_wgmma(SEED_A, WgradWgmmaTiles(4, 1, 8, False), size=SHAPE_A[2:]).body
 
 
 @pytest.fixture(scope="module")
 def reports():
-    sources = [render_wgrad_wgmma(SEED_A, WgradWgmmaTiles(stages), size=SHAPE_A[2:]) for stages in (6, 4)]
-    sources += [render_wgrad_wgmma(spec, WgradWgmmaTiles(4), size=shape[2:]) for spec, shape in EDGES]
+    sources = [render_wgrad_wgmma(SEED_A, t, size=SHAPE_A[2:]) for t in wgrad_wgmma_candidates(SEED_A)]
+    sources += [render_wgrad_wgmma(spec, tiles, size=shape[2:])
+                for spec, shape in EDGES for tiles in (WgradWgmmaTiles(), WgradWgmmaTiles(4, 1, 8, False))]
     return compile_all([(source, SM90) for source in sources])
 
 
@@ -141,7 +149,15 @@ def test_it_refuses_to_compile_for_other_gpus():
 
 
 def test_shared_memory_of_each_candidate_fits_where_it_is_offered():
-    for t in (WgradWgmmaTiles(6), WgradWgmmaTiles(4)):
+    for t in wgrad_wgmma_candidates(SEED_A):
         assert t.shape_problem(SEED_A, SHAPE_A) is None
-        assert plan(SEED_A, t, 58).shared_bytes == 1024 + t.stages * 8192 + 10 * 9 * 8 * 15 * 16 + 1024 + 24 * t.stages
+        p = plan(SEED_A, t, 58)
+        slots = 5 + t.ring + 4  # the ring and the copy of its first KH - 1 slots
+        assert p.shared_bytes == (1024 + t.stages * 8192 + slots * 9 * 8 * p.hankel_rows * 16 + 1024
+                                  + t.raws * 1536 + 8 * (3 * t.stages + 2 * t.raws + 2 * p.ring))
+        assert p.shared_bytes <= SHARED_BYTES_PER_BLOCK_SM90
     assert math.prod(SEED_A.weight_shape) == 64 * 3 * 3 * 5 * 7
+    # a ring of KH + 2 with 6 stages fits seed-a's rows only with tight blocks: its shape problem says so
+    assert "exceed" in WgradWgmmaTiles(6, 2, 8, False).shape_problem(SEED_A, SHAPE_A)
+    assert WgradWgmmaTiles(6, 2, 8, True).shape_problem(SEED_A, SHAPE_A) is None
+    assert "stages 2 to 8" in WgradWgmmaTiles(9).problem(SEED_A)

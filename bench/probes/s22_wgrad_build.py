@@ -1,0 +1,134 @@
+"""Session 22 probe: where seed-a's wgmma wgrad kernel (bf16) spends its rows, and the kernel with its Hankel blocks
+built by warps of their own. Built on s21_wgrad_wgmma.py (its edge shapes, references and diagnostics).
+
+    PYTHONPATH=. python3 bench/probes/s22_wgrad_build.py OUT_DIR [--ncu] [--only NAME,NAME]
+
+Correctness: each edge shape's kernel against torch's float64 autograd (NaN-poisoned outputs and workspace), and the
+seed-a kernels on 2 samples. Timing: median_ms (CUDA events, median, L2 flushed), in one process with the v21 mma pick.
+With --ncu, the named kernels run once each, untimed, for Nsight Compute."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conv3d_codegen.build import Target  # noqa: E402
+from conv3d_codegen.cache import KernelCache  # noqa: E402
+from conv3d_codegen.dispatch import Dispatcher  # noqa: E402
+from conv3d_codegen.kernel import launch_args  # noqa: E402
+from conv3d_codegen.measure import median_ms, random_inputs, relative_error, tolerance  # noqa: E402
+from conv3d_codegen.render_wgrad_mma import WgradMmaTiles, render_wgrad_mma  # noqa: E402
+from conv3d_codegen.render_wgrad_wgmma import WgradWgmmaTiles, render_wgrad_wgmma  # noqa: E402
+from s21_wgrad_wgmma import EDGES, SEED_A, edit, grads64, run  # noqa: E402
+
+# Run 1 timed v22's kernel with s21's diagnostics (VARIANTS "nostore", "product") and without the ring's mirror
+# ("nomirror"), on v22's template (git show d3c8274:templates/conv3d_wgrad_wgmma.cu.j2). Since run 2 the template has
+# builder warps; its diagnostics, each computing a wrong result:
+VARIANTS22 = {
+    "nobuild": [("      if (p < PLANES) {\n        const bool first", "      if (false) {\n        const bool first")],
+    "nomirror": [("          build_piece<0>(block, slot < KH - 1,", "          build_piece<0>(block, false,"),
+                 ("          build_piece<1>(block, slot < KH - 1,", "          build_piece<1>(block, false,")],
+    "nobias": [("      if constexpr (C::BIASED) wgmma_ss<8, 0>", "      if constexpr (false) wgmma_ss<8, 0>")],
+}
+# (run 3 timed "inflight2", two rows of a warpgroup in flight, a row's slot freed once the next row is issued; run 4 a
+# row's wait right after its issue; since run 5 the next row's waits come between.)
+
+
+# seed-a's configurations timed (stages, ring, raws, tight)
+PROBED = [(4, 1, 8, False), (6, 2, 8, True), (8, 1, 8, True), (4, 3, 8, True), (6, 2, 6, True)]
+DIAGNOSED = (6, 2, 8, True)
+
+
+def sources_for(edges: bool) -> dict:
+    """name -> Source: the edge shapes (default tiles, and tight K blocks), seed-a's kernel in each configuration,
+    diagnostics of one, the v21 pick."""
+    sources = {}
+    if edges:
+        for name, spec, shape in EDGES:
+            sources[name] = render_wgrad_wgmma(spec, WgradWgmmaTiles(), size=shape[2:])
+            sources[name + "-tight"] = render_wgrad_wgmma(spec, WgradWgmmaTiles(tight=True), size=shape[2:])
+    for config in PROBED:
+        tiles = WgradWgmmaTiles(*config)
+        sources[str(tiles)] = render_wgrad_wgmma(SEED_A.spec, tiles, size=SEED_A.input_shape[2:])
+    seed = sources[str(WgradWgmmaTiles(*DIAGNOSED))]
+    for v, edits in VARIANTS22.items():
+        body = seed.body
+        for old, new in edits:
+            body = edit(body, old, new)
+        sources[f"{seed.params['tiles']} {v}"] = seed.edited(v, body)
+    sources["mma (v21 pick)"] = render_wgrad_mma(SEED_A.spec, WgradMmaTiles(warps_n=8, nt=6, owc=64))
+    return sources
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    ncu = "--ncu" in sys.argv
+    only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
+    target = Target.for_device()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    dispatcher = Dispatcher(KernelCache(out / "cache"))
+    sources = sources_for(edges=not ncu)
+    if only:
+        sources = {k: v for k, v in sources.items() if k in only}
+    names = list(sources)
+    built = dispatcher.loader.load_many([sources[k] for k in names], target)
+    kernels = {}
+    for k, r in zip(names, built):
+        if isinstance(r, Exception):
+            print(f"BUILD {k}: {str(r)[:3000]}", flush=True)
+        else:
+            kernels[k] = r
+    results = {"edges": {}, "checks": {}, "times_ms": {}}
+    torch.manual_seed(22)
+    for name, spec, shape in [(n + t, s, sh) for n, s, sh in EDGES for t in ("", "-tight")]:
+        if name not in kernels:
+            continue
+        x, weight, bias = random_inputs(spec, shape)
+        grad_out = torch.randn((shape[0], spec.out_channels, *spec.output_size(*shape[2:])), dtype=x.dtype,
+                               device="cuda")
+        want_w, want_b = grads64(spec, x, weight, bias, grad_out)
+        for splits in (1, 7, sms):
+            got_w, got_b = run(kernels[name], spec, x, grad_out, splits)
+            torch.cuda.synchronize()
+            err_w = relative_error(got_w, want_w)
+            err_b = relative_error(got_b, want_b) if spec.bias else 0.0
+            ok = err_w <= tolerance(spec) and err_b <= tolerance(spec)
+            results["edges"][f"{name} splits={splits}"] = {"weight": err_w, "bias": err_b, "ok": ok}
+            print(f"{name:12s} splits={splits:3d} weight {err_w:.2e} bias {err_b:.2e} {'ok' if ok else 'FAIL'}",
+                  flush=True)
+    spec, shape = SEED_A.spec, SEED_A.input_shape
+    x, weight, bias = random_inputs(spec, shape)
+    grad_out = torch.randn((shape[0], spec.out_channels, *spec.output_size(*shape[2:])), dtype=x.dtype, device="cuda")
+    timed = [k for k in names if k in kernels and k.startswith(("wgmma", "mma"))]
+    if ncu:
+        for k in timed:
+            workspace = torch.empty(sms * (weight.numel() + spec.out_channels), device="cuda")
+            gw, gb = torch.empty_like(weight), torch.empty_like(bias)
+            kernels[k](x, grad_out, gb, gw, launch_args(spec, x.shape) | {"splits": sms,
+                                                                           "workspace": workspace.data_ptr()})
+        torch.cuda.synchronize()
+        return
+    ref_w, ref_b = grads64(spec, x[:2], weight, bias, grad_out[:2])
+    for k in timed:
+        if set(k.split()) & set(VARIANTS22):
+            continue
+        got_w, got_b = run(kernels[k], spec, x[:2], grad_out[:2], sms)
+        torch.cuda.synchronize()
+        ew, eb = relative_error(got_w, ref_w), relative_error(got_b, ref_b)
+        results["checks"][k] = {"weight": ew, "bias": eb, "ok": ew <= tolerance(spec) and eb <= tolerance(spec)}
+        print(f"{k}: check on 2 samples: weight {ew:.2e} bias {eb:.2e}", flush=True)
+    for k in timed + [k for k in timed if k.startswith("wgmma")]:  # the configurations twice, the second time last
+        workspace = torch.empty(sms * (weight.numel() + spec.out_channels), device="cuda")
+        gw, gb = torch.empty_like(weight), torch.empty_like(bias)
+        args = launch_args(spec, x.shape) | {"splits": sms, "workspace": workspace.data_ptr()}
+        ms = median_ms(lambda: kernels[k](x, grad_out, gb, gw, args), reps=50)
+        results["times_ms"].setdefault(k, []).append(ms)
+        print(f"{k}: {ms:.4f} ms", flush=True)
+    (out / "s22_wgrad_build.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
