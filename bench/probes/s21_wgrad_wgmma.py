@@ -83,6 +83,33 @@ def run(kernel, spec, x, grad_out, splits):
     return grad_w, grad_b
 
 
+def build_named(dispatcher, sources: dict, target) -> dict:
+    """name -> kernel for every source that builds; each failure printed."""
+    built = dispatcher.loader.load_many(list(sources.values()), target)
+    kernels = {}
+    for k, r in zip(sources, built):
+        if isinstance(r, Exception):
+            print(f"BUILD {k}: {str(r)[:3000]}", flush=True)
+        else:
+            kernels[k] = r
+    return kernels
+
+
+def check_edge(kernel, name, spec, shape, sms: int, results: dict) -> None:
+    """The kernel against float64 torch on fresh inputs of `shape`, with 1, 7 and `sms` splits, into results."""
+    x, weight, bias = random_inputs(spec, shape)
+    grad_out = torch.randn((shape[0], spec.out_channels, *spec.output_size(*shape[2:])), dtype=x.dtype, device="cuda")
+    want_w, want_b = grads64(spec, x, weight, bias, grad_out)
+    for splits in (1, 7, sms):
+        got_w, got_b = run(kernel, spec, x, grad_out, splits)
+        torch.cuda.synchronize()
+        err_w = relative_error(got_w, want_w)
+        err_b = relative_error(got_b, want_b) if spec.bias else 0.0
+        ok = err_w <= tolerance(spec) and err_b <= tolerance(spec)
+        results[f"{name} splits={splits}"] = {"weight": err_w, "bias": err_b, "ok": ok}
+        print(f"{name:12s} splits={splits:3d} weight {err_w:.2e} bias {err_b:.2e} {'ok' if ok else 'FAIL'}", flush=True)
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
@@ -104,31 +131,13 @@ def main() -> None:
         sources[f"wgmma {v}"] = seed.edited(v, body)
     sources["mma (v21 pick)"] = render_wgrad_mma(SEED_A.spec, WgradMmaTiles(warps_n=8, nt=6, owc=64))
     names = list(sources)
-    built = dispatcher.loader.load_many([sources[k] for k in names], target)
-    kernels = {}
-    for k, r in zip(names, built):
-        if isinstance(r, Exception):
-            print(f"BUILD {k}: {str(r)[:3000]}", flush=True)
-        else:
-            kernels[k] = r
+    kernels = build_named(dispatcher, sources, target)
     results = {"edges": {}, "times_ms": {}}
     torch.manual_seed(21)
     for name, spec, shape in EDGES:
         if name not in kernels or ncu:
             continue
-        x, weight, bias = random_inputs(spec, shape)
-        grad_out = torch.randn((shape[0], spec.out_channels, *spec.output_size(*shape[2:])), dtype=x.dtype,
-                               device="cuda")
-        want_w, want_b = grads64(spec, x, weight, bias, grad_out)
-        for splits in (1, 7, sms):
-            got_w, got_b = run(kernels[name], spec, x, grad_out, splits)
-            torch.cuda.synchronize()
-            err_w = relative_error(got_w, want_w)
-            err_b = relative_error(got_b, want_b) if spec.bias else 0.0
-            ok = err_w <= tolerance(spec) and err_b <= tolerance(spec)
-            results["edges"][f"{name} splits={splits}"] = {"weight": err_w, "bias": err_b, "ok": ok}
-            print(f"{name:12s} splits={splits:3d} weight {err_w:.2e} bias {err_b:.2e} {'ok' if ok else 'FAIL'}",
-                  flush=True)
+        check_edge(kernels[name], name, spec, shape, sms, results["edges"])
     spec, shape = SEED_A.spec, SEED_A.input_shape
     x, weight, bias = random_inputs(spec, shape)
     grad_out = torch.randn((shape[0], spec.out_channels, *spec.output_size(*shape[2:])), dtype=x.dtype, device="cuda")

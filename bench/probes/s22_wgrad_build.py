@@ -21,7 +21,7 @@ from conv3d_codegen.kernel import launch_args  # noqa: E402
 from conv3d_codegen.measure import median_ms, random_inputs, relative_error, tolerance  # noqa: E402
 from conv3d_codegen.render_wgrad_mma import WgradMmaTiles, render_wgrad_mma  # noqa: E402
 from conv3d_codegen.render_wgrad_wgmma import WgradWgmmaTiles, render_wgrad_wgmma  # noqa: E402
-from s21_wgrad_wgmma import EDGES, SEED_A, edit, grads64, run  # noqa: E402
+from s21_wgrad_wgmma import EDGES, SEED_A, build_named, check_edge, edit, grads64, run  # noqa: E402
 
 # Run 1 timed v22's kernel with s21's diagnostics (VARIANTS "nostore", "product") and without the ring's mirror
 # ("nomirror"), on v22's template (git show d3c8274:templates/conv3d_wgrad_wgmma.cu.j2). Since run 2 the template has
@@ -37,7 +37,7 @@ VARIANTS22 = {
                   "        wgmma_ss<8, 0>(c.bacc, a_desc(a + 32 * ks), b_desc(ones + ks * 256, 128, 1024));\n")],
 }
 # (run 3 timed "inflight2", two rows of a warpgroup in flight, a row's slot freed once the next row is issued; run 4 a
-# row's wait right after its issue; since run 5 the next row's waits come between.)
+# row's wait right after its issue, kept; run 5 the next row's waits before it, reverted.)
 
 
 # seed-a's configurations timed (stages, ring, raws, tight)
@@ -78,31 +78,13 @@ def main() -> None:
     if only:
         sources = {k: v for k, v in sources.items() if k in only}
     names = list(sources)
-    built = dispatcher.loader.load_many([sources[k] for k in names], target)
-    kernels = {}
-    for k, r in zip(names, built):
-        if isinstance(r, Exception):
-            print(f"BUILD {k}: {str(r)[:3000]}", flush=True)
-        else:
-            kernels[k] = r
+    kernels = build_named(dispatcher, sources, target)
     results = {"edges": {}, "checks": {}, "times_ms": {}}
     torch.manual_seed(22)
     for name, spec, shape in [(n + t, s, sh) for n, s, sh in EDGES for t in ("", "-tight")]:
         if name not in kernels:
             continue
-        x, weight, bias = random_inputs(spec, shape)
-        grad_out = torch.randn((shape[0], spec.out_channels, *spec.output_size(*shape[2:])), dtype=x.dtype,
-                               device="cuda")
-        want_w, want_b = grads64(spec, x, weight, bias, grad_out)
-        for splits in (1, 7, sms):
-            got_w, got_b = run(kernels[name], spec, x, grad_out, splits)
-            torch.cuda.synchronize()
-            err_w = relative_error(got_w, want_w)
-            err_b = relative_error(got_b, want_b) if spec.bias else 0.0
-            ok = err_w <= tolerance(spec) and err_b <= tolerance(spec)
-            results["edges"][f"{name} splits={splits}"] = {"weight": err_w, "bias": err_b, "ok": ok}
-            print(f"{name:12s} splits={splits:3d} weight {err_w:.2e} bias {err_b:.2e} {'ok' if ok else 'FAIL'}",
-                  flush=True)
+        check_edge(kernels[name], name, spec, shape, sms, results["edges"])
     spec, shape = SEED_A.spec, SEED_A.input_shape
     x, weight, bias = random_inputs(spec, shape)
     grad_out = torch.randn((shape[0], spec.out_channels, *spec.output_size(*shape[2:])), dtype=x.dtype, device="cuda")
