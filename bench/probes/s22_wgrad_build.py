@@ -45,19 +45,19 @@ PROBED = [(8, 1, 8, True), (6, 1, 8, True), (4, 1, 8, False)]
 DIAGNOSED = (8, 1, 8, True)
 
 
-def sources_for(edges: bool) -> dict:
-    """name -> Source: the edge shapes (default tiles, and tight K blocks), seed-a's kernel in each configuration,
-    diagnostics of one, the v21 pick."""
+def sources_for(edges: bool, probed=PROBED, diagnosed=DIAGNOSED, variants=VARIANTS22) -> dict:
+    """name -> Source: the edge shapes (default tiles, and tight K blocks), seed-a's kernel in each configuration
+    `probed`, `variants` (name -> edits of its source) of configuration `diagnosed`, the v21 pick."""
     sources = {}
     if edges:
         for name, spec, shape in EDGES:
             sources[name] = render_wgrad_wgmma(spec, WgradWgmmaTiles(), size=shape[2:])
             sources[name + "-tight"] = render_wgrad_wgmma(spec, WgradWgmmaTiles(tight=True), size=shape[2:])
-    for config in PROBED:
+    for config in probed:
         tiles = WgradWgmmaTiles(*config)
         sources[str(tiles)] = render_wgrad_wgmma(SEED_A.spec, tiles, size=SEED_A.input_shape[2:])
-    seed = sources[str(WgradWgmmaTiles(*DIAGNOSED))]
-    for v, edits in VARIANTS22.items():
+    seed = sources[str(WgradWgmmaTiles(*diagnosed))]
+    for v, edits in variants.items():
         body = seed.body
         for old, new in edits:
             body = edit(body, old, new)
@@ -66,7 +66,7 @@ def sources_for(edges: bool) -> dict:
     return sources
 
 
-def main() -> None:
+def main(probed=PROBED, diagnosed=DIAGNOSED, variants=VARIANTS22, json_name="s22_wgrad_build.json") -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     ncu = "--ncu" in sys.argv
@@ -74,7 +74,7 @@ def main() -> None:
     target = Target.for_device()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     dispatcher = Dispatcher(KernelCache(out / "cache"))
-    sources = sources_for(edges=not ncu)
+    sources = sources_for(not ncu, probed, diagnosed, variants)
     if only:
         sources = {k: v for k, v in sources.items() if k in only}
     names = list(sources)
@@ -99,7 +99,7 @@ def main() -> None:
         return
     ref_w, ref_b = grads64(spec, x[:2], weight, bias, grad_out[:2])
     for k in timed:
-        if set(k.split()) & set(VARIANTS22):
+        if set(k.split()) & set(variants):
             continue
         got_w, got_b = run(kernels[k], spec, x[:2], grad_out[:2], sms)
         torch.cuda.synchronize()
@@ -113,7 +113,7 @@ def main() -> None:
         ms = median_ms(lambda: kernels[k](x, grad_out, gb, gw, args), reps=50)
         results["times_ms"].setdefault(k, []).append(ms)
         print(f"{k}: {ms:.4f} ms", flush=True)
-    (out / "s22_wgrad_build.json").write_text(json.dumps(results, indent=1))
+    (out / json_name).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
