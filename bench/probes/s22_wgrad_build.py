@@ -45,14 +45,15 @@ PROBED = [(8, 1, 8, True), (6, 1, 8, True), (4, 1, 8, False)]
 DIAGNOSED = (8, 1, 8, True)
 
 
-def sources_for(edges: bool, probed=PROBED, diagnosed=DIAGNOSED, variants=VARIANTS22) -> dict:
-    """name -> Source: the edge shapes (default tiles, and tight K blocks), seed-a's kernel in each configuration
-    `probed`, `variants` (name -> edits of its source) of configuration `diagnosed`, the v21 pick."""
+def sources_for(edges: bool, probed=PROBED, diagnosed=DIAGNOSED, variants=VARIANTS22, edge_tiles=None) -> dict:
+    """name -> Source: the edge shapes (each in `edge_tiles`, suffix -> tiles, None: the template's default), seed-a's
+    kernel in each configuration `probed`, `variants` (name -> edits of its source) of configuration `diagnosed`, the
+    v21 pick. (Session 22's runs had default tiles and tight K blocks, "-tight", on the template of commit 58e18cd.)"""
     sources = {}
     if edges:
         for name, spec, shape in EDGES:
-            sources[name] = render_wgrad_wgmma(spec, WgradWgmmaTiles(), size=shape[2:])
-            sources[name + "-tight"] = render_wgrad_wgmma(spec, WgradWgmmaTiles(tight=True), size=shape[2:])
+            for suffix, tiles in (edge_tiles or {"": None}).items():
+                sources[name + suffix] = render_wgrad_wgmma(spec, tiles, size=shape[2:])
     for config in probed:
         tiles = WgradWgmmaTiles(*config)
         sources[str(tiles)] = render_wgrad_wgmma(SEED_A.spec, tiles, size=SEED_A.input_shape[2:])
@@ -66,7 +67,8 @@ def sources_for(edges: bool, probed=PROBED, diagnosed=DIAGNOSED, variants=VARIAN
     return sources
 
 
-def main(probed=PROBED, diagnosed=DIAGNOSED, variants=VARIANTS22, json_name="s22_wgrad_build.json") -> None:
+def main(probed=PROBED, diagnosed=DIAGNOSED, variants=VARIANTS22, json_name="s22_wgrad_build.json",
+         edge_tiles=None) -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     ncu = "--ncu" in sys.argv
@@ -74,14 +76,14 @@ def main(probed=PROBED, diagnosed=DIAGNOSED, variants=VARIANTS22, json_name="s22
     target = Target.for_device()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     dispatcher = Dispatcher(KernelCache(out / "cache"))
-    sources = sources_for(not ncu, probed, diagnosed, variants)
+    sources = sources_for(not ncu, probed, diagnosed, variants, edge_tiles)
     if only:
         sources = {k: v for k, v in sources.items() if k in only}
     names = list(sources)
     kernels = build_named(dispatcher, sources, target)
     results = {"edges": {}, "checks": {}, "times_ms": {}}
     torch.manual_seed(22)
-    for name, spec, shape in [(n + t, s, sh) for n, s, sh in EDGES for t in ("", "-tight")]:
+    for name, spec, shape in [(n + t, s, sh) for n, s, sh in EDGES for t in (edge_tiles or {"": None})]:
         if name not in kernels:
             continue
         check_edge(kernels[name], name, spec, shape, sms, results["edges"])
