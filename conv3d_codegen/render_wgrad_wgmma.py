@@ -12,9 +12,8 @@ spend more shared-memory reads per product (bench/NOTES.md, session 21).
   swizzled K-major layout. Position ow sits at K = ow + off (off = oh x WO mod 8); the columns
   outside the row are zeroed before the products.
 - B, an input row's Hankel block, is built once in shared memory for the KH grad_out rows that
-  read it, as a strip of 72 rows of 16 bytes (row t: the 8 elements from t - 7 - PW): K block b's
-  columns kw for a row starting off into its piece are rows 8 b + 7 - off + kw (LBO 128 bytes), so
-  one strip serves every off (bench/NOTES.md, sessions 21 and 23).
+  read it: 15 rows of 16 bytes per K block, so that the 8 rows from 7 - off on are the columns kw
+  for every off (bench/NOTES.md, session 21), or tight: only the rows the width's starts read.
 - Two warpgroups split the planes and only multiply; a ring of KH + 1 input rows per warpgroup, its
   first KH - 1 slots written again past its end, so that the window of a grad_out row is one wgmma
   per k16 step (two, where it wrapped, made ptxas serialize every wgmma).
@@ -42,19 +41,21 @@ WGRAD_WGMMA_TEMPLATE = "conv3d_wgrad_wgmma.cu.j2"
 
 ROW_POSITIONS = 64     # K of a grad_out row: four k16 steps; the row and its start into a 16-byte piece fit it
 STAGE_BYTES = 64 * 128  # a staged grad_out row: 64 channel rows (M) of 128 bytes
-STRIP_ROWS = 73        # 16-byte rows a plane's strip takes: rows 0 .. 71 (8 K blocks of 8 from row 7 - off, and their
-                       # 8 columns), and one more, so that 8 planes' strips start on distinct banks
+HANKEL_ROWS = 15       # rows of a K block of an input row's block: 8 columns for each start 0 .. 7 (odd: a warp's stores
+                       # of 8 K blocks on distinct banks). Seed-a's 13 (the rows its starts and KW read) made the products
+                       # 13% faster alone but the kernel 11% slower (0.533 against 0.480 ms; NOTES, session 21)
 ONES_BYTES = 8 * 128   # the bias's block of ones
 MAX_N = 256            # wgmma's N: a warpgroup's KH x planes x 8 columns
 MAX_ACCUMULATORS = 128  # a thread's: N / 2
 CONSUMER_REGISTERS = 168  # setmaxnreg's, for the two multiplying warpgroups and the other two (copies, zeroing,
 PRODUCER_REGISTERS = 88   # build): 2 x 128 x 168 + 2 x 128 x 88 = 65,536
 RAW_ROW_BYTES = 160    # a plane's copied input row: 80 elements from w = -8
-# the tuner's choices (stages, ring, raws, inflight): grad_out rows staged, input rows a ring holds past KH (how far the
-# builders may run ahead of the products; the fewer of its slots mirrored), input rows copied ahead of the builders,
-# rows in flight a warpgroup. The first two fit seed-a's 227 KB; the last, for more planes, fits where any ring does
-# (bench/NOTES.md, session 23)
-CONFIGS = ((4, 8, 8, 1), (6, 6, 8, 1), (4, 1, 8, 1))
+# the tuner's choices (stages, ring, raws, tight): grad_out rows staged, input rows a ring holds past KH (how far the
+# builders may run ahead of the products; the fewer of its slots mirrored), input rows copied ahead of the builders, K
+# blocks of only the rows the output width's starts read; each fits seed-a's 227 KB. Session 22 found rings of KH + 2
+# or 3 slower (0.48-0.52 ms against 0.39) while warp 9 zeroed by 16-bit stores; since it zeroes by pieces, KH + 3 with 4
+# stages is the fastest measured (0.358 against 0.370 for (8, KH + 1): bench/NOTES.md, session 23, run 5)
+CONFIGS = ((4, 3, 8, True), (8, 1, 8, True), (4, 1, 8, False))
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ class WgradWgmmaPlan:
     np1: int              # of warpgroup 1
     piece_ns: tuple[int, ...]  # the N of every wgmma the kernel issues
     ring: int             # input rows a warpgroup's ring holds (KH + tiles.ring)
-    strip_rows: int       # 16-byte rows of a plane's strip (odd)
+    rows_lo: int          # the first row of a K block the windows read: 7 - the largest start
+    hankel_rows: int      # rows of a K block from rows_lo (odd: a warp's stores of 8 K blocks on distinct banks)
     raws: int             # input rows copied ahead of the builders
     shared_bytes: int
     off_max: int          # the most a grad_out row starts into its 16-byte piece
@@ -78,11 +80,10 @@ class WgradWgmmaTiles:
 
     template: ClassVar[str] = WGRAD_WGMMA_TEMPLATE
 
-    stages: int = 4
-    ring: int = 8
+    stages: int = 8
+    ring: int = 1
     raws: int = 8
-    inflight: int = 1   # a multiplying warpgroup's rows in flight (2: a row's stage and slot handed back after the next
-                        # row is issued; an (n, od)'s last row drains)
+    tight: bool = True  # K blocks of only the rows the row's starts and KW read (else 15: every start)
     owc: ClassVar[int] = ROW_POSITIONS  # positions an item: a whole row (wgrad_splits counts items)
     blocks_per_sm: ClassVar[int] = 1
     threads: ClassVar[int] = 512
@@ -92,19 +93,25 @@ class WgradWgmmaTiles:
         return 1
 
     def problem(self, spec: ConvSpec) -> str | None:
-        if not (2 <= self.stages <= 8 and 1 <= self.ring <= 12 and 2 <= self.raws <= 8 and self.inflight in (1, 2)):
-            return (f"{self}: the wgmma wgrad template stages 2 to 8 grad_out rows, its ring holds 1 to 12 input rows "
-                    f"past the kernel's height, it copies 2 to 8 input rows ahead and keeps 1 or 2 rows in flight")
-        if (shared := plan(spec, self).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
+        if not (2 <= self.stages <= 8 and 1 <= self.ring <= 4 and 2 <= self.raws <= 8):
+            return (f"{self}: the wgmma wgrad template stages 2 to 8 grad_out rows, its ring holds 1 to 4 input rows "
+                    f"past the kernel's height and it copies 2 to 8 input rows ahead")
+        # tight K blocks hold as many rows as the output width needs: the least here, the width's in shape_problem
+        if (shared := plan(spec, self, 8 if self.tight else None).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
             return f"{shared} bytes of shared memory per block exceed {SHARED_BYTES_PER_BLOCK_SM90}"
         return None
 
     def shape_problem(self, spec: ConvSpec, input_shape: tuple[int, ...]) -> str | None:
-        return wgrad_wgmma_shape_problem(spec, input_shape)
+        if problem := wgrad_wgmma_shape_problem(spec, input_shape):
+            return problem
+        ow = spec.output_size(*input_shape[2:])[2]
+        if (shared := plan(spec, self, ow).shared_bytes) > SHARED_BYTES_PER_BLOCK_SM90:
+            return (f"{self}: {shared} bytes of shared memory per block for output rows {ow} wide exceed "
+                    f"{SHARED_BYTES_PER_BLOCK_SM90}")
+        return None
 
     def __str__(self) -> str:
-        return (f"wgmma stages={self.stages} ring=kh+{self.ring} raws={self.raws}"
-                + (f" inflight={self.inflight}" if self.inflight != 1 else ""))
+        return f"wgmma stages={self.stages} ring=kh+{self.ring} raws={self.raws}" + (" tight" if self.tight else "")
 
 
 def _planes(spec: ConvSpec) -> tuple[int, int]:
@@ -121,14 +128,14 @@ def plan(spec: ConvSpec, tiles: WgradWgmmaTiles, ow: int | None = None) -> Wgrad
     pieces = {kh * np * 8 for np in (np0, np1)} | ({8} if spec.bias else set())
     off_max = 7 if ow is None else (8 - math.gcd(ow, 8)) % 8
     ring = kh + tiles.ring
+    rows_lo, rows = (7 - off_max, (kw + off_max) | 1) if tiles.tight else (0, HANKEL_ROWS)
     raw_slot = -(-planes * RAW_ROW_BYTES // 128) * 128
-    # the ring and a copy of its first KH - 1 slots, each slot a strip of every plane (128-byte aligned after); the
-    # copied input rows; the mbarriers: FULL, READY, EMPTY a stage, RAW and RAW_EMPTY a copied row, BUILT and FREE a slot
-    rings = -(-(ring + kh - 1) * planes * STRIP_ROWS * 16 // 128) * 128
-    shared = (1024 + tiles.stages * STAGE_BYTES + rings + ONES_BYTES + tiles.raws * raw_slot
-              + 8 * (3 * tiles.stages + 2 * tiles.raws + 2 * ring))
-    return WgradWgmmaPlan(np0=np0, np1=np1, piece_ns=tuple(sorted(pieces)), ring=ring, strip_rows=STRIP_ROWS,
-                          raws=tiles.raws,
+    # the ring and a copy of its first KH - 1 slots, each slot an input row of every plane; the copied input rows; the
+    # mbarriers: FULL, READY, EMPTY a stage, RAW and RAW_EMPTY a copied row, BUILT and FREE a ring slot
+    shared = (1024 + tiles.stages * STAGE_BYTES + (ring + kh - 1) * planes * 8 * rows * 16 + ONES_BYTES
+              + tiles.raws * raw_slot + 8 * (3 * tiles.stages + 2 * tiles.raws + 2 * ring))
+    return WgradWgmmaPlan(np0=np0, np1=np1, piece_ns=tuple(sorted(pieces)), ring=ring, rows_lo=rows_lo,
+                          hankel_rows=rows, raws=tiles.raws,
                           shared_bytes=shared,
                           off_max=off_max, consumer_registers=CONSUMER_REGISTERS,
                           producer_registers=PRODUCER_REGISTERS)
@@ -185,8 +192,7 @@ def render_wgrad_wgmma(spec: ConvSpec, tiles: WgradWgmmaTiles | None = None, wid
     """The wgmma wgrad template for `spec` on inputs of `size` (the input's d, h, w; required). Its
     entry point takes what render_grad.render_wgrad's does. Offsets are 64-bit wherever they can be
     large, so `wide` does not change the source."""
-    tiles = serving_tiles(spec, tiles, "wgmma wgrad template", supports_wgrad_wgmma(spec),
-                          lambda _: wgrad_wgmma_candidates(spec)[0])
+    tiles = serving_tiles(spec, tiles, "wgmma wgrad template", supports_wgrad_wgmma(spec), lambda _: WgradWgmmaTiles())
     if size is None:
         raise ValueError("the wgmma wgrad template is built for one input size: pass size=(d, h, w)")
     sized = InputSize.of(spec, size)
