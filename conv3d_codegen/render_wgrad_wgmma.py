@@ -14,7 +14,7 @@ spend more shared-memory reads per product (bench/NOTES.md, session 21).
 - B, an input row's Hankel block, is built once in shared memory for the KH grad_out rows that
   read it: 15 rows of 16 bytes per K block, so that the 8 rows from 7 - off on are the columns kw
   for every off (bench/NOTES.md, session 21), or tight: only the rows the width's starts read.
-- Two warpgroups split the planes and only multiply; a ring of KH + 1 input rows per warpgroup, its
+- Two warpgroups split the planes and only multiply; a ring of KH + tiles.ring input rows per warpgroup, its
   first KH - 1 slots written again past its end, so that the window of a grad_out row is one wgmma
   per k16 step (two, where it wrapped, made ptxas serialize every wgmma).
 - Six builder warps build the blocks from input rows the copy engine brings, and hand each input

@@ -68,6 +68,15 @@ VARIANTS["product_lbo128"] = VARIANTS["product"] + [
      "wgmma_ss<KH * NP * 8, 0>(acc, da, b_desc(ring + ks * 256, 128, 1024));")]
 
 
+def add_variants(sources: dict, seed, variants: dict, label: str) -> None:
+    """sources[f"{label} {v}"]: `seed`'s source with each variant's edits (old -> new) applied."""
+    for v, edits in variants.items():
+        body = seed.body
+        for old, new in edits:
+            body = edit(body, old, new)
+        sources[f"{label} {v}"] = seed.edited(v, body)
+
+
 def grads64(spec, x, weight, bias, grad_out):
     x64, w64 = x.double(), weight.double().requires_grad_()
     b64 = bias.double().requires_grad_() if bias is not None else None
@@ -123,12 +132,7 @@ def main() -> None:
     for stages in (6, 4):
         sources[f"wgmma stages={stages}"] = render_wgrad_wgmma(SEED_A.spec, WgradWgmmaTiles(stages),
                                                                size=SEED_A.input_shape[2:])
-    seed = sources["wgmma stages=6"]
-    for v, edits in VARIANTS.items():
-        body = seed.body
-        for old, new in edits:
-            body = edit(body, old, new)
-        sources[f"wgmma {v}"] = seed.edited(v, body)
+    add_variants(sources, sources["wgmma stages=6"], VARIANTS, "wgmma")
     sources["mma (v21 pick)"] = render_wgrad_mma(SEED_A.spec, WgradMmaTiles(warps_n=8, nt=6, owc=64))
     names = list(sources)
     kernels = build_named(dispatcher, sources, target)

@@ -21,7 +21,7 @@ from conv3d_codegen.kernel import launch_args  # noqa: E402
 from conv3d_codegen.measure import median_ms, random_inputs, relative_error, tolerance  # noqa: E402
 from conv3d_codegen.render_wgrad_mma import WgradMmaTiles, render_wgrad_mma  # noqa: E402
 from conv3d_codegen.render_wgrad_wgmma import WgradWgmmaTiles, render_wgrad_wgmma  # noqa: E402
-from s21_wgrad_wgmma import EDGES, SEED_A, build_named, check_edge, edit, grads64, run  # noqa: E402
+from s21_wgrad_wgmma import EDGES, SEED_A, add_variants, build_named, check_edge, grads64, run  # noqa: E402
 
 # Run 1 timed v22's kernel with s21's diagnostics (VARIANTS "nostore", "product") and without the ring's mirror
 # ("nomirror"), on v22's template (git show d3c8274:templates/conv3d_wgrad_wgmma.cu.j2). Since run 2 the template has
@@ -43,32 +43,29 @@ VARIANTS22 = {
 # seed-a's configurations timed (stages, ring, raws, tight)
 PROBED = [(8, 1, 8, True), (6, 1, 8, True), (4, 1, 8, False)]
 DIAGNOSED = (8, 1, 8, True)
+EDGE_TILES = {"": None}  # the edge shapes' tiles by name suffix (None: the template's default)
 
 
-def sources_for(edges: bool, probed=PROBED, diagnosed=DIAGNOSED, variants=VARIANTS22, edge_tiles=None) -> dict:
+def sources_for(edges: bool, probed=PROBED, diagnosed=DIAGNOSED, variants=VARIANTS22, edge_tiles=EDGE_TILES) -> dict:
     """name -> Source: the edge shapes (each in `edge_tiles`, suffix -> tiles, None: the template's default), seed-a's
     kernel in each configuration `probed`, `variants` (name -> edits of its source) of configuration `diagnosed`, the
-    v21 pick. (Session 22's runs had default tiles and tight K blocks, "-tight", on the template of commit 58e18cd.)"""
+    v21 pick. (Session 22's runs had default tiles and tight K blocks, "-tight", on v23's template, commit 1676e9f.)"""
     sources = {}
     if edges:
         for name, spec, shape in EDGES:
-            for suffix, tiles in (edge_tiles or {"": None}).items():
+            for suffix, tiles in edge_tiles.items():
                 sources[name + suffix] = render_wgrad_wgmma(spec, tiles, size=shape[2:])
     for config in probed:
         tiles = WgradWgmmaTiles(*config)
         sources[str(tiles)] = render_wgrad_wgmma(SEED_A.spec, tiles, size=SEED_A.input_shape[2:])
     seed = sources[str(WgradWgmmaTiles(*diagnosed))]
-    for v, edits in variants.items():
-        body = seed.body
-        for old, new in edits:
-            body = edit(body, old, new)
-        sources[f"{seed.params['tiles']} {v}"] = seed.edited(v, body)
+    add_variants(sources, seed, variants, seed.params["tiles"])
     sources["mma (v21 pick)"] = render_wgrad_mma(SEED_A.spec, WgradMmaTiles(warps_n=8, nt=6, owc=64))
     return sources
 
 
 def main(probed=PROBED, diagnosed=DIAGNOSED, variants=VARIANTS22, json_name="s22_wgrad_build.json",
-         edge_tiles=None) -> None:
+         edge_tiles=EDGE_TILES) -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     ncu = "--ncu" in sys.argv
@@ -83,7 +80,7 @@ def main(probed=PROBED, diagnosed=DIAGNOSED, variants=VARIANTS22, json_name="s22
     kernels = build_named(dispatcher, sources, target)
     results = {"edges": {}, "checks": {}, "times_ms": {}}
     torch.manual_seed(22)
-    for name, spec, shape in [(n + t, s, sh) for n, s, sh in EDGES for t in (edge_tiles or {"": None})]:
+    for name, spec, shape in [(n + t, s, sh) for n, s, sh in EDGES for t in edge_tiles]:
         if name not in kernels:
             continue
         check_edge(kernels[name], name, spec, shape, sms, results["edges"])
