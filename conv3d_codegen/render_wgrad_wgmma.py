@@ -10,14 +10,13 @@ spend more shared-memory reads per product (bench/NOTES.md, session 21).
 - A, the grad_out row, comes by the bulk tensor copy engine: one box of 64 elements per channel
   from the 16-byte piece the row starts in, under its 128-byte swizzle. Position ow sits at K =
   ow + off (off = oh x WO mod 8). The multiplying warps load it into registers once a row
-  (ldmatrix) and zero the columns outside the row there.
+  (ldmatrix) and zero the columns outside the row there: the products take A from registers.
 - B, an input row's Hankel block, is built once in shared memory for the KH grad_out rows that
   read it: 15 rows of 16 bytes per K block, so that the 8 rows from 7 - off on are the columns kw
   for every off (bench/NOTES.md, session 21), or tight: only the rows the width's starts read.
-- Two warpgroups split the planes and only multiply; a ring of KH + tiles.ring input rows per
-  warpgroup. A grad_out row's window (KH slots, wrapping round the ring's end) is KH wgmmas a k16
-  step, one a slot, A from registers (v24's one wgmma over consecutive slots needed the ring's
-  first KH - 1 slots written again past its end: bench/NOTES.md, session 24).
+- Two warpgroups split the planes and only multiply; a ring of KH + tiles.ring input rows per warpgroup, its
+  first KH - 1 slots written again past its end, so that the window of a grad_out row is one wgmma
+  per k16 step (two, where it wrapped, made ptxas serialize every wgmma).
 - Six builder warps build the blocks from input rows the copy engine brings, and hand each input
   row over by an mbarrier; one warp copies grad_out's rows (bench/NOTES.md, session 22: the
   multiplying warps building in turn, and loading the input rows themselves, took 0.47 ms where
@@ -48,8 +47,8 @@ HANKEL_ROWS = 15       # rows of a K block of an input row's block: 8 columns fo
 ONES_BYTES = 8 * 128   # the bias's block of ones
 MAX_N = 256            # wgmma's N: a warpgroup's KH x planes x 8 columns
 MAX_ACCUMULATORS = 128  # a thread's: N / 2
-CONSUMER_REGISTERS = 168  # setmaxnreg's, for the two multiplying warpgroups (accumulators and two rows' A) and the
-PRODUCER_REGISTERS = 88   # other two (copies, build): 2 x 128 x 192 + 2 x 128 x 64 = 65,536
+CONSUMER_REGISTERS = 168  # setmaxnreg's, for the two multiplying warpgroups and the other two (copies, zeroing,
+PRODUCER_REGISTERS = 88   # build): 2 x 128 x 168 + 2 x 128 x 88 = 65,536
 RAW_ROW_BYTES = 160    # a plane's copied input row: 80 elements from w = -8
 # the tuner's choices (stages, ring, raws, tight): grad_out rows staged, input rows a ring holds past KH (how far the
 # builders may run ahead of the products; the fewer of its slots mirrored), input rows copied ahead of the builders, K
@@ -63,7 +62,7 @@ CONFIGS = ((4, 3, 8, True), (8, 1, 8, True), (4, 1, 8, False))
 class WgradWgmmaPlan:
     np0: int              # planes (ci, kd) of warpgroup 0
     np1: int              # of warpgroup 1
-    piece_ns: tuple[int, ...]  # the N of every wgmma the kernel issues: a slot's planes x 8, and 8 (the bias)
+    piece_ns: tuple[int, ...]  # the N of every wgmma the kernel issues: pieces of a window (at most 128), the bias's 8
     ring: int             # input rows a warpgroup's ring holds (KH + tiles.ring)
     rows_lo: int          # the first row of a K block the windows read: 7 - the largest start
     hankel_rows: int      # rows of a K block from rows_lo (odd: a warp's stores of 8 K blocks on distinct banks)
@@ -126,14 +125,16 @@ def plan(spec: ConvSpec, tiles: WgradWgmmaTiles, ow: int | None = None) -> Wgrad
     _, kh, kw = spec.kernel_size
     np0, np1 = _planes(spec)
     planes = np0 + np1
-    pieces = {np * 8 for np in (np0, np1)} | ({8} if spec.bias else set())
+    # a window's N columns in pieces of at most 128 (the template's Consumer::N0 and N1), and the bias's 8
+    pieces = {n for np in (np0, np1) for n in (min(kh * np * 8, 128), kh * np * 8 - 128) if n > 0}
+    pieces |= {8} if spec.bias else set()
     off_max = 7 if ow is None else (8 - math.gcd(ow, 8)) % 8
     ring = kh + tiles.ring
     rows_lo, rows = (7 - off_max, (kw + off_max) | 1) if tiles.tight else (0, HANKEL_ROWS)
     raw_slot = -(-planes * RAW_ROW_BYTES // 128) * 128
-    # the ring, each slot an input row of every plane; the copied input rows; the mbarriers: FULL and EMPTY a stage, RAW
-    # and RAW_EMPTY a copied row, BUILT and FREE a ring slot
-    shared = (1024 + tiles.stages * STAGE_BYTES + ring * planes * 8 * rows * 16 + ONES_BYTES
+    # the ring and a copy of its first KH - 1 slots, each slot an input row of every plane; the copied input rows; the
+    # mbarriers: FULL and EMPTY a stage, RAW and RAW_EMPTY a copied row, BUILT and FREE a ring slot
+    shared = (1024 + tiles.stages * STAGE_BYTES + (ring + kh - 1) * planes * 8 * rows * 16 + ONES_BYTES
               + tiles.raws * raw_slot + 8 * (2 * tiles.stages + 2 * tiles.raws + 2 * ring))
     return WgradWgmmaPlan(np0=np0, np1=np1, piece_ns=tuple(sorted(pieces)), ring=ring, rows_lo=rows_lo,
                           hankel_rows=rows, raws=tiles.raws,
@@ -208,8 +209,8 @@ def render_wgrad_wgmma(spec: ConvSpec, tiles: WgradWgmmaTiles | None = None, wid
     params = {
         "spec": spec.canonical_json(),
         "tiles": str(tiles),
-        "product": (f"per grad_out row: wgmma m64nNk16 x {kh} x 4, A from registers, B from shared memory; N = "
-                    f"{p.np0} and {p.np1} planes x 8 (kw {kw} of 8) for the two warpgroups"
+        "product": (f"per grad_out row: wgmma m64nNk16 x 4 (N over 128 in two), A from registers, B from shared memory; N = {kh} x "
+                    f"{p.np0} and {kh} x {p.np1} planes x 8 (kw {kw} of 8) for the two warpgroups"
                     + (", + 8 (the bias)" if spec.bias else "")),
         "shared": f"{p.shared_bytes} bytes per block",
         "input size": sized.param,

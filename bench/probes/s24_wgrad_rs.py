@@ -1,6 +1,7 @@
-"""Session 24 probe: seed-a's wgmma wgrad kernel (bf16) with A in registers (v25: ldmatrix once a row, the outside
-columns zeroed there, KH wgmmas a k16 step, no mirrored ring slots, no zeroing warp), in the tuner's configurations and
-others, and with its parts switched off one at a time. Runs s22_wgrad_build's checks and timings (edge shapes against
+"""Session 24 probe: seed-a's wgmma wgrad kernel (bf16) with A in registers (ldmatrix once a row, the outside columns
+zeroed there, no zeroing warp), in the tuner's configurations and others, and with its parts switched off one at a
+time. Runs 2-5 were on commit 4607da1's template (the window as KH wgmmas a k16 step, one a ring slot, no mirrored
+slots; with the configurations PROBED_KH), run 8 on this one (v26: one wgmma a k16 step over the mirrored ring, as v24). Runs s22_wgrad_build's checks and timings (edge shapes against
 float64, seed-a on 2 samples, median_ms) on these sources.
 
     PYTHONPATH=. python3 bench/probes/s24_wgrad_rs.py OUT_DIR [--ncu] [--only NAME,NAME]
@@ -18,10 +19,12 @@ from conv3d_codegen.render_wgrad_wgmma import WgradWgmmaTiles  # noqa: E402
 # diagnostics, each computing a wrong result: no bias product, no block stores, grad_out's rows copied only into the
 # first STAGES stages, and the products alone (none of these)
 VARIANTS24 = {"nobias": [("      if constexpr (C::BIASED) wgmma(c.bacc", "      if constexpr (false) wgmma(c.bacc")],
-              "nobuild": VARIANTS22["nobuild"], "notma": VARIANTS["notma"]}
+              "nobuild": VARIANTS22["nobuild"], "notma": VARIANTS["notma"], "nomirror": VARIANTS22["nomirror"]}
 VARIANTS24["product"] = VARIANTS24["nobuild"] + VARIANTS24["notma"] + VARIANTS24["nobias"]
-# (stages, ring, raws, tight): v24's tuner's three, and more stages or slots, which fit now that no slot is mirrored
-PROBED = [(4, 3, 8, True), (8, 1, 8, True), (4, 1, 8, False), (8, 3, 8, True), (6, 4, 8, True), (8, 2, 8, True)]
+# (stages, ring, raws, tight): v24's tuner's three and a ring of KH + 2 (run 8); runs 2-5 had more stages or slots, which
+# fitted with no slot mirrored
+PROBED = [(4, 3, 8, True), (8, 1, 8, True), (4, 1, 8, False), (6, 2, 8, True)]
+PROBED_KH = [(4, 3, 8, True), (8, 1, 8, True), (4, 1, 8, False), (8, 3, 8, True), (6, 4, 8, True), (8, 2, 8, True)]
 DIAGNOSED = (4, 3, 8, True)
 # the edge shapes with the template's default tiles, and with 4 stages of full K blocks
 EDGE_TILES = {"": None, "-full": WgradWgmmaTiles(4, 1, 8, False)}
