@@ -8,9 +8,9 @@ to 8) is large enough for warpgroup products, where the tensor-core template's m
 spend more shared-memory reads per product (bench/NOTES.md, session 21).
 
 - A, the grad_out row, comes by the bulk tensor copy engine: one box of 64 elements per channel
-  from the 16-byte piece the row starts in, under its 128-byte swizzle. Position ow sits at K =
-  ow + off (off = oh x WO mod 8). The multiplying warps load it into registers once a row
-  (ldmatrix) and zero the columns outside the row there: the products take A from registers.
+  from the 16-byte piece the row starts in, under its 128-byte swizzle, which is the wgmma's
+  swizzled K-major layout. Position ow sits at K = ow + off (off = oh x WO mod 8); the columns
+  outside the row are zeroed before the products.
 - B, an input row's Hankel block, is built once in shared memory for the KH grad_out rows that
   read it: 15 rows of 16 bytes per K block, so that the 8 rows from 7 - off on are the columns kw
   for every off (bench/NOTES.md, session 21), or tight: only the rows the width's starts read.
@@ -18,9 +18,9 @@ spend more shared-memory reads per product (bench/NOTES.md, session 21).
   first KH - 1 slots written again past its end, so that the window of a grad_out row is one wgmma
   per k16 step (two, where it wrapped, made ptxas serialize every wgmma).
 - Six builder warps build the blocks from input rows the copy engine brings, and hand each input
-  row over by an mbarrier; one warp copies grad_out's rows (bench/NOTES.md, session 22: the
-  multiplying warps building in turn, and loading the input rows themselves, took 0.47 ms where
-  they then took 0.39).
+  row over by an mbarrier; two warps copy and zero grad_out's rows (bench/NOTES.md, session 22:
+  the multiplying warps building in turn, and loading the input rows themselves, took 0.47 ms
+  where they now take 0.39).
 
 It serves bfloat16 and float16 on sm_90, NCDHW, groups 1, stride and dilation 1, padding along w
 at most 1, kernel width at most 8, output channels at most 64, KH x ceil(CI x KD / 2) x 8 <= 256
@@ -62,7 +62,7 @@ CONFIGS = ((4, 3, 8, True), (8, 1, 8, True), (4, 1, 8, False))
 class WgradWgmmaPlan:
     np0: int              # planes (ci, kd) of warpgroup 0
     np1: int              # of warpgroup 1
-    piece_ns: tuple[int, ...]  # the N of every wgmma the kernel issues: pieces of a window (at most 128), the bias's 8
+    piece_ns: tuple[int, ...]  # the N of every wgmma the kernel issues
     ring: int             # input rows a warpgroup's ring holds (KH + tiles.ring)
     rows_lo: int          # the first row of a K block the windows read: 7 - the largest start
     hankel_rows: int      # rows of a K block from rows_lo (odd: a warp's stores of 8 K blocks on distinct banks)
@@ -125,17 +125,15 @@ def plan(spec: ConvSpec, tiles: WgradWgmmaTiles, ow: int | None = None) -> Wgrad
     _, kh, kw = spec.kernel_size
     np0, np1 = _planes(spec)
     planes = np0 + np1
-    # a window's N columns in pieces of at most 128 (the template's Consumer::N0 and N1), and the bias's 8
-    pieces = {n for np in (np0, np1) for n in (min(kh * np * 8, 128), kh * np * 8 - 128) if n > 0}
-    pieces |= {8} if spec.bias else set()
+    pieces = {kh * np * 8 for np in (np0, np1)} | ({8} if spec.bias else set())
     off_max = 7 if ow is None else (8 - math.gcd(ow, 8)) % 8
     ring = kh + tiles.ring
     rows_lo, rows = (7 - off_max, (kw + off_max) | 1) if tiles.tight else (0, HANKEL_ROWS)
     raw_slot = -(-planes * RAW_ROW_BYTES // 128) * 128
     # the ring and a copy of its first KH - 1 slots, each slot an input row of every plane; the copied input rows; the
-    # mbarriers: FULL and EMPTY a stage, RAW and RAW_EMPTY a copied row, BUILT and FREE a ring slot
+    # mbarriers: FULL, READY, EMPTY a stage, RAW and RAW_EMPTY a copied row, BUILT and FREE a ring slot
     shared = (1024 + tiles.stages * STAGE_BYTES + (ring + kh - 1) * planes * 8 * rows * 16 + ONES_BYTES
-              + tiles.raws * raw_slot + 8 * (2 * tiles.stages + 2 * tiles.raws + 2 * ring))
+              + tiles.raws * raw_slot + 8 * (3 * tiles.stages + 2 * tiles.raws + 2 * ring))
     return WgradWgmmaPlan(np0=np0, np1=np1, piece_ns=tuple(sorted(pieces)), ring=ring, rows_lo=rows_lo,
                           hankel_rows=rows, raws=tiles.raws,
                           shared_bytes=shared,
@@ -209,8 +207,8 @@ def render_wgrad_wgmma(spec: ConvSpec, tiles: WgradWgmmaTiles | None = None, wid
     params = {
         "spec": spec.canonical_json(),
         "tiles": str(tiles),
-        "product": (f"per grad_out row: wgmma m64nNk16 x 4 (N over 128 in two), A from registers, B from shared memory; N = {kh} x "
-                    f"{p.np0} and {kh} x {p.np1} planes x 8 (kw {kw} of 8) for the two warpgroups"
+        "product": (f"per grad_out row: wgmma m64nNk16 x 4, A and B from shared memory; N = {kh} x {p.np0} and "
+                    f"{kh} x {p.np1} planes x 8 (kw {kw} of 8) for the two warpgroups"
                     + (", + 8 (the bias)" if spec.bias else "")),
         "shared": f"{p.shared_bytes} bytes per block",
         "input size": sized.param,

@@ -1,12 +1,14 @@
 """Session 24 probe: seed-a's wgmma wgrad kernel (bf16) with A in registers (ldmatrix once a row, the outside columns
 zeroed there, no zeroing warp), in the tuner's configurations and others, and with its parts switched off one at a
-time. Runs 2-5 were on commit 4607da1's template (the window as KH wgmmas a k16 step, one a ring slot, no mirrored
-slots; with the configurations PROBED_KH), run 8 on this one (v26: one wgmma a k16 step over the mirrored ring, as v24). Runs s22_wgrad_build's checks and timings (edge shapes against
-float64, seed-a on 2 samples, median_ms) on these sources.
+time. Runs s22_wgrad_build's checks and timings (edge shapes against float64, seed-a on 2 samples, median_ms).
 
     PYTHONPATH=. python3 bench/probes/s24_wgrad_rs.py OUT_DIR [--ncu] [--only NAME,NAME]
 
-s24_wgmma_split.py measured the products alone in each form first (bench/NOTES.md, session 24)."""
+Its templates are not the repository's (v24, A from shared memory, is): runs 2-5 were on commit 4607da1's (the window
+as KH wgmmas a k16 step, one a ring slot, no mirrored slots; configurations PROBED_KH, without "nomirror": it had no mirror),
+run 8 on commit 9c27e31's (v26: the window one wgmma over the mirrored ring, as v24, in pieces of at most 128 columns).
+Check out the template (and render_wgrad_wgmma.py, common.cuh.j2) of that commit to run it. s24_wgmma_split.py
+measured the products alone in each form first (bench/NOTES.md, session 24)."""
 import sys
 from pathlib import Path
 

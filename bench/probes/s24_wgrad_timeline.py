@@ -3,6 +3,10 @@ inserted into its source (a diagnostic build), whole and with its products alone
 
     PYTHONPATH=. python3 bench/probes/s24_wgrad_timeline.py OUT_DIR
 
+Its edits apply to commit 4607da1's template (A in registers, KH wgmmas a k16 step, the next row prepared during the
+products; run 6 of bench/NOTES.md, session 24), not to the repository's (v24): check that commit's template,
+render_wgrad_wgmma.py and common.cuh.j2 out to run it.
+
 Stamps, per grad_out row i of block 0 (the first 512) and multiplying warpgroup (its thread 0): the row's start (before
 wgmma.fence), its products issued (after the commit), the next row prepared (FULL, ldmatrix, masks), its products done
 (after the wait), the next row's BUILT waited for. Prints the medians of the intervals (cycles of the SM's clock)."""
