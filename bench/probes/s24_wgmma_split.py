@@ -53,7 +53,8 @@ template <int NA> __device__ __forceinline__ void keep(float (&d)[NA]) {
   for (int i = 0; i < NA; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
 }
 __device__ __forceinline__ uint64_t a_desc(uint32_t addr) {
-  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (1ull << 16) | (static_cast<uint64_t>(1024 >> 4) << 32) | (1ull << 62);
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (1ull << 16) | (static_cast<uint64_t>(1024 >> 4) << 32) |
+         (1ull << 62);
 }
 __device__ __forceinline__ uint64_t b_desc(uint32_t addr, int lbo, int sbo) {
   return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
@@ -179,5 +180,6 @@ if __name__ == "__main__":
     cu = out / "s24_wgmma_split.cu"
     cu.write_text(source())
     exe = out / "s24_wgmma_split"
-    subprocess.run(["nvcc", "-O3", "-std=c++17", "-gencode", "arch=compute_90a,code=sm_90a", "-Xptxas", "-v", "-o", str(exe), str(cu)], check=True)
+    subprocess.run(["nvcc", "-O3", "-std=c++17", "-gencode", "arch=compute_90a,code=sm_90a", "-Xptxas", "-v", "-o",
+                    str(exe), str(cu)], check=True)
     subprocess.run([str(exe)], check=True)

@@ -5,10 +5,10 @@ time. Runs s22_wgrad_build's checks and timings (edge shapes against float64, se
     PYTHONPATH=. python3 bench/probes/s24_wgrad_rs.py OUT_DIR [--ncu] [--only NAME,NAME]
 
 Its templates are not the repository's (v24, A from shared memory, is): runs 2-5 were on commit 4607da1's (the window
-as KH wgmmas a k16 step, one a ring slot, no mirrored slots; configurations PROBED_KH, without "nomirror": it had no mirror),
-run 8 on commit 9c27e31's (v26: the window one wgmma over the mirrored ring, as v24, in pieces of at most 128 columns).
-Check out the template (and render_wgrad_wgmma.py, common.cuh.j2) of that commit to run it. s24_wgmma_split.py
-measured the products alone in each form first (bench/NOTES.md, session 24)."""
+as KH wgmmas a k16 step, one a ring slot, no mirrored slots; configurations PROBED_KH, without "nomirror": it had no
+mirror), run 8 on commit 9c27e31's (v26: the window one wgmma over the mirrored ring, as v24, in pieces of at most
+128 columns). Check out the template (and render_wgrad_wgmma.py, common.cuh.j2) of that commit to run it.
+s24_wgmma_split.py measured the products alone in each form first (bench/NOTES.md, session 24)."""
 import sys
 from pathlib import Path
 
@@ -23,8 +23,8 @@ from conv3d_codegen.render_wgrad_wgmma import WgradWgmmaTiles  # noqa: E402
 VARIANTS24 = {"nobias": [("      if constexpr (C::BIASED) wgmma(c.bacc", "      if constexpr (false) wgmma(c.bacc")],
               "nobuild": VARIANTS22["nobuild"], "notma": VARIANTS["notma"], "nomirror": VARIANTS22["nomirror"]}
 VARIANTS24["product"] = VARIANTS24["nobuild"] + VARIANTS24["notma"] + VARIANTS24["nobias"]
-# (stages, ring, raws, tight): v24's tuner's three and a ring of KH + 2 (run 8); runs 2-5 had more stages or slots, which
-# fitted with no slot mirrored
+# (stages, ring, raws, tight): v24's tuner's three and a ring of KH + 2 (run 8); runs 2-5 had more stages or slots,
+# which fitted with no slot mirrored
 PROBED = [(4, 3, 8, True), (8, 1, 8, True), (4, 1, 8, False), (6, 2, 8, True)]
 PROBED_KH = [(4, 3, 8, True), (8, 1, 8, True), (4, 1, 8, False), (8, 3, 8, True), (6, 4, 8, True), (8, 2, 8, True)]
 DIAGNOSED = (4, 3, 8, True)

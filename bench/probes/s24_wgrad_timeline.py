@@ -35,11 +35,14 @@ EDITS = [
     ("using index_t = long long;\n", "using index_t = long long;\n__device__ long long* g_tl;\n" + STAMP),
     ("  float* part = partial + static_cast<index_t>(blockIdx.x) * (WEIGHTS + (BIAS ? CO : 0));\n",
      "  float* part = partial + static_cast<index_t>(blockIdx.x) * (WEIGHTS + (BIAS ? CO : 0));\n"
-     "  g_tl = reinterpret_cast<long long*>(partial + static_cast<index_t>(gridDim.x) * (WEIGHTS + (BIAS ? CO : 0)));\n"),
+     "  g_tl = reinterpret_cast<long long*>(partial + static_cast<index_t>(gridDim.x) * "
+     "(WEIGHTS + (BIAS ? CO : 0)));\n"),
     ("    wg_fence();\n#pragma unroll\n    for (int ks = 0; ks < 4; ++ks) {",
      "    TL(WG * 5, i, tw == 0);\n    wg_fence();\n#pragma unroll\n    for (int ks = 0; ks < 4; ++ks) {"),
-    ("    wg_commit();\n    RowPlace next = row;", "    wg_commit();\n    TL(WG * 5 + 1, i, tw == 0);\n    RowPlace next = row;"),
-    ("      prepare(next, an, bn);\n    }\n", "      prepare(next, an, bn);\n      TL(WG * 5 + 2, i, tw == 0);\n    }\n"),
+    ("    wg_commit();\n    RowPlace next = row;",
+     "    wg_commit();\n    TL(WG * 5 + 1, i, tw == 0);\n    RowPlace next = row;"),
+    ("      prepare(next, an, bn);\n    }\n",
+     "      prepare(next, an, bn);\n      TL(WG * 5 + 2, i, tw == 0);\n    }\n"),
     ("    wg_wait<0>();\n    if (lane == 0) {\n      mbar_arrive(empty",
      "    wg_wait<0>();\n    TL(WG * 5 + 3, i, tw == 0);\n    if (lane == 0) {\n      mbar_arrive(empty"),
     ("      wait_built(row);\n    }\n  }\n", "      wait_built(row);\n      TL(WG * 5 + 4, i, tw == 0);\n    }\n  }\n"),
