@@ -131,10 +131,9 @@ def plan(spec: ConvSpec, tiles: WgradWgmmaTiles, ow: int | None = None) -> Wgrad
     rows_lo, rows = (7 - off_max, (kw + off_max) | 1) if tiles.tight else (0, HANKEL_ROWS)
     raw_slot = -(-planes * RAW_ROW_BYTES // 128) * 128
     # the ring and a copy of its first KH - 1 slots, each slot an input row of every plane; the copied input rows; the
-    # mbarriers: FULL, READY, EMPTY a stage, RAW and RAW_EMPTY a copied row, BUILT and FREE a ring slot, MIRRORED and a
-    # counter (8 bytes) a mirrored slot
+    # mbarriers: FULL, READY, EMPTY a stage, RAW and RAW_EMPTY a copied row, BUILT and FREE a ring slot
     shared = (1024 + tiles.stages * STAGE_BYTES + (ring + kh - 1) * planes * 8 * rows * 16 + ONES_BYTES
-              + tiles.raws * raw_slot + 8 * (3 * tiles.stages + 2 * tiles.raws + 2 * ring) + 16 * (kh - 1))
+              + tiles.raws * raw_slot + 8 * (3 * tiles.stages + 2 * tiles.raws + 2 * ring))
     return WgradWgmmaPlan(np0=np0, np1=np1, piece_ns=tuple(sorted(pieces)), ring=ring, rows_lo=rows_lo,
                           hankel_rows=rows, raws=tiles.raws,
                           shared_bytes=shared,
