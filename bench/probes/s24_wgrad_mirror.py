@@ -3,7 +3,10 @@ copy engine (shared memory to shared memory) where the builders stored them twic
 others, and with its parts switched off one at a time. Runs s22_wgrad_build's checks and timings (edge shapes against
 float64, seed-a on 2 samples, median_ms) on these sources.
 
-    PYTHONPATH=. python3 bench/probes/s24_wgrad_mirror.py OUT_DIR [--ncu] [--only NAME,NAME]"""
+    PYTHONPATH=. python3 bench/probes/s24_wgrad_mirror.py OUT_DIR [--ncu] [--only NAME,NAME]
+
+Its template is commit f2472c1's (runs 9-10 of bench/NOTES.md, session 24), not the repository's (v24): check that
+commit's template and render_wgrad_wgmma.py out to run it."""
 import sys
 from pathlib import Path
 
