@@ -124,7 +124,10 @@ def wgrad_splits(spec: ConvSpec, tiles: AnyWgradTiles, x: torch.Tensor, out_size
     items = x.shape[0] * od * oh * -(-ow // tiles.owc)
     column = tiles.split_blocks(spec)
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-    return max(1, min(items, -(-tiles.blocks_per_sm * sms // column)))
+    splits = max(1, min(items, -(-tiles.blocks_per_sm * sms // column)))
+    if isinstance(tiles, WgradWgmmaTiles):  # tf32 bounds the rows a block sums
+        splits = max(splits, tiles.min_splits(spec, x.shape[0] * od * oh))
+    return splits
 
 
 def wgrad_tile_candidates(spec: ConvSpec, input_shape: tuple[int, ...], arch: str | None = None) -> list[AnyWgradTiles]:

@@ -22,7 +22,12 @@ spend more shared-memory reads per product (bench/NOTES.md, session 21).
   the multiplying warps building in turn, and loading the input rows themselves, took 0.47 ms
   where they now take 0.39).
 
-It serves bfloat16 and float16 on sm_90, NCDHW, groups 1, stride and dilation 1, padding along w
+float32 with precision 'tf32' takes the same form in k8 steps (bench/NOTES.md, session 24): a grad_out row is two
+copies of 32 positions, and B an input row's strip (row t: the 4 elements from t - 7 - PW; K blocks of 4 positions 4
+rows apart, LBO 64), built rounded to tf32; grad_out's low 13 bits are dropped by the tensor cores, or rounded first
+by the zeroing warp (TF32_ROUND_A).
+
+It serves bfloat16, float16 and tf32 on sm_90, NCDHW, groups 1, stride and dilation 1, padding along w
 at most 1, kernel width at most 8, output channels at most 64, KH x ceil(CI x KD / 2) x 8 <= 256
 columns a warpgroup; built for one input size with the input width a multiple of 8 and each
 grad_out plane a multiple of 16 bytes (wgrad_wgmma_shape_problem).
@@ -44,7 +49,12 @@ STAGE_BYTES = 64 * 128  # a staged grad_out row: 64 channel rows (M) of 128 byte
 HANKEL_ROWS = 15       # rows of a K block of an input row's block: 8 columns for each start 0 .. 7 (odd: a warp's stores
                        # of 8 K blocks on distinct banks). Seed-a's 13 (the rows its starts and KW read) made the products
                        # 13% faster alone but the kernel 11% slower (0.533 against 0.480 ms; NOTES, session 21)
-ONES_BYTES = 8 * 128   # the bias's block of ones
+ONES_BYTES = 8 * 128   # the bias's block of ones (16 x 128 in tf32: K blocks of 4 positions)
+TF32_STRIP_ROWS = 75   # rows of an input row's strip in tf32 (every start; odd: 8 planes' strips on distinct banks)
+TF32_ROUND_A = False   # tf32: grad_out rounded to tf32 by the zeroing warp (else the tensor cores drop its low 13 bits;
+                       # rounding took seed-a from 0.58 to 0.92 ms for 1.7e-4 less error: bench/NOTES.md, session 24)
+TF32_MAX_ROWS = 1024   # tf32: grad_out rows one block sums at most (its tensor-core sums drop low bits as they grow:
+                       # seed-a 5.1e-4 at 451 rows a block, 6.8e-4 at 1,804, 1.45e-3 at 7,440; the bar 1e-3)
 MAX_N = 256            # wgmma's N: a warpgroup's KH x planes x 8 columns
 MAX_ACCUMULATORS = 128  # a thread's: N / 2
 CONSUMER_REGISTERS = 168  # setmaxnreg's, for the two multiplying warpgroups and the other two (copies, zeroing,
@@ -69,6 +79,8 @@ class WgradWgmmaPlan:
     raws: int             # input rows copied ahead of the builders
     shared_bytes: int
     off_max: int          # the most a grad_out row starts into its 16-byte piece
+    round_a: bool         # tf32: grad_out rounded to tf32 by the zeroing warp
+    max_rows: int         # tf32: grad_out rows a block sums at most (the launcher refuses fewer splits)
     consumer_registers: int
     producer_registers: int
 
@@ -91,6 +103,10 @@ class WgradWgmmaTiles:
     def split_blocks(self, spec: ConvSpec) -> int:
         """Blocks one split of the reduction takes: one (a block owns all of N and M)."""
         return 1
+
+    def min_splits(self, spec: ConvSpec, rows: int) -> int:
+        """The fewest splits of `rows` grad_out rows the kernel takes: in tf32, TF32_MAX_ROWS a block."""
+        return -(-rows // TF32_MAX_ROWS) if spec.dtype == "float32" else 1
 
     def problem(self, spec: ConvSpec) -> str | None:
         if not (2 <= self.stages <= 8 and 1 <= self.ring <= 4 and 2 <= self.raws <= 8):
@@ -119,6 +135,11 @@ def _planes(spec: ConvSpec) -> tuple[int, int]:
     return -(-planes // 2), planes // 2
 
 
+def _per_piece(spec: ConvSpec) -> int:
+    """Elements a 16-byte piece: 4 in float32 (tf32), 8 in 16 bits."""
+    return 4 if spec.dtype == "float32" else 8
+
+
 def plan(spec: ConvSpec, tiles: WgradWgmmaTiles, ow: int | None = None) -> WgradWgmmaPlan:
     """The layout for output rows `ow` wide (their start into a 16-byte piece; None: any width, the
     largest start)."""
@@ -126,26 +147,35 @@ def plan(spec: ConvSpec, tiles: WgradWgmmaTiles, ow: int | None = None) -> Wgrad
     np0, np1 = _planes(spec)
     planes = np0 + np1
     pieces = {kh * np * 8 for np in (np0, np1)} | ({8} if spec.bias else set())
-    off_max = 7 if ow is None else (8 - math.gcd(ow, 8)) % 8
+    epp = _per_piece(spec)
+    off_max = epp - 1 if ow is None else (epp - math.gcd(ow, epp)) % epp
     ring = kh + tiles.ring
-    rows_lo, rows = (7 - off_max, (kw + off_max) | 1) if tiles.tight else (0, HANKEL_ROWS)
-    raw_slot = -(-planes * RAW_ROW_BYTES // 128) * 128
+    if epp == 4:  # a strip an input row and plane: rows 7 - start .. 66 + kw (the 16th K block's last column)
+        rows_lo, rows = (7 - off_max, (60 + kw + off_max) | 1) if tiles.tight else (0, TF32_STRIP_ROWS)
+        plane_bytes, stage_bytes, ones_bytes = rows * 16, 2 * STAGE_BYTES, 2 * ONES_BYTES
+    else:
+        rows_lo, rows = (7 - off_max, (kw + off_max) | 1) if tiles.tight else (0, HANKEL_ROWS)
+        plane_bytes, stage_bytes, ones_bytes = 8 * rows * 16, STAGE_BYTES, ONES_BYTES
+    raw_slot = -(-planes * RAW_ROW_BYTES * 8 // epp // 128) * 128  # 80 elements a plane: 160 bytes, 320 in float32
     # the ring and a copy of its first KH - 1 slots, each slot an input row of every plane; the copied input rows; the
     # mbarriers: FULL, READY, EMPTY a stage, RAW and RAW_EMPTY a copied row, BUILT and FREE a ring slot
-    shared = (1024 + tiles.stages * STAGE_BYTES + (ring + kh - 1) * planes * 8 * rows * 16 + ONES_BYTES
+    rings = sum(-(-(ring + kh - 1) * np * plane_bytes // 128) * 128 for np in (np0, np1))  # each 128-byte aligned
+    shared = (1024 + tiles.stages * stage_bytes + rings + ones_bytes
               + tiles.raws * raw_slot + 8 * (3 * tiles.stages + 2 * tiles.raws + 2 * ring))
     return WgradWgmmaPlan(np0=np0, np1=np1, piece_ns=tuple(sorted(pieces)), ring=ring, rows_lo=rows_lo,
                           hankel_rows=rows, raws=tiles.raws,
                           shared_bytes=shared,
-                          off_max=off_max, consumer_registers=CONSUMER_REGISTERS,
+                          off_max=off_max, round_a=TF32_ROUND_A, max_rows=TF32_MAX_ROWS,
+                          consumer_registers=CONSUMER_REGISTERS,
                           producer_registers=PRODUCER_REGISTERS)
 
 
 def supports_wgrad_wgmma(spec: ConvSpec) -> str | None:
     """None if the wgmma wgrad template serves `spec` (on an sm_90 GPU); otherwise why not."""
     kd, kh, kw = spec.kernel_size
-    if spec.dtype not in ("bfloat16", "float16"):
-        return f"dtype {spec.dtype}: the wgmma wgrad template multiplies bfloat16 or float16"
+    if spec.dtype not in ("bfloat16", "float16") and (spec.dtype, spec.precision) != ("float32", "tf32"):
+        return (f"dtype {spec.dtype} with precision={spec.precision!r}: the wgmma wgrad template multiplies bfloat16, "
+                f"float16 or float32 as tf32 (precision='tf32')")
     if spec.layout != "ncdhw":
         return f"layout {spec.layout!r}: the wgmma wgrad template reads contiguous NCDHW only"
     if spec.groups != 1:
@@ -169,18 +199,24 @@ def supports_wgrad_wgmma(spec: ConvSpec) -> str | None:
 
 def wgrad_wgmma_shape_problem(spec: ConvSpec, input_shape: tuple[int, ...]) -> str | None:
     """Why the template cannot run on inputs of `input_shape`, or None: the input's rows are read in
-    16-byte pieces (width a multiple of 8), grad_out through the copy engine (a plane a multiple of 16
-    bytes), and a grad_out row with its start into a 16-byte piece fits 64 positions."""
+    16-byte pieces (width a multiple of 8, 4 in float32), grad_out through the copy engine (a plane a
+    multiple of 16 bytes), and a grad_out row with its start into a 16-byte piece fits 64 positions."""
     _, _, d, h, w = input_shape
     _, oh, ow = spec.output_size(d, h, w)
-    if w % 8:
-        return f"input width {w}: the wgmma wgrad template needs a multiple of 8"
-    if (oh * ow) % 8:
-        return f"output planes of {oh}x{ow}: the wgmma wgrad template needs oh x ow a multiple of 8"
-    if ow + (start := (8 - math.gcd(ow, 8)) % 8) > ROW_POSITIONS:
+    epp = _per_piece(spec)
+    if w % epp:
+        return f"input width {w}: the wgmma wgrad template needs a multiple of {epp} in {spec.dtype}"
+    if (oh * ow) % epp:
+        return f"output planes of {oh}x{ow}: the wgmma wgrad template needs oh x ow a multiple of {epp} in {spec.dtype}"
+    if ow + (start := (epp - math.gcd(ow, epp)) % epp) > ROW_POSITIONS:
         return (f"output width {ow}: the wgmma wgrad template takes rows of {ROW_POSITIONS} positions, which a row "
                 f"starting {start} elements in does not fit")
     return None
+
+
+def _default_tiles(spec: ConvSpec) -> WgradWgmmaTiles:
+    """WgradWgmmaTiles() where it fits (16 bits), else the tuner's first that does (tf32: (8, KH + 1) does not)."""
+    return WgradWgmmaTiles() if WgradWgmmaTiles().problem(spec) is None else wgrad_wgmma_candidates(spec)[0]
 
 
 def wgrad_wgmma_candidates(spec: ConvSpec) -> list[WgradWgmmaTiles]:
@@ -192,7 +228,7 @@ def render_wgrad_wgmma(spec: ConvSpec, tiles: WgradWgmmaTiles | None = None, wid
     """The wgmma wgrad template for `spec` on inputs of `size` (the input's d, h, w; required). Its
     entry point takes what render_grad.render_wgrad's does. Offsets are 64-bit wherever they can be
     large, so `wide` does not change the source."""
-    tiles = serving_tiles(spec, tiles, "wgmma wgrad template", supports_wgrad_wgmma(spec), lambda _: WgradWgmmaTiles())
+    tiles = serving_tiles(spec, tiles, "wgmma wgrad template", supports_wgrad_wgmma(spec), _default_tiles)
     if size is None:
         raise ValueError("the wgmma wgrad template is built for one input size: pass size=(d, h, w)")
     sized = InputSize.of(spec, size)
@@ -207,7 +243,8 @@ def render_wgrad_wgmma(spec: ConvSpec, tiles: WgradWgmmaTiles | None = None, wid
     params = {
         "spec": spec.canonical_json(),
         "tiles": str(tiles),
-        "product": (f"per grad_out row: wgmma m64nNk16 x 4, A and B from shared memory; N = {kh} x {p.np0} and "
+        "product": (f"per grad_out row: wgmma m64nN" + ("k8 x 8 (tf32)" if spec.dtype == "float32" else "k16 x 4")
+                    + f", A and B from shared memory; N = {kh} x {p.np0} and "
                     f"{kh} x {p.np1} planes x 8 (kw {kw} of 8) for the two warpgroups"
                     + (", + 8 (the bias)" if spec.bias else "")),
         "shared": f"{p.shared_bytes} bytes per block",

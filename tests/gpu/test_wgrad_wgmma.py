@@ -3,7 +3,8 @@ inputs, with the workspace and the outputs poisoned (NaN) before each run, so an
 shows: seed-a's bfloat16 on two samples with tight and full K blocks, and edge specs (padding along w, also with a ring
 of KH + 2, 3x3x3 with 12 input planes, output rows starting 1 to 7 elements into a 16-byte piece with an 8-wide kernel
 in float16 without bias, KH = 7 with N = 168), each with 1, 7 and as many splits as SMs (ranges that start and end
-inside an (n, od)). Then the same
+inside an (n, od)); the same in tf32 (float32, precision 'tf32') with at least the splits tf32 needs, and the
+launcher refusing fewer. Then the same
 result on every run, an empty batch, and the public path: weight_grad through the tuner on seed-a's shape, whose
 record names this template where it wins. Skipped, and says so, on GPUs other than compute capability 9.0."""
 import pytest
@@ -25,6 +26,12 @@ pytestmark = pytest.mark.skipif(
 
 SEED_A = WORKLOADS["seed-a"].spec.model_copy(update={"dtype": "bfloat16"})
 T = WgradWgmmaTiles
+
+
+def tf32(text: str) -> ConvSpec:
+    return ConvSpec.from_text(text + " --dtype float32 --precision tf32")
+
+
 CASES = {  # name: (spec, input shape, tiles)
     "seed-a-2": (SEED_A, (2, 3, 64, 64, 64), T()),
     "seed-a-2-full-blocks": (SEED_A, (2, 3, 64, 64, 64), T(4, 1, 8, False)),
@@ -36,6 +43,11 @@ CASES = {  # name: (spec, input shape, tiles)
     "odd-starts-float16": (ConvSpec.from_text("2x3x8 --cin 2 --cout 24 --dtype float16 --no-bias"), (3, 2, 5, 10, 64),
                            T(4, 1, 8, False)),
     "kh7": (ConvSpec.from_text("3x7x7 --cin 2 --cout 32 --padding 1x0x0 --dtype bfloat16"), (2, 2, 5, 14, 64), T()),
+    "seed-a-2-tf32": (tf32("3x5x7 --cin 3 --cout 64"), (2, 3, 64, 64, 64), T(4, 3, 8, True)),
+    "seed-a-2-tf32-full": (tf32("3x5x7 --cin 3 --cout 64"), (2, 3, 64, 64, 64), T(4, 1, 8, False)),
+    "pad-w1-tf32": (tf32("3x5x7 --cin 2 --cout 16 --padding 1x2x1"), (2, 2, 6, 20, 48), T(4, 1, 8, True)),
+    "odd-starts-tf32": (tf32("2x3x8 --cin 2 --cout 24 --no-bias"), (3, 2, 5, 10, 64), T(4, 1, 8, False)),
+    "kh7-tf32": (tf32("3x7x7 --cin 2 --cout 32 --padding 1x0x0"), (2, 2, 5, 14, 64), T(4, 1, 8, True)),
 }
 
 
@@ -81,16 +93,28 @@ def test_matches_torch(kernels, name, splits):
     kernel = kernels[name]
     if isinstance(kernel, Exception):
         raise kernel
-    spec = CASES[name][0]
+    spec, shape, tiles = CASES[name]
     x, grad_out, want_w, want_b = inputs_and_reference(name)
     if splits == "sms":
         splits = torch.cuda.get_device_properties(0).multi_processor_count
+    od, oh, _ = spec.output_size(*shape[2:])
+    splits = max(splits, tiles.min_splits(spec, shape[0] * od * oh))  # tf32: at most TF32_MAX_ROWS rows a block
     grad_w, grad_b = run(kernel, spec, x, grad_out, splits)
     err = relative_error(grad_w, want_w)
     assert err <= tolerance(spec), f"grad of the weight: relative error {err:.2e} over {tolerance(spec):.0e} (NaN: unwritten)"
     if spec.bias:
         err = relative_error(grad_b, want_b)
         assert err <= tolerance(spec), f"grad of the bias: relative error {err:.2e} over {tolerance(spec):.0e}"
+
+
+def test_tf32_refuses_fewer_splits_than_it_needs(kernels):
+    """seed-a's 2 samples are 7,440 grad_out rows: one block would sum them all (1.45e-3 off, the bar 1e-3), so the
+    launcher refuses fewer than 8 splits (at most TF32_MAX_ROWS = 1,024 rows a block)."""
+    spec, shape, tiles = CASES["seed-a-2-tf32"]
+    x, grad_out, _, _ = inputs_and_reference("seed-a-2-tf32")
+    assert tiles.min_splits(spec, 2 * 62 * 60) == 8
+    with pytest.raises(RuntimeError, match="invalid argument"):
+        run(kernels["seed-a-2-tf32"], spec, x, grad_out, 7)
 
 
 def test_the_result_is_the_same_on_every_run(kernels):

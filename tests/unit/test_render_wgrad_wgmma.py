@@ -1,7 +1,8 @@
-"""The wgmma wgrad template (seed-a's weight gradient in 16-bit types): what it serves and on which inputs,
-where the tuner offers it, the layout of its Hankel blocks (checked element by element against the
-input each product column must read), and nvcc compiling it alone for sm_90 (built as sm_90a) without
-spills or serialized wgmmas, and refusing sm_80 (no GPU, no torch headers)."""
+"""The wgmma wgrad template (seed-a's weight gradient in 16-bit types and tf32): what it serves and on
+which inputs, where the tuner offers it, the layout of its Hankel blocks and tf32 strips (checked
+element by element against the input each product column must read), the splits tf32 needs, and nvcc
+compiling it alone for sm_90 (built as sm_90a) without spills or serialized wgmmas, and refusing
+sm_80 (no GPU, no torch headers)."""
 import math
 
 import pytest
@@ -10,14 +11,16 @@ from conv3d_codegen import backward
 from conv3d_codegen.build import KernelBuildError, compile_cubin
 from conv3d_codegen.render import SHARED_BYTES_PER_BLOCK_SM90
 from conv3d_codegen.render_wgrad_mma import WgradMmaTiles
-from conv3d_codegen.render_wgrad_wgmma import (CONFIGS, HANKEL_ROWS, WgradWgmmaTiles, plan, render_wgrad_wgmma,
-                                               supports_wgrad_wgmma, wgrad_wgmma_candidates, wgrad_wgmma_shape_problem)
+from conv3d_codegen.render_wgrad_wgmma import (CONFIGS, HANKEL_ROWS, TF32_MAX_ROWS, TF32_STRIP_ROWS, WgradWgmmaTiles,
+                                               plan, render_wgrad_wgmma, supports_wgrad_wgmma, wgrad_wgmma_candidates,
+                                               wgrad_wgmma_shape_problem)
 from conv3d_codegen.spec import ConvSpec
 from conv3d_codegen.workloads import WORKLOADS
 
 from .cubins import SM80, SM90, compile_all
 
 SEED_A = WORKLOADS["seed-a"].spec.model_copy(update={"dtype": "bfloat16"})
+SEED_A_TF32 = WORKLOADS["seed-a"].spec.model_copy(update={"dtype": "float32", "precision": "tf32"})
 SHAPE_A = (16, 3, 64, 64, 64)
 # the GPU test's edge shapes (tests/gpu/test_wgrad_wgmma.py)
 EDGES = [
@@ -26,12 +29,14 @@ EDGES = [
     (ConvSpec.from_text("2x3x8 --cin 2 --cout 24 --dtype float16 --no-bias"), (3, 2, 5, 10, 64)),
     (ConvSpec.from_text("3x7x7 --cin 2 --cout 32 --padding 1x0x0 --dtype bfloat16"), (2, 2, 5, 14, 64)),
 ]
+TF32_EDGES = [(spec.model_copy(update={"dtype": "float32", "precision": "tf32"}), shape) for spec, shape in EDGES]
 
 
 @pytest.mark.parametrize("text, reason", [
     ("3x5x7 --cin 3 --cout 64 --dtype bfloat16", None),                  # seed-a
     ("3x3x3 --cin 3 --cout 64 --dtype float16", None),                   # seed-b's shape
-    ("3x5x7 --cin 3 --cout 64 --dtype float32", "multiplies bfloat16 or float16"),
+    ("3x5x7 --cin 3 --cout 64 --dtype float32", "float32 as tf32 (precision='tf32')"),
+    ("3x5x7 --cin 3 --cout 64 --dtype float32 --precision tf32", None),
     ("3x5x9 --cin 3 --cout 64 --dtype bfloat16", "kernel width 9"),
     ("3x5x7 --cin 3 --cout 128 --dtype bfloat16", "out_channels=128"),
     ("3x5x7 --cin 3 --cout 64 --dtype bfloat16 --padding 1x2x3", "padding 3 along w"),
@@ -53,6 +58,9 @@ def test_supports_wgrad_wgmma_gives_the_reason(text, reason):
     ((1, 3, 10, 12, 69), "input width 69"),
 ])
 def test_shape_problem_names_the_input_it_refuses(shape, reason):
+    if reason is None:  # tf32: 16-byte pieces of 4 elements
+        assert wgrad_wgmma_shape_problem(SEED_A_TF32, shape) is None
+        assert "multiple of 4 in float32" in wgrad_wgmma_shape_problem(SEED_A_TF32, (1, 3, 10, 12, 62))
     found = wgrad_wgmma_shape_problem(SEED_A, shape)
     assert found is None if reason is None else reason in found, found
     # an output row 63 wide (plane a multiple of 8: 8 rows) starts up to 7 elements in: 70 > 64
@@ -87,7 +95,7 @@ def test_seed_a_plan():
 
 @pytest.mark.parametrize("tight", [False, True])
 @pytest.mark.parametrize("spec, shape", [(SEED_A, SHAPE_A)] + EDGES)
-def test_every_window_reads_the_input_its_column_needs(spec, shape, tight):
+def test_every_window_reads_the_input_its_column_needs(spec, shape, tight):  # (16-bit types)
     """Block row r of K block b (r from 0, of HROWS) holds the input at 8 b + j + (r + RLO) - 7 - PW (j < 8): built
     from the three 16-byte pieces kb - 1 .. kb + 1 at element e = r + RLO + 1 - PW on. A row starting off into its
     piece reads, for column kw < KW, the 8 rows from 7 - off - RLO: at K = ow + off it must find the input at
@@ -114,6 +122,46 @@ def test_every_window_reads_the_input_its_column_needs(spec, shape, tight):
                 assert 8 * b + j + (r + lo) - 7 - pw == (k - off) + kw - pw
 
 
+def test_seed_a_tf32_plan_and_splits():
+    p = plan(SEED_A_TF32, WgradWgmmaTiles(4, 3, 8, True), 58)
+    assert p.off_max == 2  # 58 x oh mod 4: 0, 2
+    assert (p.rows_lo, p.hankel_rows) == (5, 69)  # strip rows 5 .. 73: start 2's first column to K block 15's column 6
+    assert p.piece_ns == (8, 160, 200) and p.shared_bytes <= SHARED_BYTES_PER_BLOCK_SM90
+    assert plan(SEED_A_TF32, WgradWgmmaTiles(4, 1, 8, False), 58).hankel_rows == TF32_STRIP_ROWS
+    assert [str(t) for t in wgrad_wgmma_candidates(SEED_A_TF32)] == ["wgmma stages=4 ring=kh+3 raws=8 tight",
+                                                                      "wgmma stages=4 ring=kh+1 raws=8"]
+    src = render_wgrad_wgmma(SEED_A_TF32, size=SHAPE_A[2:])  # the default tiles: the first that fits
+    assert "m64n200k8.f32.tf32.tf32" in src.body and "CU_TENSOR_MAP_DATA_TYPE_FLOAT32" in src.body
+    assert f"> {TF32_MAX_ROWS}) return" in src.body  # the launcher refuses too few splits
+    t = WgradWgmmaTiles(4, 3, 8, True)
+    assert [t.min_splits(SEED_A_TF32, 59520), t.min_splits(SEED_A_TF32, 1024)] == [59, 1]
+    assert t.min_splits(SEED_A, 59520) == 1  # 16 bits: any
+    assert any(isinstance(c, WgradWgmmaTiles) for c in backward.wgrad_tile_candidates(SEED_A_TF32, SHAPE_A, "sm_90"))
+
+
+@pytest.mark.parametrize("tight", [False, True])
+@pytest.mark.parametrize("spec, shape", [(SEED_A_TF32, SHAPE_A)] + TF32_EDGES)
+def test_every_tf32_window_reads_the_input_its_column_needs(spec, shape, tight):
+    """Strip row t (stored at t - RLO, of HROWS) holds the input at t - 7 - PW + j (j < 4), raw elements t + 1 - PW
+    .. t + 4 - PW of the copied row (80 from w = -8). A row starting off into its piece reads, for K block b (K = 4 b
+    + j) and column kw < KW, strip row 4 b + 7 - off + kw (the descriptor's start 7 - off, LBO 4 rows): at K = ow + off
+    it must find the input at ow + kw - PW."""
+    _, oh, ow = spec.output_size(*shape[2:])
+    kw_, pw = spec.kernel_size[2], spec.pad_before[2]
+    p = plan(spec, WgradWgmmaTiles(4, 1, 8, tight), ow)
+    lo, rows = p.rows_lo, p.hankel_rows
+    assert rows % 2 == 1 and lo + 1 - pw >= 0 and lo + rows - 1 + 4 - pw <= 79  # odd; within the copied row
+    offs = {h * ow % 4 for h in range(oh)}
+    assert max(offs) == p.off_max
+    for off in offs:
+        for kw in range(kw_):
+            for k in range(off, off + ow):
+                b, j = divmod(k, 4)
+                t = 4 * b + 7 - off + kw
+                assert lo <= t < lo + rows
+                assert t - 7 - pw + j == (k - off) + kw - pw
+
+
 def test_a_render_needs_the_input_size_and_folds_it():
     with pytest.raises(ValueError, match="built for one input size"):
         render_wgrad_wgmma(SEED_A)
@@ -133,6 +181,8 @@ def reports():
     sources = [render_wgrad_wgmma(SEED_A, t, size=SHAPE_A[2:]) for t in wgrad_wgmma_candidates(SEED_A)]
     sources += [render_wgrad_wgmma(spec, tiles, size=shape[2:])
                 for spec, shape in EDGES for tiles in (WgradWgmmaTiles(), WgradWgmmaTiles(4, 1, 8, False))]
+    sources += [render_wgrad_wgmma(SEED_A_TF32, t, size=SHAPE_A[2:]) for t in wgrad_wgmma_candidates(SEED_A_TF32)]
+    sources += [render_wgrad_wgmma(spec, WgradWgmmaTiles(4, 1, 8, True), size=shape[2:]) for spec, shape in TF32_EDGES]
     return compile_all([(source, SM90) for source in sources])
 
 
