@@ -134,8 +134,8 @@ def wgrad_tile_candidates(spec: ConvSpec, input_shape: tuple[int, ...], arch: st
     """The wgrad autotuning space for inputs of `input_shape` on a GPU of `arch` (Target.arch; None:
     any GPU): the direct template's tiles, then the tensor-core template's where it applies
     (float16, bfloat16, float32: tf32, or 3xTF32 for 'ieee'), then on sm_90 the wgmma template's
-    (float16, bfloat16, few input channels, a kernel at most 8 wide; render_wgrad_wgmma) where it
-    takes this input."""
+    (float16, bfloat16, tf32, few input channels, a kernel at most 8 wide; render_wgrad_wgmma) where
+    it takes this input."""
     ow = spec.output_size(*input_shape[2:])[2]
     mma = wgrad_mma_candidates(spec, ow) if supports_wgrad_mma(spec) is None else []
     wgmma = [t for t in wgrad_wgmma_candidates(spec) if t.shape_problem(spec, tuple(input_shape)) is None] \

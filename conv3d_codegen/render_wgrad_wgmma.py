@@ -29,8 +29,8 @@ by the zeroing warp (TF32_ROUND_A).
 
 It serves bfloat16, float16 and tf32 on sm_90, NCDHW, groups 1, stride and dilation 1, padding along w
 at most 1, kernel width at most 8, output channels at most 64, KH x ceil(CI x KD / 2) x 8 <= 256
-columns a warpgroup; built for one input size with the input width a multiple of 8 and each
-grad_out plane a multiple of 16 bytes (wgrad_wgmma_shape_problem).
+columns a warpgroup; built for one input size with the input width a multiple of 8 (4 in tf32) and
+each grad_out plane a multiple of 16 bytes (wgrad_wgmma_shape_problem).
 """
 from __future__ import annotations
 
