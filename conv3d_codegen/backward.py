@@ -118,16 +118,15 @@ WGRAD_KINDS = (WgradTiles, WgradMmaTiles, WgradWgmmaTiles)  # a record names its
 
 def wgrad_splits(spec: ConvSpec, tiles: AnyWgradTiles, x: torch.Tensor, out_size) -> int:
     """Blocks along the reduction: enough for the tiles' blocks per multiprocessor (two for the
-    direct template's). It depends only on the shapes and the GPU, so the order of the final
-    sum (and the result) is fixed."""
+    direct template's), and at least the tiles' least (the wgmma template's tf32 bounds the rows a
+    block sums). It depends only on the shapes and the GPU, so the order of the final sum (and the
+    result) is fixed."""
     od, oh, ow = out_size
     items = x.shape[0] * od * oh * -(-ow // tiles.owc)
     column = tiles.split_blocks(spec)
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
     splits = max(1, min(items, -(-tiles.blocks_per_sm * sms // column)))
-    if isinstance(tiles, WgradWgmmaTiles):  # tf32 bounds the rows a block sums
-        splits = max(splits, tiles.min_splits(spec, x.shape[0] * od * oh))
-    return splits
+    return max(splits, tiles.min_splits(spec, x.shape[0] * od * oh))
 
 
 def wgrad_tile_candidates(spec: ConvSpec, input_shape: tuple[int, ...], arch: str | None = None) -> list[AnyWgradTiles]:

@@ -62,6 +62,10 @@ class WgradTiles:
         """Blocks one split of the reduction takes: channel tiles x row blocks."""
         return spec.out_channels // (self.cot * self.tc) * -(-wgrad_rows(spec) // self.rb)
 
+    def min_splits(self, spec: ConvSpec, rows: int) -> int:
+        """The fewest splits of `rows` grad_out rows the kernel takes: any."""
+        return 1
+
     def block(self, spec: ConvSpec) -> int:
         """Threads per block: the workers, TC bias threads where there is a bias, in whole warps."""
         threads = self.tc * self.rb + (self.tc if spec.bias else 0)

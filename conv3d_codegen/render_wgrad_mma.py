@@ -113,6 +113,10 @@ class WgradMmaTiles:
         plan = _plan(spec, self)
         return spec.groups * plan.m_blocks * plan.n_blocks
 
+    def min_splits(self, spec: ConvSpec, rows: int) -> int:
+        """The fewest splits of `rows` grad_out rows the kernel takes: any."""
+        return 1
+
     def max_registers(self) -> int:
         return min(255, REGISTERS_PER_SM // (self.threads * self.blocks_per_sm) // 8 * 8)
 

@@ -92,6 +92,15 @@ def run(kernel, spec, x, grad_out, splits):
     return grad_w, grad_b
 
 
+def time_ms(kernel, spec, x, grad_out, weight, splits: int) -> float:
+    """median_ms of the kernel on x and grad_out with `splits` splits (outputs and workspace allocated once)."""
+    workspace = torch.empty(splits * (weight.numel() + spec.out_channels), device="cuda")
+    gw = torch.empty_like(weight)
+    gb = torch.empty(spec.out_channels, dtype=weight.dtype, device="cuda") if spec.bias else None
+    args = launch_args(spec, x.shape) | {"splits": splits, "workspace": workspace.data_ptr()}
+    return median_ms(lambda: kernel(x, grad_out, gb, gw, args), reps=50)
+
+
 def build_named(dispatcher, sources: dict, target) -> dict:
     """name -> kernel for every source that builds; each failure printed."""
     built = dispatcher.loader.load_many(list(sources.values()), target)
@@ -156,10 +165,7 @@ def main() -> None:
         print(f"{k}: check on 2 samples: weight {relative_error(got_w, ref_w):.2e} bias "
               f"{relative_error(got_b, ref_b):.2e}", flush=True)
     for k in timed if not ncu else []:
-        workspace = torch.empty(sms * (weight.numel() + spec.out_channels), device="cuda")
-        gw, gb = torch.empty_like(weight), torch.empty_like(bias)
-        args = launch_args(spec, x.shape) | {"splits": sms, "workspace": workspace.data_ptr()}
-        results["times_ms"][k] = median_ms(lambda: kernels[k](x, grad_out, gb, gw, args), reps=50)
+        results["times_ms"][k] = time_ms(kernels[k], spec, x, grad_out, weight, sms)
         print(f"{k}: {results['times_ms'][k]:.4f} ms", flush=True)
     xw = x.detach()
     wt = weight.detach()

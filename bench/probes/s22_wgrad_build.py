@@ -18,10 +18,11 @@ from conv3d_codegen.build import Target  # noqa: E402
 from conv3d_codegen.cache import KernelCache  # noqa: E402
 from conv3d_codegen.dispatch import Dispatcher  # noqa: E402
 from conv3d_codegen.kernel import launch_args  # noqa: E402
-from conv3d_codegen.measure import median_ms, random_inputs, relative_error, tolerance  # noqa: E402
+from conv3d_codegen.measure import random_inputs, relative_error, tolerance  # noqa: E402
 from conv3d_codegen.render_wgrad_mma import WgradMmaTiles, render_wgrad_mma  # noqa: E402
 from conv3d_codegen.render_wgrad_wgmma import WgradWgmmaTiles, render_wgrad_wgmma  # noqa: E402
-from s21_wgrad_wgmma import EDGES, SEED_A, add_variants, build_named, check_edge, grads64, run  # noqa: E402
+from s21_wgrad_wgmma import (EDGES, SEED_A, add_variants, build_named, check_edge, grads64, run,  # noqa: E402
+                             time_ms)
 
 # Run 1 timed v22's kernel with s21's diagnostics (VARIANTS "nostore", "product") and without the ring's mirror
 # ("nomirror"), on v22's template (git show d3c8274:templates/conv3d_wgrad_wgmma.cu.j2). Since run 2 the template has
@@ -106,10 +107,7 @@ def main(probed=PROBED, diagnosed=DIAGNOSED, variants=VARIANTS22, json_name="s22
         results["checks"][k] = {"weight": ew, "bias": eb, "ok": ew <= tolerance(spec) and eb <= tolerance(spec)}
         print(f"{k}: check on 2 samples: weight {ew:.2e} bias {eb:.2e}", flush=True)
     for k in timed + [k for k in timed if k.startswith("wgmma")]:  # the configurations twice, the second time last
-        workspace = torch.empty(sms * (weight.numel() + spec.out_channels), device="cuda")
-        gw, gb = torch.empty_like(weight), torch.empty_like(bias)
-        args = launch_args(spec, x.shape) | {"splits": sms, "workspace": workspace.data_ptr()}
-        ms = median_ms(lambda: kernels[k](x, grad_out, gb, gw, args), reps=50)
+        ms = time_ms(kernels[k], spec, x, grad_out, weight, sms)
         results["times_ms"].setdefault(k, []).append(ms)
         print(f"{k}: {ms:.4f} ms", flush=True)
     (out / json_name).write_text(json.dumps(results, indent=1))

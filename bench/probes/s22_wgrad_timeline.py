@@ -30,11 +30,14 @@ SLOTS = ["wg0 ready", "wg0 issued", "wg0 done", "wg1 ready", "wg1 issued", "wg1 
          "asked", "handed", "full"]
 STAMP = ("#define TL(slot, i, cond) do { if (blockIdx.x == 0 && (cond) && (i) < 512) "
          "g_tl[(slot) * 512 + (i)] = clock64(); } while (0)\n")
-EDITS = [
+# the stamps' buffer: after the workspace's partial sums (the probe allocates room for it)
+STAMP_SETUP = [
     ("using index_t = long long;\n", "using index_t = long long;\n__device__ long long* g_tl;\n" + STAMP),
     ("  float* part = partial + static_cast<index_t>(blockIdx.x) * (WEIGHTS + (BIAS ? CO : 0));\n",
      "  float* part = partial + static_cast<index_t>(blockIdx.x) * (WEIGHTS + (BIAS ? CO : 0));\n"
      "  g_tl = reinterpret_cast<long long*>(partial + static_cast<index_t>(gridDim.x) * (WEIGHTS + (BIAS ? CO : 0)));\n"),
+]
+EDITS = STAMP_SETUP + [
     ("  for (int i = 0; i < rows; ++i) {\n    const uint32_t a = stages + row.s * STAGE,",
      "  for (int i = 0; i < rows; ++i) {\n    TL(WG * 3, i, tw == 0);\n    const uint32_t a = stages + row.s * STAGE,"),
     ("    wg_commit();\n    wg_wait<0>();", "    wg_commit();\n    TL(WG * 3 + 1, i, tw == 0);\n    wg_wait<0>();\n"

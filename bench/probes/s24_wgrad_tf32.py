@@ -19,11 +19,10 @@ import conv3d_codegen.render_wgrad_wgmma as rw  # noqa: E402
 from conv3d_codegen.build import Target  # noqa: E402
 from conv3d_codegen.cache import KernelCache  # noqa: E402
 from conv3d_codegen.dispatch import Dispatcher  # noqa: E402
-from conv3d_codegen.kernel import launch_args  # noqa: E402
 from conv3d_codegen.measure import median_ms, random_inputs, relative_error, tolerance  # noqa: E402
 from conv3d_codegen.render_wgrad_mma import WgradMmaTiles, render_wgrad_mma  # noqa: E402
 from conv3d_codegen.workloads import WORKLOADS  # noqa: E402
-from s21_wgrad_wgmma import EDGES, build_named, check_edge, grads64, run  # noqa: E402
+from s21_wgrad_wgmma import EDGES, build_named, check_edge, grads64, run, time_ms  # noqa: E402
 
 SEED_A = WORKLOADS["seed-a"].with_dtype("float32", "tf32")
 TF32_EDGES = [(name, spec.model_copy(update={"dtype": "float32", "precision": "tf32"}), shape)
@@ -76,10 +75,7 @@ def main() -> None:
             print(f"{first}: {n} samples, {splits} splits ({-(-rows // splits)} rows a block): weight {ew:.2e} "
                   f"bias {eb:.2e}", flush=True)
     for k in timed + timed:
-        workspace = torch.empty(sms * (weight.numel() + spec.out_channels), device="cuda")
-        gw, gb = torch.empty_like(weight), torch.empty_like(bias)
-        args = launch_args(spec, x.shape) | {"splits": sms, "workspace": workspace.data_ptr()}
-        ms = median_ms(lambda: kernels[k](x, grad_out, gb, gw, args), reps=50)
+        ms = time_ms(kernels[k], spec, x, grad_out, weight, sms)
         results["times_ms"].setdefault(k, []).append(ms)
         print(f"{k}: {ms:.4f} ms", flush=True)
     torch.backends.cudnn.allow_tf32 = True

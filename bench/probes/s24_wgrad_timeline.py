@@ -25,18 +25,12 @@ from conv3d_codegen.kernel import launch_args  # noqa: E402
 from conv3d_codegen.measure import random_inputs  # noqa: E402
 from conv3d_codegen.render_wgrad_wgmma import WgradWgmmaTiles, render_wgrad_wgmma  # noqa: E402
 from s21_wgrad_wgmma import SEED_A, edit  # noqa: E402
+from s22_wgrad_timeline import STAMP_SETUP  # noqa: E402
 from s24_wgrad_rs import VARIANTS24  # noqa: E402
 
 N = 512
 STAMPS = ["start", "issued", "prepared", "done", "built"]
-STAMP = ("#define TL(slot, i, cond) do { if (blockIdx.x == 0 && (cond) && (i) < 512) "
-         "g_tl[(slot) * 512 + (i)] = clock64(); } while (0)\n")
-EDITS = [
-    ("using index_t = long long;\n", "using index_t = long long;\n__device__ long long* g_tl;\n" + STAMP),
-    ("  float* part = partial + static_cast<index_t>(blockIdx.x) * (WEIGHTS + (BIAS ? CO : 0));\n",
-     "  float* part = partial + static_cast<index_t>(blockIdx.x) * (WEIGHTS + (BIAS ? CO : 0));\n"
-     "  g_tl = reinterpret_cast<long long*>(partial + static_cast<index_t>(gridDim.x) * "
-     "(WEIGHTS + (BIAS ? CO : 0)));\n"),
+EDITS = STAMP_SETUP + [
     ("    wg_fence();\n#pragma unroll\n    for (int ks = 0; ks < 4; ++ks) {",
      "    TL(WG * 5, i, tw == 0);\n    wg_fence();\n#pragma unroll\n    for (int ks = 0; ks < 4; ++ks) {"),
     ("    wg_commit();\n    RowPlace next = row;",
