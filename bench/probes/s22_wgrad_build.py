@@ -47,7 +47,8 @@ DIAGNOSED = (8, 1, 8, True)
 EDGE_TILES = {"": None}  # the edge shapes' tiles by name suffix (None: the template's default)
 
 
-def sources_for(edges: bool, probed=PROBED, diagnosed=DIAGNOSED, variants=VARIANTS22, edge_tiles=EDGE_TILES) -> dict:
+def sources_for(edges: bool, probed=PROBED, diagnosed=DIAGNOSED, variants=VARIANTS22, edge_tiles=EDGE_TILES,
+                extra=None) -> dict:
     """name -> Source: the edge shapes (each in `edge_tiles`, suffix -> tiles, None: the template's default), seed-a's
     kernel in each configuration `probed`, `variants` (name -> edits of its source) of configuration `diagnosed`, the
     v21 pick. (Session 22's runs had default tiles and tight K blocks, "-tight", on v23's template, commit 1676e9f.)"""
@@ -62,11 +63,12 @@ def sources_for(edges: bool, probed=PROBED, diagnosed=DIAGNOSED, variants=VARIAN
     seed = sources[str(WgradWgmmaTiles(*diagnosed))]
     add_variants(sources, seed, variants, seed.params["tiles"])
     sources["mma (v21 pick)"] = render_wgrad_mma(SEED_A.spec, WgradMmaTiles(warps_n=8, nt=6, owc=64))
-    return sources
+    return sources | (extra() if extra else {})
 
 
 def main(probed=PROBED, diagnosed=DIAGNOSED, variants=VARIANTS22, json_name="s22_wgrad_build.json",
-         edge_tiles=EDGE_TILES) -> None:
+         edge_tiles=EDGE_TILES, extra=None) -> None:
+    """`extra`: None, or a function returning more seed-a sources by name (timed if named "wgmma ...")."""
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     ncu = "--ncu" in sys.argv
@@ -74,7 +76,7 @@ def main(probed=PROBED, diagnosed=DIAGNOSED, variants=VARIANTS22, json_name="s22
     target = Target.for_device()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     dispatcher = Dispatcher(KernelCache(out / "cache"))
-    sources = sources_for(not ncu, probed, diagnosed, variants, edge_tiles)
+    sources = sources_for(not ncu, probed, diagnosed, variants, edge_tiles, extra)
     if only:
         sources = {k: v for k, v in sources.items() if k in only}
     names = list(sources)
