@@ -55,7 +55,6 @@ TF32_ROUND_A = False   # tf32: grad_out rounded to tf32 by the zeroing warp (els
                        # rounding took seed-a from 0.58 to 0.92 ms for 1.7e-4 less error: bench/NOTES.md, session 24)
 TF32_MAX_ROWS = 1024   # tf32: grad_out rows one block sums at most (its tensor-core sums drop low bits as they grow:
                        # seed-a 5.1e-4 at 451 rows a block, 6.8e-4 at 1,804, 1.45e-3 at 7,440; the bar 1e-3)
-BIAS_WARP = True       # the bias gradient summed by warp 8 from the staged rows (else warpgroup 1's product with ones)
 MAX_N = 256            # wgmma's N: a warpgroup's KH x planes x 8 columns
 MAX_ACCUMULATORS = 128  # a thread's: N / 2
 CONSUMER_REGISTERS = 168  # setmaxnreg's, for the two multiplying warpgroups and the other two (copies, zeroing,
@@ -80,7 +79,6 @@ class WgradWgmmaPlan:
     raws: int             # input rows copied ahead of the builders
     shared_bytes: int
     off_max: int          # the most a grad_out row starts into its 16-byte piece
-    bias_warp: bool       # the bias gradient summed by warp 8 (else a product of warpgroup 1 with a block of ones)
     round_a: bool         # tf32: grad_out rounded to tf32 by the zeroing warp
     max_rows: int         # tf32: grad_out rows a block sums at most (the launcher refuses fewer splits)
     consumer_registers: int
@@ -148,8 +146,7 @@ def plan(spec: ConvSpec, tiles: WgradWgmmaTiles, ow: int | None = None) -> Wgrad
     _, kh, kw = spec.kernel_size
     np0, np1 = _planes(spec)
     planes = np0 + np1
-    bias_product = spec.bias and not BIAS_WARP
-    pieces = {kh * np * 8 for np in (np0, np1)} | ({8} if bias_product else set())
+    pieces = {kh * np * 8 for np in (np0, np1)} | ({8} if spec.bias else set())
     epp = _per_piece(spec)
     off_max = epp - 1 if ow is None else (epp - math.gcd(ow, epp)) % epp
     ring = kh + tiles.ring
@@ -163,12 +160,12 @@ def plan(spec: ConvSpec, tiles: WgradWgmmaTiles, ow: int | None = None) -> Wgrad
     # the ring and a copy of its first KH - 1 slots, each slot an input row of every plane; the copied input rows; the
     # mbarriers: FULL, READY, EMPTY a stage, RAW and RAW_EMPTY a copied row, BUILT and FREE a ring slot
     rings = sum(-(-(ring + kh - 1) * np * plane_bytes // 128) * 128 for np in (np0, np1))  # each 128-byte aligned
-    shared = (1024 + tiles.stages * stage_bytes + rings + (ones_bytes if bias_product else 0)
+    shared = (1024 + tiles.stages * stage_bytes + rings + ones_bytes
               + tiles.raws * raw_slot + 8 * (3 * tiles.stages + 2 * tiles.raws + 2 * ring))
     return WgradWgmmaPlan(np0=np0, np1=np1, piece_ns=tuple(sorted(pieces)), ring=ring, rows_lo=rows_lo,
                           hankel_rows=rows, raws=tiles.raws,
                           shared_bytes=shared,
-                          off_max=off_max, bias_warp=spec.bias and BIAS_WARP, round_a=TF32_ROUND_A, max_rows=TF32_MAX_ROWS,
+                          off_max=off_max, round_a=TF32_ROUND_A, max_rows=TF32_MAX_ROWS,
                           consumer_registers=CONSUMER_REGISTERS,
                           producer_registers=PRODUCER_REGISTERS)
 
