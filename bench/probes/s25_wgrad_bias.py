@@ -1,7 +1,8 @@
-"""Session 25 probe (v31, on commit c181173's template; the template is v29's since): seed-a's wgmma wgrad kernel (bf16) with the bias gradient summed by warp 8 from the staged
-grad_out rows (v31), against v24's product of warpgroup 1 with a block of ones ("v24bias": the same template rendered
-with render_wgrad_wgmma.BIAS_WARP off), in one process. Runs s22_wgrad_build's checks and timings (edge shapes against
-float64 with 1, 7 and 132 splits, seed-a on 2 samples, median_ms).
+"""Session 25 probe (v31, on commit c181173's template; the template is v29's since): seed-a's wgmma wgrad kernel
+(bf16) with the bias gradient summed by warp 8 from the staged grad_out rows (v31), against v24's product of warpgroup
+1 with a block of ones ("v24bias": the same template rendered with render_wgrad_wgmma.BIAS_WARP off), in one process.
+Runs s22_wgrad_build's checks and timings (edge shapes against float64 with 1, 7 and 132 splits, seed-a on 2 samples,
+median_ms).
 
     PYTHONPATH=. python3 bench/probes/s25_wgrad_bias.py OUT_DIR"""
 import sys
