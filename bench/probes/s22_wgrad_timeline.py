@@ -21,7 +21,7 @@ from conv3d_codegen.build import Target  # noqa: E402
 from conv3d_codegen.cache import KernelCache  # noqa: E402
 from conv3d_codegen.dispatch import Dispatcher  # noqa: E402
 from conv3d_codegen.kernel import launch_args  # noqa: E402
-from conv3d_codegen.measure import random_inputs  # noqa: E402
+from conv3d_codegen.measure import median_ms, random_inputs  # noqa: E402
 from conv3d_codegen.render_wgrad_wgmma import WgradWgmmaTiles, render_wgrad_wgmma  # noqa: E402
 from s21_wgrad_wgmma import SEED_A, edit  # noqa: E402
 
@@ -60,32 +60,55 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+class StampedRun:
+    """Seed-a's kernel in `tiles` with `edits` applied to its source (stamps into the workspace past the partial sums:
+    `slots` rows of `n`), built into out/cache and run on fresh inputs (seed `seed`); `stamps()` runs it 3 times and
+    returns the stamps, `time_ms()` its median_ms. An edit whose text the source lacks is skipped where `optional(old)`
+    says so (printed), an error otherwise."""
+
+    def __init__(self, out: Path, tiles, edits, slots: int, n: int, seed: int, optional=lambda old: False):
+        spec, shape = SEED_A.spec, SEED_A.input_shape
+        source = render_wgrad_wgmma(spec, tiles, size=shape[2:])
+        body = source.body
+        for old, new in edits:
+            if old not in body and optional(old):
+                print(f"(no stamp: the template has no {old.strip().splitlines()[0]!r})")
+                continue
+            body = edit(body, old, new)
+        self.kernel = Dispatcher(KernelCache(out / "cache")).loader.load_many([source.edited("timeline", body)],
+                                                                            Target.for_device())[0]
+        if isinstance(self.kernel, Exception):
+            raise self.kernel
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        torch.manual_seed(seed)
+        self.x, weight, bias = random_inputs(spec, shape)
+        self.grad_out = torch.randn((shape[0], spec.out_channels, *spec.output_size(*shape[2:])), dtype=self.x.dtype,
+                                    device="cuda")
+        self.at = sms * (weight.numel() + spec.out_channels)
+        self.slots, self.n = slots, n
+        self.workspace = torch.zeros(self.at + 2 * slots * n, device="cuda")
+        self.gw, self.gb = torch.empty_like(weight), torch.empty_like(bias)
+        self.args = launch_args(spec, self.x.shape) | {"splits": sms, "workspace": self.workspace.data_ptr()}
+
+    def run(self) -> None:
+        self.kernel(self.x, self.grad_out, self.gb, self.gw, self.args)
+
+    def stamps(self) -> list[list[int]]:
+        for _ in range(3):
+            self.run()
+        torch.cuda.synchronize()
+        return self.workspace[self.at:].view(torch.int64).view(self.slots, self.n).cpu().tolist()
+
+    def time_ms(self) -> float:
+        return median_ms(self.run, reps=50)
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     config = [int(a) for a in sys.argv[2:5]] + [sys.argv[5] == "1"] if len(sys.argv) > 5 else [6, 2, 8, True]
     tiles = WgradWgmmaTiles(*config)
-    spec, shape = SEED_A.spec, SEED_A.input_shape
-    seed = render_wgrad_wgmma(spec, tiles, size=shape[2:])
-    body = seed.body
-    for old, new in EDITS:
-        body = edit(body, old, new)
-    kernel = Dispatcher(KernelCache(out / "cache")).loader.load_many([seed.edited("timeline", body)],
-                                                                       Target.for_device())[0]
-    if isinstance(kernel, Exception):
-        raise kernel
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    torch.manual_seed(22)
-    x, weight, bias = random_inputs(spec, shape)
-    grad_out = torch.randn((shape[0], spec.out_channels, *spec.output_size(*shape[2:])), dtype=x.dtype, device="cuda")
-    stride = weight.numel() + spec.out_channels
-    workspace = torch.zeros(sms * stride + 2 * len(SLOTS) * N, device="cuda")
-    gw, gb = torch.empty_like(weight), torch.empty_like(bias)
-    args = launch_args(spec, x.shape) | {"splits": sms, "workspace": workspace.data_ptr()}
-    for _ in range(3):
-        kernel(x, grad_out, gb, gw, args)
-    torch.cuda.synchronize()
-    stamps = workspace[sms * stride:].view(torch.int64).view(len(SLOTS), N).cpu().tolist()
+    stamps = StampedRun(out, tiles, EDITS, len(SLOTS), N, 22).stamps()
     t = {name: [v for v in row] for name, row in zip(SLOTS, stamps)}
     rows = sum(1 for v in t["wg0 issued"] if v)
     seqs = sum(1 for v in t["built"] if v)

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import conv3d_codegen.render_wgrad_wgmma as wgmma  # noqa: E402
-from s21_wgrad_wgmma import SEED_A  # noqa: E402
 from s22_wgrad_build import main  # noqa: E402
+from s25_wgrad_prep import render_with  # noqa: E402
 
 PROBED = [(4, 3, 8, True), (8, 1, 8, True)]
 DIAGNOSED = (4, 3, 8, True)
@@ -40,13 +39,7 @@ VARIANTS25 = {
 
 def v24_bias() -> dict:
     """The diagnosed configuration with v24's bias product (warpgroup 1's n8 wgmma with a block of ones)."""
-    tiles = wgmma.WgradWgmmaTiles(*DIAGNOSED)
-    wgmma.BIAS_WARP = False
-    try:
-        source = wgmma.render_wgrad_wgmma(SEED_A.spec, tiles, size=SEED_A.input_shape[2:])
-    finally:
-        wgmma.BIAS_WARP = True
-    return {f"{tiles} v24bias": source.edited("v24bias", source.body)}
+    return render_with("v24bias", BIAS_WARP=False)
 
 
 if __name__ == "__main__":

@@ -22,20 +22,28 @@ EDGE_TILES = {"": None}
 VARIANTS25 = {"nowaitahead": [("      if (!row.last) {\n        wait_for(next);", "      if (false) {\n        wait_for(next);")]}
 
 
+def render_with(label: str, **patches) -> dict:
+    """{"<tiles> <label>": the diagnosed configuration rendered with the render module's attributes `patches` set
+    for the call (then restored), renamed "..._<label>"}."""
+    tiles = wgmma.WgradWgmmaTiles(*DIAGNOSED)
+    saved = {k: getattr(wgmma, k) for k in patches}
+    for k, v in patches.items():
+        setattr(wgmma, k, v)
+    try:
+        source = wgmma.render_wgrad_wgmma(SEED_A.spec, tiles, size=SEED_A.input_shape[2:])
+    finally:
+        for k, v in saved.items():
+            setattr(wgmma, k, v)
+    return {f"{tiles} {label}": source.edited(label, source.body)}
+
+
 def v29() -> dict:
     """The diagnosed configuration rendered from the template at --old (v29's), renamed "..._v29"."""
     old = Path(sys.argv[sys.argv.index("--old") + 1])
-    tiles = wgmma.WgradWgmmaTiles(*DIAGNOSED)
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(wgmma.templates_dir(), tmp, dirs_exist_ok=True)
         shutil.copy(old, Path(tmp) / wgmma.WGRAD_WGMMA_TEMPLATE)
-        current = wgmma.templates_dir
-        wgmma.templates_dir = lambda: Path(tmp)
-        try:
-            source = wgmma.render_wgrad_wgmma(SEED_A.spec, tiles, size=SEED_A.input_shape[2:])
-        finally:
-            wgmma.templates_dir = current
-    return {f"{tiles} v29": source.edited("v29", source.body)}
+        return render_with("v29", templates_dir=lambda: Path(tmp))
 
 
 if __name__ == "__main__":

@@ -21,13 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conv3d_codegen.build import Target  # noqa: E402
-from conv3d_codegen.cache import KernelCache  # noqa: E402
-from conv3d_codegen.dispatch import Dispatcher  # noqa: E402
-from conv3d_codegen.kernel import launch_args  # noqa: E402
-from conv3d_codegen.measure import median_ms, random_inputs  # noqa: E402
-from conv3d_codegen.render_wgrad_wgmma import WgradWgmmaTiles, render_wgrad_wgmma  # noqa: E402
-from s21_wgrad_wgmma import SEED_A, edit  # noqa: E402
+from conv3d_codegen.render_wgrad_wgmma import WgradWgmmaTiles  # noqa: E402
+from s21_wgrad_wgmma import SEED_A  # noqa: E402
+from s22_wgrad_timeline import StampedRun  # noqa: E402
 
 N = 512
 SLOTS = (["wg0 prewait", "wg0 start", "wg0 issued", "wg0 done", "wg1 prewait", "wg1 start", "wg1 issued", "wg1 done",
@@ -89,34 +85,11 @@ def main() -> None:
     config = [int(a) for a in sys.argv[2:5]] + [sys.argv[5] == "1"] if len(sys.argv) > 5 else [4, 3, 8, True]
     tiles = WgradWgmmaTiles(*config)
     spec, shape = SEED_A.spec, SEED_A.input_shape
-    seed = render_wgrad_wgmma(spec, tiles, size=shape[2:])
-    body = seed.body
-    for old, new in EDITS:
-        # v33 on, the builders ask for no copies; v34 on, the zeroing warp arrives at READY in a block of lane 0's
-        if old not in body and ("ahead" in old or "raw_empty + 8 * old" in old or "mbar_arrive(ready" in old):
-            print(f"(no stamp: the template has no {old.strip().splitlines()[0]!r})")
-            continue
-        body = edit(body, old, new)
-    kernel = Dispatcher(KernelCache(out / "cache")).loader.load_many([seed.edited("timeline", body)],
-                                                                       Target.for_device())[0]
-    if isinstance(kernel, Exception):
-        raise kernel
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    torch.manual_seed(25)
-    x, weight, bias = random_inputs(spec, shape)
-    grad_out = torch.randn((shape[0], spec.out_channels, *spec.output_size(*shape[2:])), dtype=x.dtype, device="cuda")
-    stride = weight.numel() + spec.out_channels
-    workspace = torch.zeros(sms * stride + 2 * len(SLOTS) * N, device="cuda")
-    gw, gb = torch.empty_like(weight), torch.empty_like(bias)
-    args = launch_args(spec, x.shape) | {"splits": sms, "workspace": workspace.data_ptr()}
-    for _ in range(3):
-        kernel(x, grad_out, gb, gw, args)
-    torch.cuda.synchronize()
-    print(f"{tiles} with the stamps: {median_ms(lambda: kernel(x, grad_out, gb, gw, args), reps=50):.4f} ms")
-    for _ in range(3):
-        kernel(x, grad_out, gb, gw, args)
-    torch.cuda.synchronize()
-    stamps = workspace[sms * stride:].view(torch.int64).view(len(SLOTS), N).cpu().tolist()
+    # v33 on, the builders ask for no copies; v34 on, the zeroing warp arrives at READY in a block of lane 0's
+    run = StampedRun(out, tiles, EDITS, len(SLOTS), N, 25,
+                     lambda old: "ahead" in old or "raw_empty + 8 * old" in old or "mbar_arrive(ready" in old)
+    print(f"{tiles} with the stamps: {run.time_ms():.4f} ms")
+    stamps = run.stamps()
     t = dict(zip(SLOTS, stamps))
     rows = sum(1 for v in t["wg0 issued"] if v)
     t0 = min(v for row in stamps for v in row if v)
